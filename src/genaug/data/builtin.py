@@ -1,0 +1,102 @@
+"""Real datasets that work offline: Fashion-MNIST from the Debian package `dataset-fashion-mnist`
+(read with torchvision's own MNIST reader) and scikit-learn's bundled 8x8 digits as a fallback."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..config import ConfigError
+from .labels import label_folder
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+_FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+BUILTIN = ("fashion-mnist", "digits")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GENAUG_CACHE", Path.home() / ".cache" / "genaug"))
+
+
+def _fashion_mnist_source() -> Path | None:
+    for d in filter(None, (os.environ.get("GENAUG_FASHION_MNIST_DIR"), *FASHION_MNIST_DIRS)):
+        if all((Path(d) / f"{f}.gz").is_file() or (Path(d) / f).is_file() for f in _FASHION_FILES):
+            return Path(d)
+    return None
+
+
+def fashion_mnist_available() -> bool:
+    return _fashion_mnist_source() is not None
+
+
+def fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """`(images uint8 [N, 28, 28], labels int64 [N], class names)` for split "train" (60k) or "test" (10k)."""
+    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets.utils import extract_archive
+
+    src = _fashion_mnist_source()
+    if src is None:
+        raise ConfigError(
+            "Fashion-MNIST not found: install the Debian package (apt-get install dataset-fashion-mnist) "
+            "or set GENAUG_FASHION_MNIST_DIR to a folder holding its four IDX(.gz) files"
+        )
+    root = cache_dir() / "torchvision"
+    raw = Path(root) / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for f in _FASHION_FILES:  # torchvision reads the uncompressed IDX files from <root>/FashionMNIST/raw
+        if not (raw / f).is_file():
+            with tempfile.TemporaryDirectory(dir=raw) as tmp:  # decompress aside, then rename: never half a file
+                if (src / f).is_file():
+                    shutil.copyfile(src / f, Path(tmp) / f)
+                else:
+                    extract_archive(src / f"{f}.gz", tmp)
+                os.replace(Path(tmp) / f, raw / f)
+    ds = FashionMNIST(str(root), train=(split == "train"), download=False)
+    return ds.data.numpy(), ds.targets.numpy().astype(np.int64), list(ds.classes)
+
+
+def digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """scikit-learn's 1797 real 8x8 digits, grey levels 0..16 scaled to 0..255."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+    return images, d.target.astype(np.int64), [str(c) for c in d.target_names]
+
+
+def load_builtin(name: str, split: str = "train") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if name == "fashion-mnist":
+        return fashion_mnist(split)
+    if name == "digits":
+        return digits()
+    raise ConfigError(f"unknown built-in dataset {name!r}; available: {', '.join(BUILTIN)}")
+
+
+def stratified_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """Indices of `per_class` images of every class (all of a class if it has fewer), sorted."""
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picked))
+
+
+def export_images(images: np.ndarray, labels: np.ndarray, classes: list[str], indices, out: str | Path) -> Path:
+    """Write the chosen images as PNGs in class folders plus `manifest.csv` (path,label) holding the exact
+    labels (folder names are sanitised: Fashion-MNIST has a class called "T-shirt/top"). Returns the manifest."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = out / "manifest.csv"
+    with open(manifest, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        for i in indices:
+            label = classes[int(labels[i])]
+            rel = f"{label_folder(label)}/{int(i):06d}.png"
+            (out / rel).parent.mkdir(exist_ok=True)
+            Image.fromarray(images[i]).save(out / rel)
+            w.writerow([rel, label])
+    return manifest

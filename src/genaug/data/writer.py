@@ -1,0 +1,167 @@
+"""The output directory: images, `metadata.jsonl` (HF imagefolder), `manifest.parquet`, `config.yaml`,
+`rejected.jsonl` — written so that a run killed at any moment and rerun ends exactly complete.
+
+Order of writes for one image: PNG to `.genaug-tmp/`, rename into place, then append its metadata row.
+On open, a torn last row is dropped and rows without their file are forgotten; on close, PNGs without a
+row (a kill between rename and append) are removed, the parquet manifest is rebuilt from the rows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from ..config import ConfigError
+from ..logging import get_logger
+from .labels import label_folder
+
+log = get_logger(__name__)
+TMP_DIR = ".genaug-tmp"
+METADATA = "metadata.jsonl"
+MANIFEST = "manifest.parquet"
+CONFIG = "config.yaml"
+REJECTED = "rejected.jsonl"
+_OUR_PNG = re.compile(r"_[0-9a-f]{8}_v\d+\.png$")
+
+
+def synthetic_file_name(label: str, source_id: str, variant: int) -> str:
+    """`<label folder>/<source stem>_<hash of source id>_v<k>.png` — stable, unique, safe."""
+    stem = re.sub(r"[^\w\-]+", "_", Path(source_id).stem, flags=re.UNICODE).strip("_")[:40] or "img"
+    digest = hashlib.blake2b(source_id.encode("utf-8"), digest_size=4).hexdigest()
+    return f"{label_folder(label)}/{stem}_{digest}_v{variant}.png"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(o: Any):
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"cannot record {type(o).__name__} in the manifest")
+
+
+class OutputDir:
+    def __init__(self, root: str | Path, config: dict[str, Any], identity_keys: Iterable[str]):
+        self.root = Path(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(f"--out {self.root} exists and is not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._check_same_run(config, tuple(identity_keys))
+        self.tmp = self.root / TMP_DIR
+        shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of a killed run
+        self.tmp.mkdir()
+        _atomic_write_text(self.root / CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        self.done: dict[tuple[str, int], str] = self._load_rows()
+        self._meta = open(self.root / METADATA, "a", encoding="utf-8")
+        self._rejected_tmp = open(self.tmp / REJECTED, "w", encoding="utf-8")
+        self.n_rejected = 0
+
+    # ---- resume --------------------------------------------------------------------------------
+    def _check_same_run(self, config: dict[str, Any], keys: tuple[str, ...]) -> None:
+        path = self.root / CONFIG
+        if not path.exists():
+            if (self.root / METADATA).exists():
+                raise ConfigError(f"{self.root} holds {METADATA} but no {CONFIG}; it was not written by genaug augment")
+            return
+        old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        differ = [k for k in keys if old.get(k) != config.get(k)]
+        if differ:
+            details = "; ".join(f"{k}: {old.get(k)!r} there, {config.get(k)!r} now" for k in differ)
+            raise ConfigError(
+                f"{self.root} already holds output made with other settings ({details}). "
+                "Use another --out, or the same settings to resume."
+            )
+
+    def _load_rows(self) -> dict[tuple[str, int], str]:
+        path = self.root / METADATA
+        done: dict[tuple[str, int], str] = {}
+        if not path.exists():
+            return done
+        kept, dropped = [], 0
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                    key = (row["source_id"], int(row["variant"]))
+                    ok = key not in done and (self.root / row["file_name"]).is_file()
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    ok = False  # a row torn by a kill mid-write
+                if ok:
+                    done[key] = row["file_name"]
+                    kept.append(line if line.endswith("\n") else line + "\n")
+                else:
+                    dropped += 1
+        if dropped:
+            log.info("dropped %d incomplete metadata row(s) from an interrupted run", dropped)
+            _atomic_write_text(path, "".join(kept))
+        return done
+
+    def is_done(self, source_id: str, variant: int) -> bool:
+        return (source_id, variant) in self.done
+
+    # ---- writing -------------------------------------------------------------------------------
+    def write(self, image, row: dict[str, Any]) -> None:
+        final = self.root / row["file_name"]
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp / f"{uuid.uuid4().hex}.png"
+        image.save(tmp, format="PNG", compress_level=6)
+        os.replace(tmp, final)
+        self._meta.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+        self._meta.flush()
+        self.done[(row["source_id"], int(row["variant"]))] = row["file_name"]
+
+    def reject(self, path: str, source_id: str, reason: str) -> None:
+        self.n_rejected += 1
+        self._rejected_tmp.write(json.dumps({"path": path, "id": source_id, "reason": reason}, ensure_ascii=False) + "\n")
+
+    def sync(self) -> None:
+        """Make the rows written so far durable (called once per batch, not per image)."""
+        self._meta.flush()
+        os.fsync(self._meta.fileno())
+
+    def close(self) -> None:
+        self.sync()
+        self._meta.close()
+        self._rejected_tmp.close()
+        os.replace(self.tmp / REJECTED, self.root / REJECTED)
+        self._remove_orphans()
+        self._write_manifest()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _remove_orphans(self) -> None:
+        known = set(self.done.values())
+        for d in self.root.iterdir():
+            if d.is_dir() and not d.name.startswith("."):
+                for p in d.iterdir():
+                    rel = f"{d.name}/{p.name}"
+                    if _OUR_PNG.search(p.name) and rel not in known:
+                        p.unlink()
+
+    def _write_manifest(self) -> None:
+        path = self.root / MANIFEST
+        with open(self.root / METADATA, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        if not rows:
+            path.unlink(missing_ok=True)
+            return
+        rows.sort(key=lambda r: r["file_name"])
+        tmp = self.tmp / MANIFEST
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+        os.replace(tmp, path)

@@ -1,0 +1,3 @@
+from .local import RunConfig, RunSummary, augment
+
+__all__ = ["RunConfig", "RunSummary", "augment"]

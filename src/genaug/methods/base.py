@@ -1,0 +1,46 @@
+"""The method contract (DESIGN.md): `Config`, `__init__(config, components)`, `prepare`, `sample_params`,
+`__call__`. A method is one class in one file, registered by name."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..types import Example, Synthetic
+
+
+class Method(ABC):
+    name: ClassVar[str]  # set by @register_method
+    kind: ClassVar[str] = "generator"
+    version: ClassVar[str] = "1"  # bump when the same params would give other pixels
+    description: ClassVar[str] = ""
+    Config: ClassVar[type]
+
+    def __init__(self, config, components: Any = None):
+        self.config = config
+        self.components = components
+
+    def prepare(self, source) -> None:
+        """Per-dataset work (learned tokens, caption caches); cached on disk by content hash."""
+
+    def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
+        """Every random choice for one output, drawn up front from `rng` so it can be recorded and replayed.
+
+        The engine adds the variant's `seed` itself; methods whose library draws from torch's RNG use it.
+        """
+        return {}
+
+    @abstractmethod
+    def __call__(self, batch: list[Example], params: list[dict[str, Any]]) -> list[Synthetic]:
+        """Pure given its inputs: one `Synthetic` per (example, params) pair, in order."""
+
+    @staticmethod
+    def recorded(params: dict[str, Any], **applied: Any) -> dict[str, Any]:
+        """The params to record for one output: the sampled ones (less `seed`, kept in its own column)
+        plus whatever the method learned while applying them."""
+        return {**{k: v for k, v in params.items() if k != "seed"}, **applied}
+
+    def models(self) -> dict[str, dict[str, str]]:
+        """The pretrained models used, as `{role: {"id": ..., "revision": ...}}`, for provenance."""
+        return {}

@@ -1,0 +1,224 @@
+"""Classical augmentation baselines, all from `torchvision.transforms.v2` (none written by hand).
+
+As offline generators (`genaug augment`), each output image is drawn with torch's RNG seeded by its own
+variant seed, so it is reproducible in any batch and order; what was applied (ops and magnitudes, crop
+and erase boxes) is recorded in the manifest. CutMix and MixUp mix pairs of images inside a training
+batch, so they are registered as kind "batch" and used by training, not by `augment`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torchvision.transforms import v2
+
+from ..config import config_dataclass
+from ..registry import register_method
+from ..types import Example, Synthetic
+from .base import Method
+
+Interpolation = Literal["nearest", "bilinear", "bicubic"]
+
+
+class _RecordOps:
+    """Mixin for torchvision's AutoAugment family: records every (op, signed magnitude) it applies."""
+
+    applied: list[dict[str, Any]]
+
+    def _apply_image_or_video_transform(self, image, transform_id, magnitude, interpolation, fill):
+        self.applied.append({"op": transform_id, "magnitude": round(float(magnitude), 6)})
+        return super()._apply_image_or_video_transform(image, transform_id, magnitude, interpolation, fill)
+
+
+class _SeededTorchvision(Method):
+    """Runs one torchvision transform per image under torch's RNG seeded by the image's own seed."""
+
+    def __call__(self, batch: list[Example], params: list[dict[str, Any]]) -> list[Synthetic]:
+        out = []
+        for ex, p in zip(batch, params, strict=True):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(p["seed"])
+                image, applied = self.apply(ex.image)
+            out.append(Synthetic(image=image, label=ex.label, source_id=ex.id, params=self.recorded(p, **applied)))
+        return out
+
+    @abstractmethod
+    def apply(self, image) -> tuple[Any, dict[str, Any]]:
+        """Transform one PIL image under the already-seeded RNG; return it and what was applied."""
+
+
+class _PolicyMethod(_SeededTorchvision):
+    policy_cls: ClassVar[type]
+
+    def __init__(self, config, components=None):
+        super().__init__(config, components)
+        recording = type(f"Recording{self.policy_cls.__name__}", (_RecordOps, self.policy_cls), {})
+        self.transform = recording(**self.transform_kwargs())
+
+    def transform_kwargs(self) -> dict[str, Any]:
+        kw = {k: getattr(self.config, k) for k in self.config.__dataclass_fields__}
+        kw["interpolation"] = v2.InterpolationMode(kw["interpolation"])
+        return kw
+
+    def apply(self, image):
+        self.transform.applied = []
+        image = self.transform(image)
+        return image, {"ops": self.transform.applied}
+
+
+@register_method("randaugment")
+class RandAugment(_PolicyMethod):
+    description = "RandAugment (Cubuk et al. 2020): N random ops at magnitude M; torchvision v2, N=2, M=9"
+    policy_cls = v2.RandAugment
+
+    @config_dataclass
+    class Config:
+        num_ops: int = Field(2, ge=1)
+        magnitude: int = Field(9, ge=0)
+        num_magnitude_bins: int = Field(31, ge=2)
+        interpolation: Interpolation = "nearest"
+
+
+@register_method("trivialaugment")
+class TrivialAugment(_PolicyMethod):
+    description = "TrivialAugment Wide (Müller & Hutter 2021): one random op at a random magnitude; torchvision v2"
+    policy_cls = v2.TrivialAugmentWide
+
+    @config_dataclass
+    class Config:
+        num_magnitude_bins: int = Field(31, ge=2)
+        interpolation: Interpolation = "nearest"
+
+
+@register_method("autoaugment")
+class AutoAugment(_PolicyMethod):
+    description = "AutoAugment (Cubuk et al. 2019): a learned policy (imagenet, cifar10 or svhn); torchvision v2"
+    policy_cls = v2.AutoAugment
+
+    @config_dataclass
+    class Config:
+        policy: Literal["imagenet", "cifar10", "svhn"] = "imagenet"
+        interpolation: Interpolation = "nearest"
+
+    def transform_kwargs(self):
+        kw = super().transform_kwargs()
+        kw["policy"] = v2.AutoAugmentPolicy(kw["policy"])
+        return kw
+
+
+@register_method("augmix")
+class AugMix(_PolicyMethod):
+    description = "AugMix (Hendrycks et al. 2020): a Dirichlet mix of augmentation chains; torchvision v2"
+    policy_cls = v2.AugMix
+
+    @config_dataclass
+    class Config:
+        severity: int = Field(3, ge=1, le=10)
+        mixture_width: int = Field(3, ge=1)
+        chain_depth: int = -1  # -1: a random depth in [1, 3] per chain
+        alpha: float = Field(1.0, gt=0)
+        all_ops: bool = True
+        interpolation: Interpolation = "bilinear"
+
+
+def _box(p: dict[str, Any]) -> dict[str, int]:
+    return {"top": int(p["i"]), "left": int(p["j"]), "height": int(p["h"]), "width": int(p["w"])}
+
+
+@register_method("cutout")
+class Cutout(_SeededTorchvision):
+    description = "Cutout / Random Erasing (DeVries & Taylor 2017; Zhong et al. 2020): erase one random box"
+
+    @config_dataclass
+    class Config:
+        scale: tuple[float, float] = (0.02, 0.33)  # erased area as a fraction of the image
+        ratio: tuple[float, float] = (0.3, 3.3)  # aspect ratio range of the box
+        value: int = Field(0, ge=0, le=255)  # fill grey level
+
+    def __init__(self, config, components=None):
+        super().__init__(config, components)
+        c = self.config
+        # p=1: an offline copy that is not erased would be a duplicate of its source.
+        self.transform = v2.RandomErasing(p=1.0, scale=c.scale, ratio=c.ratio, value=c.value)
+
+    def apply(self, image):
+        tensor = v2.functional.pil_to_tensor(image)
+        p = self.transform.make_params([tensor])
+        out = self.transform.transform(tensor, p)
+        return v2.functional.to_pil_image(out), {"erase": _box(p)}
+
+
+@register_method("flipcrop")
+class FlipCrop(_SeededTorchvision):
+    description = "Random horizontal flip + random resized crop back to the source size; torchvision v2"
+
+    @config_dataclass
+    class Config:
+        # Milder than torchvision's ImageNet training default (0.08, 1): an offline copy is kept forever.
+        scale: tuple[float, float] = (0.5, 1.0)
+        ratio: tuple[float, float] = (3 / 4, 4 / 3)
+        flip_p: float = Field(0.5, ge=0, le=1)
+
+    def apply(self, image):
+        c = self.config
+        crop = v2.RandomResizedCrop(size=(image.height, image.width), scale=c.scale, ratio=c.ratio, antialias=True)
+        p = crop.make_params([image])
+        image = crop.transform(image, p)
+        flip = bool(torch.rand(()) < c.flip_p)
+        if flip:
+            image = v2.functional.horizontal_flip(image)
+        return image, {"crop": _box(p), "flip": flip}
+
+
+class _BatchMix(ABC):
+    """Batch-level mixing for training: `make_transform(num_classes)` returns a callable taking
+    `(images, int labels)` and returning `(images, soft labels)`; with probability `1 - p` the batch is
+    left unmixed (one-hot labels), so the output type never depends on the draw."""
+
+    kind = "batch"
+
+    def __init__(self, config, components=None):
+        self.config = config
+
+    @abstractmethod
+    def mixer(self, num_classes: int):
+        """The torchvision v2 mixing transform."""
+
+    def make_transform(self, num_classes: int):
+        mix, p = self.mixer(num_classes), self.config.p
+
+        def transform(images: torch.Tensor, labels: torch.Tensor):
+            if torch.rand(()) < p:
+                return mix(images, labels)
+            return images, F.one_hot(labels, num_classes).to(torch.float32)
+
+        return transform
+
+
+@register_method("cutmix")
+class CutMix(_BatchMix):
+    description = "CutMix (Yun et al. 2019), batch-level at training time: alpha=1, applied with p=0.5"
+
+    @config_dataclass
+    class Config:
+        alpha: float = Field(1.0, gt=0)
+        p: float = Field(0.5, ge=0, le=1)
+
+    def mixer(self, num_classes: int):
+        return v2.CutMix(num_classes=num_classes, alpha=self.config.alpha)
+
+
+@register_method("mixup")
+class MixUp(_BatchMix):
+    description = "MixUp (Zhang et al. 2018), batch-level at training time: alpha=0.2, applied with p=1"
+
+    @config_dataclass
+    class Config:
+        alpha: float = Field(0.2, gt=0)
+        p: float = Field(1.0, ge=0, le=1)
+
+    def mixer(self, num_classes: int):
+        return v2.MixUp(num_classes=num_classes, alpha=self.config.alpha)

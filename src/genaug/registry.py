@@ -1,0 +1,54 @@
+"""Method registry: plain dicts, a decorator, and `create_method` (timm's `_registry.py` pattern).
+
+Two kinds of method share one vocabulary:
+- "generator": writes new images offline (`genaug augment`), one per (source image, variant).
+- "batch": mixes images of a training batch (CutMix, MixUp); used by training, not by `augment`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .config import ConfigError, build_config
+
+_METHODS: dict[str, type] = {}
+KINDS = ("generator", "batch")
+
+
+def register_method(name: str):
+    """Class decorator: `@register_method("randaugment")`. The class needs `Config`, `description`, `kind`."""
+
+    def wrap(cls):
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} is already registered by {_METHODS[name].__qualname__}")
+        if getattr(cls, "kind", None) not in KINDS:
+            raise ValueError(f"method {name!r}: kind must be one of {KINDS}")
+        if not getattr(cls, "description", ""):
+            raise ValueError(f"method {name!r} needs a one-line description")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _ensure_builtin() -> None:
+    from . import methods  # noqa: F401  (importing registers the built-in methods)
+
+
+def list_methods(kind: str | None = None) -> list[str]:
+    _ensure_builtin()
+    return sorted(n for n, c in _METHODS.items() if kind is None or c.kind == kind)
+
+
+def get_method_class(name: str) -> type:
+    _ensure_builtin()
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(list_methods())}") from None
+
+
+def create_method(name: str, config: dict[str, Any] | None = None, components: Any = None):
+    """Build a registered method from a dict of config overrides (unknown keys are errors)."""
+    cls = get_method_class(name)
+    return cls(build_config(cls.Config, config or {}, where=f"method {name!r}"), components)
