@@ -50,6 +50,11 @@ class Source:
         self.warnings: list[str] = []
         if self.kind == "imagefolder":
             self._check_imagefolder()
+        elif self.kind == "csv":
+            with open(self.root, encoding="utf-8", newline="") as f:
+                missing = {"path", "label"} - set(csv.DictReader(f).fieldnames or [])
+            if missing:
+                raise ConfigError(f"manifest {self.root} lacks column(s) {sorted(missing)}; it needs path,label[,mask][,id]")
 
     # ---- listing -------------------------------------------------------------------------------
     def _class_dirs(self) -> list[os.DirEntry]:
@@ -92,9 +97,6 @@ class Source:
         with open(self.root, encoding="utf-8", newline="") as f:
             if self.kind == "csv":
                 reader = csv.DictReader(f)
-                missing = {"path", "label"} - set(reader.fieldnames or [])
-                if missing:
-                    raise ConfigError(f"manifest {self.root} lacks column(s) {sorted(missing)}; it needs path,label[,mask][,id]")
                 for row in reader:
                     yield reader.line_num, row
                 return

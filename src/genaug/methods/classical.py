@@ -124,8 +124,8 @@ class AugMix(_PolicyMethod):
         interpolation: Interpolation = "bilinear"
 
 
-def _box(p: dict[str, Any]) -> dict[str, int]:
-    return {"top": int(p["i"]), "left": int(p["j"]), "height": int(p["h"]), "width": int(p["w"])}
+def _box(top, left, height, width) -> dict[str, int]:
+    return {"top": int(top), "left": int(left), "height": int(height), "width": int(width)}
 
 
 @register_method("cutout")
@@ -148,7 +148,7 @@ class Cutout(_SeededTorchvision):
         tensor = v2.functional.pil_to_tensor(image)
         p = self.transform.make_params([tensor])
         out = self.transform.transform(tensor, p)
-        return v2.functional.to_pil_image(out), {"erase": _box(p)}
+        return v2.functional.to_pil_image(out), {"erase": _box(p["i"], p["j"], p["h"], p["w"])}
 
 
 @register_method("flipcrop")
@@ -170,7 +170,7 @@ class FlipCrop(_SeededTorchvision):
         flip = bool(torch.rand(()) < c.flip_p)
         if flip:
             image = v2.functional.horizontal_flip(image)
-        return image, {"crop": _box(p), "flip": flip}
+        return image, {"crop": _box(p["top"], p["left"], p["height"], p["width"]), "flip": flip}
 
 
 class _BatchMix(ABC):

@@ -1,0 +1,34 @@
+# The two set-up commands of the README. Each creates .venv and installs what it needs on a fresh machine.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.genaug-installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test install data clean
+
+demo: install data  ## the main job, end to end, offline
+	$(BIN)/genaug demo --out runs/demo
+
+test: install data  ## the test suite (offline, CPU)
+	$(BIN)/python -m pytest
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Real Fashion-MNIST from Debian's dataset-fashion-mnist; without root or apt, genaug falls back to
+# scikit-learn's bundled digits and says so.
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+	      || echo "note: could not install dataset-fashion-mnist; the demo will use scikit-learn digits"; \
+	  else echo "note: dataset-fashion-mnist is not installed (needs root apt-get); the demo will use scikit-learn digits"; fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,0 +1,63 @@
+import os
+
+# Before any HF library is imported: nothing in the tests may reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from genaug.cli import app
+from genaug.data.builtin import digits
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("GENAUG_CACHE", str(tmp_path_factory.getbasetemp() / "genaug-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf-home"))
+
+
+@pytest.fixture(scope="session")
+def digit_images():
+    """Real handwritten digits (scikit-learn), upscaled to 16x16 so every op has room."""
+    images, labels, classes = digits()
+    return [Image.fromarray(im).resize((16, 16), Image.NEAREST) for im in images], labels, classes
+
+
+def make_imagefolder(root: Path, digit_images, per_class: int = 3, classes=("0", "1", "2")) -> Path:
+    images, labels, names = digit_images
+    root.mkdir(parents=True, exist_ok=True)
+    for c in classes:
+        d = root / c
+        d.mkdir(exist_ok=True)
+        idx = np.flatnonzero(labels == names.index(c) if c in names else labels == 0)[:per_class]
+        for j, i in enumerate(idx):
+            images[i].save(d / f"img_{j}.png")
+    return root
+
+
+@pytest.fixture
+def imagefolder(tmp_path, digit_images):
+    return make_imagefolder(tmp_path / "src", digit_images)
+
+
+def cli(*args: str, expect: int = 0):
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == expect, f"exit {result.exit_code}, expected {expect}:\n{result.output}"
+    return result
+
+
+def read_rows(out: Path) -> list[dict]:
+    with open(out / "metadata.jsonl", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def png_bytes(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}

@@ -1,0 +1,64 @@
+"""A run killed with SIGKILL at any moment, then rerun, ends exactly as an uninterrupted run."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import make_imagefolder, png_bytes, read_rows
+
+GENAUG = [sys.executable, "-m", "genaug.cli"]
+
+
+def _run(src, out, *extra):
+    return [*GENAUG, "augment", str(src), "--method", "augmix", "--out", str(out), "-n", "4", "--batch-size", "8", *extra]
+
+
+def _rows_on_disk(out: Path) -> int:
+    try:
+        return (out / "metadata.jsonl").read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def source_and_clean_run(tmp_path_factory, digit_images):
+    root = tmp_path_factory.mktemp("kill")
+    src = make_imagefolder(root / "src", digit_images, per_class=60)  # 180 sources x 4 = 720 images
+    subprocess.run(_run(src, root / "clean"), env=ENV, check=True, capture_output=True, timeout=300)
+    return src, png_bytes(root / "clean")
+
+
+@pytest.mark.parametrize("kill_after_rows", [0, 37, 150])
+def test_sigkill_then_rerun_is_exactly_complete(tmp_path, source_and_clean_run, kill_after_rows):
+    src, clean = source_and_clean_run
+    env = ENV
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_run(src, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _rows_on_disk(out) <= kill_after_rows and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed: make the dataset larger"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _rows_on_disk(out)
+    assert killed_at < 720
+
+    done = subprocess.run(_run(src, out), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = read_rows(out)
+    assert len(rows) == 720 and len({(r["source_id"], r["variant"]) for r in rows}) == 720
+    pngs = png_bytes(out)
+    assert set(pngs) == {r["file_name"] for r in rows}  # none lost, none doubled, no orphans
+    assert not list(out.rglob("*.tmp")) and not (out / ".genaug-tmp").exists()
+    for name in pngs:
+        with Image.open(out / name) as im:
+            im.load()
+    assert clean == pngs  # byte-identical to a run that was never interrupted

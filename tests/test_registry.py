@@ -1,0 +1,74 @@
+"""The method registry and the method contract, parametrised over everything registered."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from genaug import Example, create_method, get_method_class, list_methods, register_method
+from genaug.config import ConfigError, parse_overrides
+from genaug.methods import Method
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_has_a_strict_config_with_defaults(name):
+    cls = get_method_class(name)
+    assert cls.kind in ("generator", "batch") and cls.description
+    m = create_method(name)  # the defaults alone make a working method
+    fields = [f.name for f in dataclasses.fields(m.config)]
+    with pytest.raises(ConfigError, match="unknown option 'not_a_knob'"):
+        create_method(name, {"not_a_knob": 1})
+    if fields:
+        with pytest.raises(ConfigError, match=repr(fields[0])):
+            create_method(name, {fields[0]: "certainly not valid"})
+
+
+@pytest.mark.parametrize("name", list_methods(kind="generator"))
+def test_generators_are_pure_given_their_params(name, digit_images):
+    images, labels, _ = digit_images
+    m = create_method(name)
+    ex = Example(id="a/b.png", image=images[0], label="0", path="a/b.png")
+    p = {"seed": 123, **m.sample_params(ex, np.random.default_rng(123))}
+    a, b = m([ex], [p])[0], m([ex, ex], [p, {**p, "seed": 9}])[0]
+    assert a.image.tobytes() == b.image.tobytes() and a.params == b.params
+    assert a.label == "0" and a.source_id == "a/b.png" and "seed" not in a.params
+
+
+@pytest.mark.parametrize("name", list_methods(kind="batch"))
+def test_batch_methods_give_soft_labels(name):
+    mix = create_method(name, {"p": 1.0}).make_transform(num_classes=5)
+    x, y = mix(torch.rand(8, 3, 16, 16), torch.arange(8) % 5)
+    assert x.shape == (8, 3, 16, 16) and y.shape == (8, 5)
+    assert torch.allclose(y.sum(1), torch.ones(8))
+    keep = create_method(name, {"p": 0.0}).make_transform(num_classes=5)
+    x0 = torch.rand(4, 3, 8, 8)
+    x1, y1 = keep(x0, torch.tensor([0, 1, 2, 3]))
+    assert torch.equal(x1, x0) and torch.equal(y1, torch.eye(5)[:4])
+
+
+def test_registering_twice_or_without_description_fails():
+    with pytest.raises(ValueError, match="already registered"):
+        register_method("randaugment")(type("Other", (Method,), {"description": "x", "__call__": lambda *a: []}))
+    with pytest.raises(ValueError, match="description"):
+        register_method("nameless")(type("Nameless", (Method,), {"__call__": lambda *a: []}))
+
+
+def test_overrides_parse_as_yaml_values():
+    assert parse_overrides(["a=1", "b=0.5", "c=[0.25, 0.5]", "d=true", "e=text", "input.min_side=4"]) == {
+        "a": 1, "b": 0.5, "c": [0.25, 0.5], "d": True, "e": "text", "input": {"min_side": 4}}
+    with pytest.raises(ConfigError):
+        parse_overrides(["novalue"])
+
+
+def test_tuple_options_validate(digit_images):
+    m = create_method("cutout", {"scale": [0.1, 0.2]})
+    assert m.config.scale == (0.1, 0.2)
+    with pytest.raises(ConfigError):
+        create_method("cutout", {"value": 300})
+    img = Image.new("RGB", (16, 16), (255, 255, 255))
+    out = m([Example("x", img, "l", "x")], [{"seed": 1}])[0]
+    box = out.params["erase"]
+    arr = np.asarray(out.image)
+    assert (arr[box["top"]:box["top"] + box["height"], box["left"]:box["left"] + box["width"]] == 0).all()
+    assert 0.1 * 256 <= box["height"] * box["width"] <= 0.2 * 256 + 16
