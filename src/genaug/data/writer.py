@@ -68,10 +68,11 @@ class OutputDir:
         shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of a killed run
         self.tmp.mkdir()
         _atomic_write_text(self.root / CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-        self.done: dict[tuple[str, int], str] = self._load_rows()
+        self.done, rows_dropped = self._load_rows()
         self._meta = open(self.root / METADATA, "a", encoding="utf-8")
         self._rejected_tmp = open(self.tmp / REJECTED, "w", encoding="utf-8")
         self.n_rejected = 0
+        self._changed = rows_dropped or not self._manifest_matches()
 
     # ---- resume --------------------------------------------------------------------------------
     def _check_same_run(self, config: dict[str, Any], keys: tuple[str, ...]) -> None:
@@ -89,11 +90,11 @@ class OutputDir:
                 "Use another --out, or the same settings to resume."
             )
 
-    def _load_rows(self) -> dict[tuple[str, int], str]:
+    def _load_rows(self) -> tuple[dict[tuple[str, int], str], bool]:
         path = self.root / METADATA
         done: dict[tuple[str, int], str] = {}
         if not path.exists():
-            return done
+            return done, False
         kept, dropped = [], 0
         with open(path, encoding="utf-8") as f:
             for line in f:
@@ -111,7 +112,14 @@ class OutputDir:
         if dropped:
             log.info("dropped %d incomplete metadata row(s) from an interrupted run", dropped)
             _atomic_write_text(path, "".join(kept))
-        return done
+        return done, dropped > 0
+
+    def _manifest_matches(self) -> bool:
+        """The parquet manifest of a previous run still describes exactly the rows on disk."""
+        try:
+            return pq.read_metadata(self.root / MANIFEST).num_rows == len(self.done)
+        except (FileNotFoundError, OSError, pa.ArrowInvalid):
+            return False
 
     def is_done(self, source_id: str, variant: int) -> bool:
         return (source_id, variant) in self.done
@@ -126,6 +134,7 @@ class OutputDir:
         self._meta.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
         self._meta.flush()
         self.done[(row["source_id"], int(row["variant"]))] = row["file_name"]
+        self._changed = True
 
     def reject(self, path: str, source_id: str, reason: str) -> None:
         self.n_rejected += 1
@@ -142,7 +151,8 @@ class OutputDir:
         self._rejected_tmp.close()
         os.replace(self.tmp / REJECTED, self.root / REJECTED)
         self._remove_orphans()
-        self._write_manifest()
+        if self._changed:  # a rerun that wrote nothing leaves the manifest as it is
+            self._write_manifest()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _remove_orphans(self) -> None:
