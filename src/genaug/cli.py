@@ -67,8 +67,99 @@ def augment(
     except ConfigError as e:
         _fail(str(e))
     typer.echo(str(summary))
-    if json_out:
-        json_out.write_text(json.dumps({**summary.__dict__, "out": str(summary.out)}, indent=2))
+    _write_json(json_out, summary.__dict__)
+
+
+def _write_json(path: Optional[Path], data) -> None:
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2, default=str))
+
+
+@app.command("export")
+def export_dataset(
+    name: Annotated[str, typer.Argument(help="a built-in real dataset: fashion-mnist or digits")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the PNGs and manifest.csv")] = ...,
+    split: Annotated[str, typer.Option(help="train or test (fashion-mnist)")] = "train",
+    per_class: Annotated[Optional[int], typer.Option(help="only this many images per class (stratified, seeded)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the per-class subset")] = 0,
+) -> None:
+    """Write a built-in real dataset (offline) as class folders of PNGs plus manifest.csv (exact labels)."""
+    from .data.builtin import export_images, load_builtin, stratified_subset
+
+    if split not in ("train", "test"):
+        _fail(f"--split must be train or test, got {split!r}")
+    try:
+        images, labels, classes = load_builtin(name, split)
+    except ConfigError as e:
+        _fail(str(e))
+    idx = stratified_subset(labels, per_class, seed) if per_class else range(len(labels))
+    manifest = export_images(images, labels, classes, idx, out)
+    typer.echo(f"wrote {len(idx)} images of {len(classes)} classes: {manifest}")
+
+
+@app.command()
+def split(
+    src: Annotated[Path, typer.Argument(help="ImageFolder directory or manifest")],
+    more_seeds: Annotated[Optional[list[str]], typer.Argument(hidden=True)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the split files")] = ...,
+    shots: Annotated[Optional[int], typer.Option(help="K images per class (few-shot)")] = None,
+    fraction: Annotated[Optional[float], typer.Option(help="this fraction of every class (low-data)")] = None,
+    seeds: Annotated[Optional[list[str]], typer.Option("--seeds", help="one split per seed: --seeds 0 1 2 (or 0,1,2)")] = None,
+    val: Annotated[int, typer.Option(help="also hold out N images per class (from the rest) as val.csv")] = 0,
+) -> None:
+    """Stratified few-shot / low-data splits, written as CSV manifests that later commands take."""
+    from .data.splits import make_splits
+
+    # `--seeds 0 1 2`: click gives the option its first value; the rest arrive as trailing arguments.
+    tokens = [t for item in (seeds or []) + (more_seeds or []) for t in item.replace(",", " ").split()]
+    if not all(t.lstrip("-").isdigit() for t in tokens):
+        _fail(f"--seeds takes integers, got {' '.join(tokens)!r}")
+    try:
+        written = make_splits(src, out, [int(t) for t in tokens] or [0], shots=shots, fraction=fraction, val=val)
+    except ConfigError as e:
+        _fail(str(e))
+    for p in written:
+        typer.echo(str(p))
+
+
+def _named_paths(items: list[str], flag: str) -> dict[str, Path]:
+    named = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            _fail(f"{flag} takes name=PATH, got {item!r}")
+        named[name] = Path(path)
+    return named
+
+
+@app.command()
+def train(
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="training options as key=value (see README)")] = None,
+    real: Annotated[Path, typer.Option("--real", help="real training images: a split file, manifest or ImageFolder")] = ...,
+    synthetic: Annotated[Optional[list[Path]], typer.Option("--synthetic", help="a genaug augment output folder (repeatable)")] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="validation images (selects the best epoch)")] = None,
+    test: Annotated[Optional[Path], typer.Option("--test", help="in-distribution test images")] = None,
+    ood: Annotated[Optional[list[str]], typer.Option("--ood", help="out-of-distribution test set, name=PATH (repeatable)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="run directory")] = ...,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of training options")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the results as JSON")] = None,
+) -> None:
+    """Train a classifier on real (+ synthetic) images; evaluate on test and OOD sets."""
+    from .train import train as run_train
+
+    try:
+        cfg = merge(load_yaml(config) if config else {}, parse_overrides(overrides or []))
+        result = run_train(real, out, synthetic=synthetic or [], val=val, test=test,
+                           ood=_named_paths(ood or [], "--ood"), config=cfg)
+    except ConfigError as e:
+        _fail(str(e))
+    typer.echo(f"run: {out}  (best epoch {result['best_epoch']}, {result['n_real']} real + "
+               f"{result['n_synthetic']} synthetic images, {result['train_seconds']:.0f} s)")
+    for name, r in [("val", result.get("val")), ("test", result.get("test")), *result["ood"].items()]:
+        if r:
+            typer.echo(f"{name:>12}: accuracy {r['accuracy']:.4f}  (n={r['n']})")
+    _write_json(json_out, {k: v for k, v in result.items() if k != "history"})
 
 
 @app.command()
@@ -90,8 +181,7 @@ def demo(
     typer.echo(f"real:      {result['real']}")
     typer.echo(f"synthetic: {result['synthetic']} ({result['images_present']} images, method {result['method']})")
     typer.echo(f"grid:      {result['grid']}")
-    if json_out:
-        json_out.write_text(json.dumps(result, indent=2))
+    _write_json(json_out, result)
 
 
 def main() -> None:  # pragma: no cover

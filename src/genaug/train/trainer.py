@@ -1,0 +1,279 @@
+"""`genaug train`: a classifier on real (+ synthetic) images, evaluated in and out of distribution.
+
+Mixing real and synthetic images, as the papers do:
+- `synthetic_prob: null` (default) pools real and synthetic images and shuffles them (SGID's "added").
+- `synthetic_prob: p` draws each sample of a batch from the synthetic set with probability p, else
+  the next real image (DA-Fusion / DIAGen's synthetic probability). An epoch is one pass over the real
+  images either way, unless `steps_per_epoch` says otherwise.
+- Per-image weights from the synthetic manifest (`weight`, e.g. DIAGen's confidence weights) scale each
+  sample's loss: loss = mean_i(w_i * CE_i), real images have weight 1. Weight-0 images are never drawn.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from ..config import ConfigError, build_config, config_dataclass, to_dict
+from ..logging import get_logger
+from ..registry import create_method, get_method_class
+from ..seeding import derive_seed
+from ..types import Example
+from .data import ImageSet, concat, load_any, load_real, load_synthetic
+from .models import create_classifier
+
+log = get_logger(__name__)
+
+
+@config_dataclass
+class TrainConfig:
+    """Every knob of `genaug train` (`key=value` on the command line, or a YAML `--config`)."""
+
+    model: str = "genaug_small_cnn"  # a timm name, or torchvision/<name>
+    pretrained: str | None = None  # a weights file, or "imagenet" (offline MobileNetV2, torchvision/mobilenet_v2)
+    mode: Literal["scratch", "finetune", "linear"] = "scratch"
+    image_size: int = Field(32, ge=8)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    synthetic_prob: float | None = Field(None, ge=0, le=1)
+    use_weights: bool = True
+    augment: str | None = None  # online augmentation: any registered method (randaugment, cutmix, mixup, …)
+    augment_options: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    device: str = "auto"
+    eval_batch_size: int = Field(256, ge=1)
+
+
+def batch_indices(n_real: int, n_syn: int, batch_size: int, steps: int, synthetic_prob: float | None,
+                  generator: torch.Generator):
+    """Indices into `concat(real, synthetic)` for `steps` batches of one epoch."""
+    if synthetic_prob is None:
+        n = n_real + n_syn
+        order = torch.randperm(n, generator=generator)
+        order = order.repeat(math.ceil(steps * batch_size / n))
+        for s in range(steps):
+            yield order[s * batch_size:(s + 1) * batch_size]
+        return
+    order = torch.randperm(n_real, generator=generator).repeat(math.ceil(steps * batch_size / max(n_real, 1)))
+    for s in range(steps):
+        idx = order[s * batch_size:(s + 1) * batch_size].clone()
+        if n_syn:
+            syn = torch.rand(len(idx), generator=generator) < synthetic_prob
+            idx[syn] = n_real + torch.randint(n_syn, (int(syn.sum()),), generator=generator)
+        yield idx
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255 - m) / s
+
+
+class _OnlineAugment:
+    """Online augmentation with a registered method: generators run per image (seeded per sample, the same
+    code path as `genaug augment`), batch methods (CutMix, MixUp) mix the batch."""
+
+    def __init__(self, name: str, options: dict, num_classes: int, seed: int):
+        self.kind = get_method_class(name).kind
+        self.method = create_method(name, options)
+        self.mix = self.method.make_transform(num_classes) if self.kind == "batch" else None
+        self.seed = seed
+
+    def images(self, x: torch.Tensor, step: int) -> torch.Tensor:
+        if self.kind != "generator":
+            return x
+        from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
+
+        examples = [Example(id=str(i), image=to_pil_image(img), label="", path="") for i, img in enumerate(x)]
+        params = [{"seed": derive_seed(self.seed, f"online/{step}", i)} for i in range(len(x))]
+        return torch.stack([pil_to_tensor(s.image) for s in self.method(examples, params)])
+
+
+def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, batch_size: int = 256) -> dict:
+    """Top-1 and per-class accuracy, and the confusion matrix (rows: true class)."""
+    from sklearn.metrics import confusion_matrix
+
+    y = images.targets(classes)
+    model.eval()
+    preds = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = _normalize(images.images[i:i + batch_size].to(device), mean, std)
+            preds.append(model(x).argmax(1).cpu())
+    pred = torch.cat(preds).numpy()
+    cm = confusion_matrix(y.numpy(), pred, labels=list(range(len(classes))))
+    support = cm.sum(1)
+    per_class = {c: float(cm[i, i] / support[i]) for i, c in enumerate(classes) if support[i]}
+    return {"accuracy": float((pred == y.numpy()).mean()), "per_class": per_class, "n": int(len(pred)),
+            "confusion": cm.tolist()}
+
+
+def _plots(out: Path, history: list[dict], confusion: list[list[int]] | None, classes: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    epochs = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(epochs, [h["train_loss"] for h in history])
+    a.set(xlabel="epoch", ylabel="train loss")
+    b.plot(epochs, [h["train_acc"] for h in history], label="train (batch)")
+    if any(h.get("val_acc") is not None for h in history):
+        b.plot(epochs, [h.get("val_acc") for h in history], label="validation")
+    b.set(xlabel="epoch", ylabel="accuracy", ylim=(0, 1))
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=100)
+    plt.close(fig)
+    if confusion is not None:
+        fig, ax = plt.subplots(figsize=(1 + 0.5 * len(classes), 1 + 0.5 * len(classes)))
+        ConfusionMatrixDisplay(np.array(confusion), display_labels=classes).plot(ax=ax, colorbar=False,
+                                                                                 xticks_rotation="vertical")
+        fig.tight_layout()
+        fig.savefig(out / "confusion.png", dpi=100)
+        plt.close(fig)
+
+
+def _save(model, path: Path, meta: dict) -> None:
+    from safetensors.torch import save_model
+
+    save_model(model, str(path), metadata={k: json.dumps(v) for k, v in meta.items()})
+
+
+def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), val: str | Path | None = None,
+          test: str | Path | None = None, ood: dict[str, str | Path] | None = None,
+          config: dict[str, Any] | TrainConfig | None = None, progress: bool | None = None) -> dict:
+    """Train, select (best validation epoch, else the last), evaluate; write the run directory."""
+    cfg = config if isinstance(config, TrainConfig) else build_config(TrainConfig, config or {}, where="train")
+    if cfg.mode != "scratch" and not cfg.pretrained:
+        raise ConfigError(f"mode={cfg.mode} needs pretrained= (a weights file, or imagenet)")
+    if cfg.mode == "scratch" and cfg.pretrained:
+        raise ConfigError("pretrained= was given with mode=scratch; use mode=finetune or mode=linear")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+
+    real_set = load_real(real, cfg.image_size, "real")
+    classes = sorted(set(real_set.labels))
+    syn_sets = [load_synthetic(s, cfg.image_size) for s in synthetic]
+    syn_set = concat(syn_sets, cfg.image_size)
+    foreign = sorted(set(syn_set.labels) - set(classes))
+    if foreign:
+        raise ConfigError(f"synthetic labels {foreign[:5]} are not among the real classes {classes[:10]}")
+    pool = concat([real_set, syn_set], cfg.image_size)
+    targets = pool.targets(classes)
+    weights = pool.weights if cfg.use_weights else torch.ones(len(pool))
+    val_set = load_any(val, cfg.image_size, "val") if val else None
+
+    model, mean, std = create_classifier(cfg.model, len(classes), cfg.pretrained, linear_probe=cfg.mode == "linear")
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
+           else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True))
+    n_base = len(real_set) + (len(syn_set) if cfg.synthetic_prob is None else 0)
+    steps = cfg.steps_per_epoch or max(1, math.ceil(n_base / cfg.batch_size))
+    total = steps * cfg.epochs
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine"
+             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    online = _OnlineAugment(cfg.augment, cfg.augment_options, len(classes), cfg.seed) if cfg.augment else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    resolved = {"real": str(real), "synthetic": [str(s) for s in synthetic], "val": str(val) if val else None,
+                "test": str(test) if test else None, "ood": {k: str(v) for k, v in (ood or {}).items()},
+                "classes": classes, "n_real": len(real_set), "n_synthetic": len(syn_set), "steps_per_epoch": steps,
+                "train": to_dict(cfg)}
+    (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+    meta = {"classes": classes, "model": cfg.model, "image_size": cfg.image_size, "mean": mean, "std": std}
+
+    history, best, step = [], (-1.0, 0), 0
+    bar = tqdm(total=total, desc="genaug train", unit="step", disable=None if progress is None else not progress)
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = None
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            if cfg.mode == "linear":
+                model.eval()  # frozen backbone: keep its batch-norm statistics
+            t0, loss_sum, correct, seen, syn_seen = time.perf_counter(), 0.0, 0, 0, 0
+            for idx in batch_indices(len(real_set), len(syn_set), cfg.batch_size, steps, cfg.synthetic_prob, gen):
+                x, y, w = pool.images[idx], targets[idx], weights[idx]
+                syn_seen += int((idx >= len(real_set)).sum())
+                if online is not None:
+                    x = online.images(x, step)
+                x = _normalize(x.to(device), mean, std)
+                soft = F.one_hot(y, len(classes)).float()
+                if online is not None and online.mix is not None:
+                    x, soft = online.mix(x, y.to(device))
+                logits = model(x)
+                per = F.cross_entropy(logits, soft.to(device), reduction="none", label_smoothing=cfg.label_smoothing)
+                loss = (per * w.to(device)).mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                loss_sum += loss.item() * len(idx)
+                correct += int((logits.argmax(1).cpu() == y).sum())
+                seen += len(idx)
+                bar.update(1)
+            row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                   "synthetic_share": syn_seen / seen, "lr": sched.get_last_lr()[0],
+                   "seconds": time.perf_counter() - t0, "val_acc": None}
+            if val_set is not None:
+                row["val_acc"] = evaluate(model, val_set, classes, mean, std, device, cfg.eval_batch_size)["accuracy"]
+                bar.set_postfix(val=f"{row['val_acc']:.3f}")
+            history.append(row)
+            if writer is None:
+                writer = csv.DictWriter(f, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow(row)
+            f.flush()
+            score = row["val_acc"] if val_set is not None else epoch  # no validation: the last epoch
+            if score >= best[0]:
+                best = (score, epoch)
+                _save(model, out / "best.safetensors", {**meta, "epoch": epoch})
+    bar.close()
+    _save(model, out / "last.safetensors", {**meta, "epoch": cfg.epochs})
+
+    from safetensors.torch import load_model
+
+    load_model(model, str(out / "best.safetensors"), device=str(device))
+    result: dict[str, Any] = {"run_dir": str(out), "best_epoch": best[1], "classes": classes,
+                              "n_real": len(real_set), "n_synthetic": len(syn_set),
+                              "train_seconds": time.perf_counter() - t_start, "history": history}
+    if val_set is not None:
+        result["val"] = evaluate(model, val_set, classes, mean, std, device, cfg.eval_batch_size)
+    if test:
+        result["test"] = evaluate(model, load_any(test, cfg.image_size, "test"), classes, mean, std, device,
+                                  cfg.eval_batch_size)
+    result["ood"] = {name: evaluate(model, load_any(p, cfg.image_size, name), classes, mean, std, device,
+                                    cfg.eval_batch_size) for name, p in (ood or {}).items()}
+    shown = result.get("test") or result.get("val")
+    _plots(out, history, shown["confusion"] if shown else None, classes)
+    (out / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
+    return result
