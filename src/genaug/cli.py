@@ -163,6 +163,31 @@ def train(
 
 
 @app.command()
+def metrics(
+    real: Annotated[Path, typer.Option("--real", help="real images: ImageFolder, manifest or split file")] = ...,
+    synthetic: Annotated[Path, typer.Option("--synthetic", help="a genaug augment output folder (or any image set)")] = ...,
+    k: Annotated[int, typer.Option(help="nearest neighbours for precision / recall / density / coverage")] = 5,
+    feature_size: Annotated[int, typer.Option(help="input size of the MobileNetV2 feature extractor")] = 224,
+    per_class: Annotated[bool, typer.Option(help="also per class")] = True,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON")] = None,
+) -> None:
+    """Synthetic-data metrics: precision, recall, density, coverage, FID, KID (real ImageNet features)."""
+    from .scoring import synthetic_metrics
+
+    try:
+        r = synthetic_metrics(real, synthetic, k=k, feature_size=feature_size, per_class=per_class)
+    except ConfigError as e:
+        _fail(str(e))
+    keys = ["precision", "recall", "density", "coverage", "fid", "kid"]
+    typer.echo(f"{r['n_real']} real vs {r['n_synthetic']} synthetic images, {r['features']} features, k={k}")
+    typer.echo(f"{'':<20}" + "".join(f"{h:>11}" for h in keys))
+    rows = [("overall", r["overall"])] + list(r.get("per_class", {}).items())
+    for name, vals in rows:
+        typer.echo(f"{name[:20]:<20}" + "".join(f"{vals[h]:>11.4f}" if h in vals else f"{'-':>11}" for h in keys))
+    _write_json(json_out, r)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="where the demo writes everything")] = Path("runs/demo"),
     per_class: Annotated[int, typer.Option(help="real images per class")] = 50,

@@ -25,6 +25,17 @@ def split_name(shots: int | None, fraction: float | None) -> str:
     return f"shots-{shots}" if shots is not None else f"fraction-{fraction:g}"
 
 
+def _check_request(shots: int | None, fraction: float | None, val: int) -> None:
+    if (shots is None) == (fraction is None):
+        raise ConfigError("give exactly one of --shots K or --fraction F")
+    if shots is not None and shots < 1:
+        raise ConfigError(f"--shots must be at least 1, got {shots}")
+    if fraction is not None and not 0 < fraction <= 1:
+        raise ConfigError(f"--fraction must be in (0, 1], got {fraction}")
+    if val < 0:
+        raise ConfigError(f"--val must be >= 0, got {val}")
+
+
 def _by_class(records: list[Record]) -> dict[str, list[Record]]:
     classes: dict[str, list[Record]] = {}
     for r in records:
@@ -39,12 +50,7 @@ def choose(records: list[Record], seed: int, shots: int | None = None, fraction:
            val: int = 0) -> tuple[list[Record], list[Record]]:
     """`(train, val)` records: per class, a seeded permutation of its ids; the first K (or
     max(1, round(F * n))) go to train, the next `val` to validation."""
-    if (shots is None) == (fraction is None):
-        raise ConfigError("give exactly one of --shots K or --fraction F")
-    if shots is not None and shots < 1:
-        raise ConfigError(f"--shots must be at least 1, got {shots}")
-    if fraction is not None and not 0 < fraction <= 1:
-        raise ConfigError(f"--fraction must be in (0, 1], got {fraction}")
+    _check_request(shots, fraction, val)
     train, held = [], []
     for label, rs in _by_class(records).items():
         order = np.random.default_rng(derive_seed(seed, f"split/{label}", 0)).permutation(len(rs))
@@ -71,8 +77,8 @@ def write_manifest(records: list[Record], path: Path) -> Path:
 def make_splits(src: str | Path, out: str | Path, seeds: list[int], shots: int | None = None,
                 fraction: float | None = None, val: int = 0) -> list[Path]:
     """Write one train (and val) manifest per seed; returns the train manifests."""
-    source = Source(src)
-    records = list(source.records())
+    _check_request(shots, fraction, val)
+    records = list(Source(src).records())
     out = Path(out)
     name = split_name(shots, fraction)
     written, counts = [], {}

@@ -134,11 +134,14 @@ def create_classifier(name: str, num_classes: int, pretrained: str | None = None
 class ImageFeatures(nn.Module):
     """Pooled penultimate features of a real ImageNet network, for synthetic-data metrics.
 
-    Takes uint8 `(N, 3, H, W)` images (or float in [0, 1]); resizes to 224 px; returns `(N, 1280)`.
+    Takes uint8 `(N, 3, H, W)` images (or float in [0, 1]); resizes to `size` px (224, the network's
+    training resolution, by default; smaller is faster on a CPU); returns `(N, 1280)`.
     """
 
-    def __init__(self, weights: str | None = "imagenet"):
+    def __init__(self, weights: str | None = "imagenet", size: int = 224):
         super().__init__()
+        self.size = size
+        self.name = f"mobilenet_v2-imagenet@{size}px"
         import torchvision
 
         net = torchvision.models.mobilenet_v2(weights=None)
@@ -151,5 +154,5 @@ class ImageFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-        x = F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         return F.adaptive_avg_pool2d(self.body((x - self.mean) / self.std), 1).flatten(1)

@@ -1,0 +1,155 @@
+"""Splits, training with real + synthetic data, evaluation."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import cli, make_imagefolder
+from genaug.train import batch_indices, create_classifier, train
+
+FAST = {"epochs": 2, "batch_size": 16, "image_size": 16}
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory, digit_images):
+    """Real digits, 3 classes x 40 images, as an ImageFolder."""
+    return make_imagefolder(tmp_path_factory.mktemp("digits") / "src", digit_images, per_class=40)
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_splits_are_stratified_reproducible_and_disjoint(digits_folder, tmp_path):
+    cli("split", digits_folder, "--out", tmp_path / "a", "--shots", 5, "--seeds", 0, 1, 2, "--val", 4)
+    cli("split", digits_folder, "--out", tmp_path / "b", "--shots", 5, "--seeds", "0,1,2", "--val", 4)
+    for seed in (0, 1, 2):
+        a = (tmp_path / "a" / "shots-5" / f"seed-{seed}" / "train.csv").read_bytes()
+        assert a == (tmp_path / "b" / "shots-5" / f"seed-{seed}" / "train.csv").read_bytes()
+        train_rows = _rows(tmp_path / "a" / "shots-5" / f"seed-{seed}" / "train.csv")
+        val_rows = _rows(tmp_path / "a" / "shots-5" / f"seed-{seed}" / "val.csv")
+        assert sorted(np.unique([r["label"] for r in train_rows], return_counts=True)[1]) == [5, 5, 5]
+        assert len(val_rows) == 12 and not {r["id"] for r in train_rows} & {r["id"] for r in val_rows}
+    ids = [{r["id"] for r in _rows(tmp_path / "a" / "shots-5" / f"seed-{s}" / "train.csv")} for s in (0, 1)]
+    assert ids[0] != ids[1]
+    cli("split", digits_folder, "--out", tmp_path / "f", "--fraction", 0.25, "--seeds", 0)
+    rows = _rows(tmp_path / "f" / "fraction-0.25" / "seed-0" / "train.csv")
+    assert len(rows) == 30 and all((tmp_path / "f" / "fraction-0.25" / "seed-0" / r["path"]).is_file() for r in rows)
+
+
+def test_split_order_does_not_depend_on_listing(digits_folder, tmp_path):
+    from genaug.data import Source
+    from genaug.data.splits import choose
+
+    recs = list(Source(digits_folder).records())
+    a, _ = choose(recs, seed=3, shots=4)
+    b, _ = choose(list(reversed(recs)), seed=3, shots=4)
+    assert sorted(r.id for r in a) == sorted(r.id for r in b)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shots", 50], "too few"), ([], "exactly one of"), (["--shots", 2, "--fraction", 0.5], "exactly one of"),
+    (["--fraction", 1.5], "(0, 1]")])
+def test_bad_split_requests(digits_folder, tmp_path, args, message):
+    assert message in cli("split", digits_folder, "--out", tmp_path / "s", *args, expect=2).output
+
+
+def test_synthetic_proportion_is_honoured():
+    g = torch.Generator().manual_seed(0)
+    idx = torch.cat(list(batch_indices(100, 500, 32, 200, 0.3, g)))
+    share = (idx >= 100).float().mean().item()
+    assert abs(share - 0.3) < 0.02
+    real = idx[idx < 100]
+    assert np.bincount(real.numpy(), minlength=100).min() > 0  # real images are cycled, not sampled with holes
+    g = torch.Generator().manual_seed(0)
+    pooled = torch.cat(list(batch_indices(100, 50, 10, 15, None, g)))
+    assert sorted(pooled.tolist()) == list(range(150))  # pooled: one permutation of everything per epoch
+    assert (torch.cat(list(batch_indices(100, 50, 10, 10, 0.0, torch.Generator()))) < 100).all()
+
+
+def _fake_synthetic(src_dir, out_dir, weights):
+    """A synthetic folder in genaug's format: copies of some real images with chosen weights."""
+    import shutil
+
+    out_dir.mkdir(parents=True)
+    rows = []
+    for i, (img, w) in enumerate(zip(sorted(src_dir.rglob("*.png")), weights)):
+        rel = f"{img.parent.name}/syn_{i}.png"
+        (out_dir / img.parent.name).mkdir(exist_ok=True)
+        shutil.copy(img, out_dir / rel)
+        rows.append({"file_name": rel, "label": img.parent.name, "weight": w})
+    (out_dir / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out_dir
+
+
+def test_zero_weight_synthetic_images_change_nothing(digits_folder, tmp_path):
+    syn = _fake_synthetic(digits_folder, tmp_path / "syn", [1.0] * 10)
+    syn0 = _fake_synthetic(digits_folder, tmp_path / "syn0", [0.0] * 10)
+    cfg = {**FAST, "synthetic_prob": 0.5}
+    a = train(digits_folder, tmp_path / "a", synthetic=[syn], config=cfg, progress=False)
+    b = train(digits_folder, tmp_path / "b", synthetic=[syn, syn0], config=cfg, progress=False)
+    wa, wb = load_file(tmp_path / "a" / "last.safetensors"), load_file(tmp_path / "b" / "last.safetensors")
+    assert a["n_synthetic"] == 10 and b["n_synthetic"] == 10
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_weights_scale_the_loss(digits_folder, tmp_path):
+    half = _fake_synthetic(digits_folder, tmp_path / "half", [0.5] * 120)
+    ones = _fake_synthetic(digits_folder, tmp_path / "ones", [1.0] * 120)
+    cfg = {**FAST, "epochs": 1, "synthetic_prob": 1.0, "lr": 1e-9}  # all-synthetic batches, weights unchanged
+    a = train(digits_folder, tmp_path / "a", synthetic=[half], config=cfg, progress=False)
+    b = train(digits_folder, tmp_path / "b", synthetic=[ones], config=cfg, progress=False)
+    assert a["history"][0]["train_loss"] == pytest.approx(0.5 * b["history"][0]["train_loss"], rel=1e-3)
+    c = train(digits_folder, tmp_path / "c", synthetic=[half], config={**cfg, "use_weights": False}, progress=False)
+    assert c["history"][0]["train_loss"] == pytest.approx(b["history"][0]["train_loss"], rel=1e-3)
+
+
+def test_training_is_deterministic_and_learns(digits_folder, tmp_path):
+    cfg = {**FAST, "epochs": 6, "lr": 3e-3}
+    a = train(digits_folder, tmp_path / "a", val=digits_folder, test=digits_folder, config=cfg, progress=False)
+    b = train(digits_folder, tmp_path / "b", val=digits_folder, test=digits_folder, config=cfg, progress=False)
+    assert a["test"]["accuracy"] == b["test"]["accuracy"] > 0.6  # 3 real digit classes, seen in training
+    hist = [h["train_loss"] for h in a["history"]]
+    assert hist[-1] < hist[0]
+
+
+def test_train_cli_writes_an_ecosystem_run_dir(digits_folder, tmp_path):
+    run = tmp_path / "run"
+    res = cli("train", "--real", digits_folder, "--test", digits_folder, "--ood", f"same={digits_folder}",
+              "--out", run, "epochs=2", "batch_size=16", "image_size=16", "augment=randaugment", "--json",
+              tmp_path / "r.json")
+    assert "test: accuracy" in res.output and "same: accuracy" in res.output
+    for name in ("config.yaml", "results.csv", "best.safetensors", "last.safetensors", "confusion.png",
+                 "curves.png", "metrics.json"):
+        assert (run / name).is_file(), name
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert set(result["test"]["per_class"]) == {"0", "1", "2"} and result["ood"]["same"]["n"] == 120
+    assert len(_rows(run / "results.csv")) == 2
+
+
+@pytest.mark.parametrize("augment", ["cutmix", "mixup", "cutout"])
+def test_online_augmentations_train(digits_folder, tmp_path, augment):
+    r = train(digits_folder, tmp_path / augment, config={**FAST, "epochs": 1, "augment": augment}, progress=False)
+    assert np.isfinite(r["history"][0]["train_loss"])
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"mode": "linear"}, "needs pretrained"), ({"pretrained": "x.pth"}, "mode=scratch"),
+    ({"model": "no_such_model"}, "unknown model"), ({"epochs": 0}, "epochs"), ({"synthetic_prob": 2}, "synthetic_prob")])
+def test_bad_training_options(digits_folder, tmp_path, cfg, message):
+    res = cli("train", "--real", digits_folder, "--out", tmp_path / "r", *[f"{k}={v}" for k, v in cfg.items()], expect=2)
+    assert message in res.output
+
+
+def test_linear_probe_on_the_real_imagenet_mobilenet(digits_folder, tmp_path):
+    model, mean, std = create_classifier("torchvision/mobilenet_v2", 3, "imagenet", linear_probe=True)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["classifier.1.weight", "classifier.1.bias"] and mean[0] == pytest.approx(0.485)
+    r = train(digits_folder, tmp_path / "lp", test=digits_folder, progress=False,
+              config={"model": "torchvision/mobilenet_v2", "pretrained": "imagenet", "mode": "linear",
+                      "epochs": 3, "image_size": 64, "lr": 1e-2, "batch_size": 32})
+    assert r["test"]["accuracy"] > 0.6  # real ImageNet features separate digits linearly
