@@ -153,3 +153,11 @@ def test_linear_probe_on_the_real_imagenet_mobilenet(digits_folder, tmp_path):
               config={"model": "torchvision/mobilenet_v2", "pretrained": "imagenet", "mode": "linear",
                       "epochs": 3, "image_size": 64, "lr": 1e-2, "batch_size": 32})
     assert r["test"]["accuracy"] > 0.6  # real ImageNet features separate digits linearly
+
+
+def test_sic_explainability_score(digits_folder, tmp_path):
+    r = train(digits_folder, tmp_path / "sic", test=digits_folder, progress=False,
+              config={**FAST, "epochs": 8, "lr": 3e-3, "sic_images": 12, "sic_saliency": "saliency"})
+    sic = r["test"]["sic"]
+    assert sic["n_scored"] + sic["n_skipped"] == 12 and sic["n_scored"] > 0
+    assert 0.0 <= sic["sic"] <= 1.0 and sic["curve_y"][0] == 0.0 and sic["curve_y"][-1] == 1.0

@@ -158,7 +158,8 @@ def train(
                f"{result['n_synthetic']} synthetic images, {result['train_seconds']:.0f} s)")
     for name, r in [("val", result.get("val")), ("test", result.get("test")), *result["ood"].items()]:
         if r:
-            typer.echo(f"{name:>12}: accuracy {r['accuracy']:.4f}  (n={r['n']})")
+            sic = r.get("sic", {}).get("sic") if r.get("sic") else None
+            typer.echo(f"{name:>12}: accuracy {r['accuracy']:.4f}  (n={r['n']})" + (f"  SIC {sic:.3f}" if sic else ""))
     _write_json(json_out, {k: v for k, v in result.items() if k != "history"})
 
 

@@ -58,6 +58,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = Field(256, ge=1)
+    sic_images: int = Field(0, ge=0)  # > 0: SIC explainability score (AGA) on this many test images
+    sic_saliency: Literal["integrated_gradients", "saliency"] = "integrated_gradients"
 
 
 def batch_indices(n_real: int, n_syn: int, batch_size: int, steps: int, synthetic_prob: float | None,
@@ -269,8 +271,14 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     if val_set is not None:
         result["val"] = evaluate(model, val_set, classes, mean, std, device, cfg.eval_batch_size)
     if test:
-        result["test"] = evaluate(model, load_any(test, cfg.image_size, "test"), classes, mean, std, device,
-                                  cfg.eval_batch_size)
+        test_set = load_any(test, cfg.image_size, "test")
+        result["test"] = evaluate(model, test_set, classes, mean, std, device, cfg.eval_batch_size)
+        if cfg.sic_images:
+            from ..scoring.explain import sic_score
+
+            result["test"]["sic"] = sic_score(model, test_set.images, lambda x: _normalize(x, mean, std),
+                                              n_images=cfg.sic_images, seed=cfg.seed, method=cfg.sic_saliency,
+                                              device=device)
     result["ood"] = {name: evaluate(model, load_any(p, cfg.image_size, name), classes, mean, std, device,
                                     cfg.eval_batch_size) for name, p in (ood or {}).items()}
     shown = result.get("test") or result.get("val")
