@@ -5,12 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.genaug-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test install data clean
+.PHONY: demo test install data browser clean
 
 demo: install data  ## the main job, end to end, offline
 	$(BIN)/genaug demo --out runs/demo
 
-test: install data  ## the test suite (offline, CPU)
+test: install data browser  ## the test suite (offline, CPU)
 	$(BIN)/python -m pytest
 
 install: $(STAMP)
@@ -31,6 +31,15 @@ data:
 	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
 	      || echo "note: could not install dataset-fashion-mnist; the demo will use scikit-learn digits"; \
 	  else echo "note: dataset-fashion-mnist is not installed (needs root apt-get); the demo will use scikit-learn digits"; fi; \
+	fi
+
+# Debian's Chromium renders the bench report in a test (skipped, with the reason, where it cannot install).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	      || echo "note: could not install chromium; the report rendering test will be skipped"; \
+	  else echo "note: chromium is not installed (needs root apt-get); the report rendering test will be skipped"; fi; \
 	fi
 
 clean:

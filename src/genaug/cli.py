@@ -189,6 +189,35 @@ def metrics(
 
 
 @app.command()
+def bench(
+    config: Annotated[Path, typer.Argument(help="bench YAML: data, splits, methods, budget, train (see README)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run directory (rerun to resume)")] = ...,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the summary table as JSON")] = None,
+) -> None:
+    """Methods x splits x seeds, budget-matched, cached; writes results.csv and the report."""
+    from .bench import load_summary, run_bench
+
+    try:
+        run_bench(load_yaml(config), out)
+    except ConfigError as e:
+        _fail(str(e))
+    typer.echo((out / "report.md").read_text(encoding="utf-8").split("## Configuration")[0].rstrip())
+    typer.echo(f"\nreport: {out / 'report.html'}")
+    _write_json(json_out, load_summary(out))
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a genaug bench run directory")]) -> None:
+    """Re-render report.md and report.html of a bench run from its results.csv."""
+    from .bench import write_report
+
+    try:
+        typer.echo(str(write_report(run_dir)))
+    except ConfigError as e:
+        _fail(str(e))
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="where the demo writes everything")] = Path("runs/demo"),
     per_class: Annotated[int, typer.Option(help="real images per class")] = 50,

@@ -1,0 +1,161 @@
+"""Bench results -> `results.csv`, `summary.csv`, `report.md` and a self-contained `report.html`
+(tables, an accuracy-vs-synthetic-proportion plot, real-vs-synthetic image grids, all embedded)."""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pandas as pd
+from markupsafe import Markup
+
+from ..config import ConfigError
+
+GROUP = ["arm", "kind", "split", "synthetic_prob"]
+
+
+def write_results(root: Path, rows: list[dict]) -> Path:
+    path = root / "results.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds per (arm, split, synthetic proportion)."""
+    acc_cols = [c for c in results.columns if c == "test_acc" or c == "val_acc" or c == "test_sic"
+                or (c.startswith("ood_") and c.endswith("_acc"))]
+    df = results.copy()
+    df["synthetic_prob"] = df["synthetic_prob"].astype("object").where(df["synthetic_prob"].notna(), "pooled")
+    df.loc[df["kind"] != "generator", "synthetic_prob"] = "-"
+    agg = {c: ["mean", "std"] for c in acc_cols if df[c].notna().any()}
+    agg.update(seed=["count"], n_synthetic=["mean"], generation_seconds=["mean"], train_seconds=["mean"])
+    out = df.groupby(GROUP, sort=False, dropna=False).agg(agg)
+    out.columns = [f"{a}_{b}" if b not in ("mean",) else a for a, b in out.columns]
+    out = out.rename(columns={"seed_count": "seeds"}).reset_index()
+    for c in out.columns:
+        if c.endswith("_std"):
+            out[c] = out[c].fillna(0.0)
+    return out
+
+
+def _fmt(mean: float, std: float) -> str:
+    return "-" if pd.isna(mean) else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _table(summary: pd.DataFrame) -> pd.DataFrame:
+    metric_cols = [c for c in summary.columns if (c.endswith("_acc") or c == "test_sic") and f"{c}_std" in summary]
+    t = summary[["arm", "split", "synthetic_prob", "seeds"]].copy()
+    for c in metric_cols:
+        label = {"test_acc": "test acc %", "val_acc": "val acc %", "test_sic": "test SIC ×100"}.get(
+            c, c.removeprefix("ood_").removesuffix("_acc") + " (OOD) acc %")
+        t[label] = [_fmt(m, s) for m, s in zip(summary[c], summary[f"{c}_std"])]
+    t["synthetic images"] = summary["n_synthetic"].round().astype(int)
+    t["generation s"] = summary["generation_seconds"].round(1)
+    t["train s"] = summary["train_seconds"].round(1)
+    return t
+
+
+def _proportion_plot(summary: pd.DataFrame, path: Path) -> Path | None:
+    gen = summary[(summary["kind"] == "generator") & summary["synthetic_prob"].map(lambda v: isinstance(v, float))]
+    if gen.empty or gen["synthetic_prob"].nunique() < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (arm, split), g in gen.groupby(["arm", "split"], sort=False):
+        g = g.sort_values("synthetic_prob")
+        ax.errorbar(g["synthetic_prob"], 100 * g["test_acc"], yerr=100 * g["test_acc_std"], marker="o", capsize=3,
+                    label=f"{arm} ({split})")
+    for (arm, split), g in summary[summary["kind"] == "real"].groupby(["arm", "split"], sort=False):
+        ax.axhline(100 * g["test_acc"].iloc[0], linestyle="--", color="grey", label=f"real only ({split})")
+    ax.set(xlabel="synthetic proportion of each batch", ylabel="test accuracy (%)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _grids(root: Path) -> dict[str, Path]:
+    from ..viz import save_grid
+
+    grids = {}
+    syn_root = root / "synthetic"
+    for arm_dir in sorted(p for p in syn_root.iterdir() if p.is_dir()) if syn_root.exists() else []:
+        first = next(iter(sorted(arm_dir.glob("*/seed-*/metadata.jsonl"))), None)
+        if first is not None:
+            (root / "grids").mkdir(exist_ok=True)
+            grids[arm_dir.name] = save_grid(first.parent, root / "grids" / f"{arm_dir.name}.png")
+    return grids
+
+
+def _img64(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>genaug bench report</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;image-rendering:pixelated}
+figure{display:inline-block;margin:0 2em 1em 0;vertical-align:top}figcaption{font-size:13px;color:#555}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}
+</style></head><body>
+<h1>genaug bench report</h1>
+<p>{{ intro }}</p>
+<h2>Accuracy (mean ± std over seeds)</h2>
+{{ table }}
+{% if plot %}<h2>Accuracy vs synthetic proportion</h2><img alt="accuracy vs synthetic proportion" src="{{ plot }}">{% endif %}
+{% if grids %}<h2>Real vs synthetic</h2><p>Each row: a real image, then its first synthetic variants.</p>
+{% for name, src in grids %}<figure><img alt="grid {{ name }}" src="{{ src }}"><figcaption>{{ name }}</figcaption></figure>{% endfor %}{% endif %}
+<h2>Configuration</h2><pre>{{ config }}</pre>
+<script>
+window.addEventListener("load", () => {
+  const ok = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
+  document.documentElement.dataset.imagesLoaded = ok;
+});
+</script>
+</body></html>
+"""
+
+
+def write_report(root: str | Path) -> Path:
+    """(Re-)render report.md and report.html from RUN_DIR/results.csv."""
+    import jinja2
+
+    root = Path(root)
+    if not (root / "results.csv").exists():
+        raise ConfigError(f"{root} has no results.csv: run `genaug bench` first")
+    results = pd.read_csv(root / "results.csv")
+    summary = summarize(results)
+    summary.to_csv(root / "summary.csv", index=False)
+    table = _table(summary)
+    plot = _proportion_plot(summary, root / "accuracy_vs_proportion.png")
+    grids = _grids(root)
+    config = (root / "config.yaml").read_text() if (root / "config.yaml").exists() else ""
+    intro = (f"{len(results)} training runs: {results['arm'].nunique()} arms × {results['split'].nunique()} "
+             f"split(s) × {results['seed'].nunique()} seed(s). Every arm trains the same classifier on the same "
+             "split and seed; generators get the same number of synthetic images per real image.")
+    md = ["# genaug bench report", "", intro, "", "## Accuracy (mean ± std over seeds)", "",
+          table.to_markdown(index=False), ""]
+    if plot:
+        md += ["## Accuracy vs synthetic proportion", "", f"![accuracy vs synthetic proportion]({plot.name})", ""]
+    if grids:
+        md += ["## Real vs synthetic", ""] + [f"![{n}](grids/{p.name})" for n, p in grids.items()] + [""]
+    md += ["## Configuration", "", "```yaml", config.rstrip(), "```", ""]
+    (root / "report.md").write_text("\n".join(md), encoding="utf-8")
+    html = jinja2.Template(_HTML, autoescape=True).render(
+        intro=intro, table=Markup(table.to_html(index=False, border=0)),
+        plot=_img64(plot) if plot else None, grids=[(n, _img64(p)) for n, p in grids.items()], config=config)
+    (root / "report.html").write_text(html, encoding="utf-8")
+    return root / "report.html"
+
+
+def load_summary(root: str | Path) -> list[dict]:
+    return json.loads(pd.read_csv(Path(root) / "summary.csv").to_json(orient="records"))
+
+

@@ -1,0 +1,180 @@
+"""`genaug bench`: methods x splits x seeds, budget-matched, resumable; then the report.
+
+Every arm trains the same classifier with the same options on the same split and seed; only the data
+differs. Generators get the same budget (synthetic images per real image) and their generation time is
+recorded next to accuracy. Generations and trained runs are cached under the run directory, so a rerun
+(or a larger grid) only does what is missing.
+
+    RUN_DIR/config.yaml                     the resolved bench configuration
+    RUN_DIR/data/                           built-in datasets exported as files (when used)
+    RUN_DIR/splits/<split>/seed-S/train.csv the split files
+    RUN_DIR/synthetic/<arm>/<split>/seed-S/ genaug augment outputs (+ generation.json)
+    RUN_DIR/runs/<arm>/<split>/seed-S[/p-P] genaug train run directories
+    RUN_DIR/results.csv                     one row per trained run
+    RUN_DIR/report.md, report.html          tables, plots, image grids
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from ..config import ConfigError, build_config, config_dataclass, config_hash, to_dict
+from ..data.builtin import BUILTIN, export_images, load_builtin, stratified_subset
+from ..data.splits import make_splits, split_name
+from ..engine import augment
+from ..logging import get_logger
+from ..registry import get_method_class
+from ..train import TrainConfig, train
+
+log = get_logger(__name__)
+REAL = "real"
+
+
+@config_dataclass
+class DataSpec:
+    train: str  # a path (ImageFolder / manifest), or a built-in dataset: fashion-mnist, digits
+    test: str | None = None  # a path, or a built-in name (its test split)
+    ood: dict[str, str] = Field(default_factory=dict)  # name -> path
+    pool_per_class: int | None = Field(None, ge=1)  # built-in train data: export only this many per class
+    test_per_class: int | None = Field(None, ge=1)  # built-in test data: only this many per class
+
+
+@config_dataclass
+class SplitSpec:
+    shots: list[int] = Field(default_factory=list)
+    fractions: list[float] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    val: int = Field(0, ge=0)
+
+
+@config_dataclass
+class ArmSpec:
+    method: str  # "real" (no augmentation), a generator (offline images) or a batch method (online)
+    options: dict[str, Any] = Field(default_factory=dict)
+    name: str | None = None  # shown in the report; defaults to the method name
+
+
+@config_dataclass
+class BenchConfig:
+    data: DataSpec
+    splits: SplitSpec = Field(default_factory=SplitSpec)
+    methods: list[ArmSpec] = Field(default_factory=list)
+    budget: int = Field(4, ge=1)  # synthetic images per real image, the same for every generator
+    synthetic_probs: list[float] = Field(default_factory=list)  # a sweep of train.synthetic_prob for generators
+    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig options, shared by every arm
+
+
+def _resolve_data(spec: DataSpec, root: Path) -> tuple[str, str | None]:
+    def builtin(name: str, split: str, per_class: int | None) -> str:
+        out = root / "data" / (f"{name}-{split}" + (f"-{per_class}pc" if per_class else ""))
+        manifest = out / "manifest.csv"
+        if not manifest.exists():
+            images, labels, classes = load_builtin(name, split)
+            idx = stratified_subset(labels, per_class) if per_class else range(len(labels))
+            export_images(images, labels, classes, idx, out.with_suffix(".partial"))
+            out.with_suffix(".partial").rename(out)
+        return str(manifest)
+
+    train_src = builtin(spec.train, "train", spec.pool_per_class) if spec.train in BUILTIN else spec.train
+    test = spec.test
+    if test in BUILTIN:
+        test = builtin(test, "test", spec.test_per_class)
+    return train_src, test
+
+
+def _arm_name(arm: ArmSpec) -> str:
+    return arm.name or arm.method
+
+
+def _split_requests(spec: SplitSpec) -> list[tuple[int | None, float | None]]:
+    reqs = [(k, None) for k in spec.shots] + [(None, f) for f in spec.fractions]
+    if not reqs:
+        raise ConfigError("bench: give splits.shots and/or splits.fractions")
+    return reqs
+
+
+def _generate(arm: ArmSpec, split_file: Path, out: Path, budget: int, seed: int) -> tuple[Path, float]:
+    """A cached generation: `genaug augment` resumes, and the first run's seconds are kept."""
+    record = out / "generation.json"
+    summary = augment(split_file, out, method=arm.method, n=budget, seed=seed, options=arm.options, progress=False)
+    if record.exists() and summary.generated == 0:
+        return out, json.loads(record.read_text())["seconds"]
+    record.write_text(json.dumps({"seconds": summary.seconds, "images": summary.generated + summary.already_done}))
+    return out, summary.seconds
+
+
+def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: bool | None = None) -> list[dict]:
+    cfg = config if isinstance(config, BenchConfig) else build_config(BenchConfig, config, where="bench")
+    base_train = build_config(TrainConfig, cfg.train, where="bench train")
+    for arm in cfg.methods:
+        if arm.method != REAL:
+            get_method_class(arm.method)  # an unknown method fails now, not after an hour of training
+    arms = [ArmSpec(method=REAL)] + [a for a in cfg.methods if a.method != REAL]
+    names = [_arm_name(a) for a in arms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"bench: arm names must be unique, got {names}; set name: for repeated methods")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+    train_src, test = _resolve_data(cfg.data, root)
+
+    rows = []
+    for shots, fraction in _split_requests(cfg.splits):
+        split = split_name(shots, fraction)
+        make_splits(train_src, root / "splits", cfg.splits.seeds, shots=shots, fraction=fraction, val=cfg.splits.val)
+        for seed in cfg.splits.seeds:
+            sdir = root / "splits" / split / f"seed-{seed}"
+            val = sdir / "val.csv" if cfg.splits.val else None
+            for arm in arms:
+                kind = REAL if arm.method == REAL else get_method_class(arm.method).kind
+                name = _arm_name(arm)
+                tcfg = {**to_dict(base_train), "seed": seed}
+                synthetic, gen_seconds, probs = [], 0.0, [None]
+                if kind == "generator":
+                    syn, gen_seconds = _generate(arm, sdir / "train.csv", root / "synthetic" / name / split
+                                                 / f"seed-{seed}", cfg.budget, seed)
+                    synthetic = [syn]
+                    probs = cfg.synthetic_probs or [base_train.synthetic_prob]
+                elif kind == "batch":
+                    tcfg.update(augment=arm.method, augment_options=arm.options)
+                for p in probs:
+                    run_dir = root / "runs" / name / split / f"seed-{seed}"
+                    if kind == "generator" and cfg.synthetic_probs:
+                        run_dir = run_dir / f"p-{p:g}"
+                    tcfg_p = {**tcfg, "synthetic_prob": p if kind == "generator" else tcfg["synthetic_prob"]}
+                    rows.append(_train_cached(run_dir, sdir / "train.csv", synthetic, val, test, cfg.data.ood, tcfg_p,
+                                              row={"arm": name, "method": arm.method, "kind": kind, "split": split,
+                                                   "seed": seed, "synthetic_prob": tcfg_p["synthetic_prob"],
+                                                   "budget": cfg.budget if kind == "generator" else 0,
+                                                   "generation_seconds": gen_seconds}, progress=progress))
+    from .report import write_report, write_results
+
+    write_results(root, rows)
+    write_report(root)
+    return rows
+
+
+def _train_cached(run_dir: Path, real: Path, synthetic: list[Path], val, test, ood: dict, tcfg: dict, row: dict,
+                  progress) -> dict:
+    key = config_hash({"tcfg": tcfg, "real": str(real), "synthetic": [str(s) for s in synthetic], "val": str(val),
+                       "test": str(test), "ood": ood})
+    done = run_dir / "bench_row.json"
+    if done.exists():
+        cached = json.loads(done.read_text())
+        if cached.get("key") == key:
+            return cached["row"]
+    t0 = time.perf_counter()
+    r = train(real, run_dir, synthetic=synthetic, val=val, test=test, ood=ood, config=tcfg, progress=progress)
+    row = {**row, "n_real": r["n_real"], "n_synthetic": r["n_synthetic"],
+           "train_seconds": round(time.perf_counter() - t0, 2), "best_epoch": r["best_epoch"],
+           "val_acc": r["val"]["accuracy"] if "val" in r else None,
+           "test_acc": r["test"]["accuracy"] if "test" in r else None,
+           "test_sic": (r["test"].get("sic") or {}).get("sic") if "test" in r else None,
+           **{f"ood_{k}_acc": v["accuracy"] for k, v in r["ood"].items()}, "run_dir": str(run_dir)}
+    done.write_text(json.dumps({"key": key, "row": row}))
+    return row

@@ -1,0 +1,36 @@
+"""Pictures of what genaug made."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def save_grid(synthetic_dir: Path, out_png: Path, per_row: int = 10, n_variants: int = 3, min_tile: int = 64) -> Path:
+    """One row per class (its first source image): the real image, then its first `n_variants` variants."""
+    import torch
+    from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor
+    from torchvision.utils import make_grid, save_image
+
+    rows: dict[str, list[str]] = {}
+    first_of_label: dict[str, str] = {}
+    with open(synthetic_dir / "metadata.jsonl", encoding="utf-8") as f:
+        for line in f:
+            r = json.loads(line)
+            if r["variant"] < n_variants:
+                rows.setdefault(r["source_path"], [None] * n_variants)[r["variant"]] = r["file_name"]
+                first_of_label[r["label"]] = min(first_of_label.get(r["label"], r["source_path"]), r["source_path"])
+    width = 1 + max(sum(fn is not None for fn in v) for v in rows.values())
+    tiles = []
+    for src in [first_of_label[label] for label in sorted(first_of_label)][:per_row]:
+        files = [Path(src)] + [synthetic_dir / fn for fn in rows[src] if fn]
+        row = [Image.open(p).convert("RGB") for p in files]
+        size = row[0].size
+        row = [im.resize(size) for im in row]  # a method may change the size; the grid needs one
+        scale = max(1, min_tile // max(size))  # small images (28 px) are enlarged, pixels kept sharp
+        row = [im.resize((size[0] * scale, size[1] * scale), Image.NEAREST) for im in row]
+        row += [Image.new("RGB", row[0].size, (255, 255, 255))] * (width - len(row))
+        tiles += [pil_to_tensor(im) for im in row]
+    grid = make_grid(torch.stack(tiles), nrow=width, padding=2, pad_value=255)
+    save_image(grid.float() / 255, out_png)
+    return out_png

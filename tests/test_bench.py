@@ -1,0 +1,105 @@
+"""A small bench end to end on real data; the report rendered in headless Chromium."""
+import json
+import shutil
+import subprocess
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import cli
+from genaug.data.builtin import fashion_mnist_available
+
+DATASET = "fashion-mnist" if fashion_mnist_available() else "digits"
+BENCH = {
+    "data": {"train": DATASET, "test": DATASET if DATASET == "fashion-mnist" else None,
+             "pool_per_class": 20, "test_per_class": 10},
+    "splits": {"shots": [4], "seeds": [0, 1], "val": 3},
+    "methods": [{"method": "randaugment"}, {"method": "flipcrop", "name": "crop+flip"}, {"method": "mixup"}],
+    "budget": 2,
+    "synthetic_probs": [0.3, 0.7],
+    "train": {"epochs": 2, "image_size": 28, "batch_size": 16},
+}
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    cfg = root / "bench.yaml"
+    cfg.write_text(yaml.safe_dump(BENCH))
+    res = cli("bench", cfg, "--out", root / "run", "--json", root / "summary.json")
+    return root, res
+
+
+def test_bench_grid_runs_end_to_end(bench_run):
+    root, res = bench_run
+    run = root / "run"
+    results = pd.read_csv(run / "results.csv")
+    # real + mixup once per seed; each generator once per seed and synthetic proportion
+    assert len(results) == 2 * (1 + 1 + 2 + 2)
+    gen = results[results["kind"] == "generator"]
+    assert set(gen["n_synthetic"]) == {4 * 10 * 2} and (gen["generation_seconds"] > 0).all()
+    assert set(results.loc[results["kind"] != "generator", "n_synthetic"]) == {0}
+    assert set(results["arm"]) == {"real", "randaugment", "crop+flip", "mixup"}
+    summary = json.loads((root / "summary.json").read_text())
+    assert {"val_acc", "val_acc_std", "seeds"} <= set(summary[0])
+    if DATASET == "fashion-mnist":
+        assert {"test_acc", "test_acc_std"} <= set(summary[0])
+    assert all(r["seeds"] == 2 for r in summary)
+    md = (run / "report.md").read_text()
+    assert "| arm" in md and "crop+flip" in md and "accuracy_vs_proportion.png" in md
+    assert (run / "accuracy_vs_proportion.png").is_file() and (run / "grids" / "randaugment.png").is_file()
+    assert "report.html" in res.output
+
+
+def test_bench_rerun_reuses_everything(bench_run):
+    root, _ = bench_run
+    run = root / "run"
+    stamps = {p: p.stat().st_mtime_ns for p in run.rglob("bench_row.json")}
+    pngs = {p: p.stat().st_mtime_ns for p in (run / "synthetic").rglob("*.png")}
+    cli("bench", root / "bench.yaml", "--out", run)
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("bench_row.json")} == stamps
+    assert {p: p.stat().st_mtime_ns for p in (run / "synthetic").rglob("*.png")} == pngs
+
+
+def test_report_rerenders(bench_run, tmp_path):
+    root, _ = bench_run
+    (root / "run" / "report.html").unlink()
+    assert "report.html" in cli("report", root / "run").output
+    assert (root / "run" / "report.html").stat().st_size > 10_000
+    assert "has no results.csv" in cli("report", tmp_path, expect=2).output
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (make test installs it as root)")
+def test_report_shows_tables_and_images_in_chromium(bench_run, tmp_path):
+    root, _ = bench_run
+    html = root / "run" / "report.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(["chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", html.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    n_img = dom.count("<img")
+    assert n_img >= 3 and f'data-images-loaded="{n_img}"' in dom  # every image decoded and laid out
+    assert dom.count("<table") == 1 and "randaugment" in dom and "± " in dom
+    shot = tmp_path / "report.png"
+    subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1200,1600", html.as_uri()],
+                   capture_output=True, timeout=120)
+    from PIL import Image
+
+    import numpy as np
+
+    im = Image.open(shot).convert("L")
+    assert im.size == (1200, 1600) and len(np.unique(np.asarray(im))) > 50  # a rendered page, not a blank one
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": [{"method": "nosuch"}]}, "unknown method"),
+    ({"methods": [{"method": "cutout"}, {"method": "cutout"}]}, "unique"),
+    ({"splits": {"seeds": [0]}}, "splits.shots"),
+    ({"data": {"train": "x"}, "bogus": 1}, "unknown option 'bogus'"),
+])
+def test_bad_bench_configs(tmp_path, change, message):
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(yaml.safe_dump({**BENCH, **change}))
+    assert message in cli("bench", cfg, "--out", tmp_path / "r", expect=2).output
