@@ -170,16 +170,30 @@ def metrics(
     k: Annotated[int, typer.Option(help="nearest neighbours for precision / recall / density / coverage")] = 5,
     feature_size: Annotated[int, typer.Option(help="input size of the MobileNetV2 feature extractor")] = 224,
     per_class: Annotated[bool, typer.Option(help="also per class")] = True,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="a CLIP model (hub id or local dir): adds the CLIP score")] = None,
+    features: Annotated[str, typer.Option(help="feature space: mobilenet_v2 (real ImageNet weights, offline) or clip")] = "mobilenet_v2",
+    prompt: Annotated[str, typer.Option(help="CLIP score text; {label} is replaced")] = "a photo of a {label}",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON")] = None,
 ) -> None:
-    """Synthetic-data metrics: precision, recall, density, coverage, FID, KID (real ImageNet features)."""
+    """Synthetic-data metrics: precision, recall, density, coverage, FID, KID; CLIP score with --clip."""
     from .scoring import synthetic_metrics
 
+    if features not in ("mobilenet_v2", "clip"):
+        _fail(f"--features must be mobilenet_v2 or clip, got {features!r}")
+    if features == "clip" and not clip:
+        _fail("--features clip needs --clip MODEL")
     try:
-        r = synthetic_metrics(real, synthetic, k=k, feature_size=feature_size, per_class=per_class)
+        clip_model = None
+        if clip:
+            from .components.clip import Clip
+
+            clip_model = Clip(clip)
+        extractor = clip_model.as_feature_extractor() if features == "clip" else None
+        r = synthetic_metrics(real, synthetic, extractor=extractor, k=k, feature_size=feature_size,
+                              per_class=per_class, clip=clip_model, prompt=prompt)
     except ConfigError as e:
         _fail(str(e))
-    keys = ["precision", "recall", "density", "coverage", "fid", "kid"]
+    keys = ["precision", "recall", "density", "coverage", "fid", "kid"] + (["clip_score"] if clip else [])
     typer.echo(f"{r['n_real']} real vs {r['n_synthetic']} synthetic images, {r['features']} features, k={k}")
     typer.echo(f"{'':<20}" + "".join(f"{h:>11}" for h in keys))
     rows = [("overall", r["overall"])] + list(r.get("per_class", {}).items())
@@ -215,6 +229,15 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a genaug bench run dire
         typer.echo(str(write_report(run_dir)))
     except ConfigError as e:
         _fail(str(e))
+
+
+@app.command("tiny-models")
+def tiny_models(out: Annotated[Path, typer.Argument(help="folder to write <component>/ model directories into")]) -> None:
+    """Write tiny randomly initialised versions of the pretrained components (offline tests, smoke runs)."""
+    from .testing.tiny import write_tiny_models
+
+    for name, path in write_tiny_models(out).items():
+        typer.echo(f"{name:<10} {path}")
 
 
 @app.command()

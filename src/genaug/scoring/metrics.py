@@ -70,12 +70,15 @@ def prdc_scores(real: torch.Tensor, fake: torch.Tensor, k: int) -> dict[str, flo
 
 
 def synthetic_metrics(real: str | Path, synthetic: str | Path, extractor: nn.Module | None = None, k: int = 5,
-                      image_size: int = 128, feature_size: int = 224, per_class: bool = True) -> dict[str, Any]:
+                      image_size: int = 128, feature_size: int = 224, per_class: bool = True,
+                      clip=None, prompt: str = "a photo of a {label}") -> dict[str, Any]:
     """Compare a synthetic set to the real one it should resemble.
 
     precision: share of synthetic images inside the real manifold (fidelity); recall: share of real
     images inside the synthetic manifold (diversity); density / coverage: their outlier-robust versions.
     FID / KID: distances between the two feature distributions (0 = the same distribution).
+    With a `clip` component (genaug.components.clip.Clip): the CLIP score of each synthetic image against
+    `prompt` filled with its label.
     """
     if extractor is None:
         from ..train.models import ImageFeatures
@@ -89,10 +92,17 @@ def synthetic_metrics(real: str | Path, synthetic: str | Path, extractor: nn.Mod
     result: dict[str, Any] = {"n_real": len(real_set), "n_synthetic": len(syn_set), "k": k,
                               "features": getattr(extractor, "name", type(extractor).__name__),
                               "overall": {**prdc_scores(rf, sf, k), **fid_kid(rf, sf)}}
+    rl, sl = np.array(real_set.labels), np.array(syn_set.labels)
+    if clip is not None:
+        texts = [prompt.format(label=label) for label in syn_set.labels]
+        result["overall"]["clip_score"] = clip.clip_score(syn_set.images, texts)
+        result["clip"] = {"model": clip.id, "revision": clip.revision, "prompt": prompt}
     if per_class:
-        rl, sl = np.array(real_set.labels), np.array(syn_set.labels)
         result["per_class"] = {
             str(c): {"n_real": int((rl == c).sum()), "n_synthetic": int((sl == c).sum()),
-                **prdc_scores(rf[rl == c], sf[sl == c], k), **fid_kid(rf[rl == c], sf[sl == c])}
+                **prdc_scores(rf[rl == c], sf[sl == c], k), **fid_kid(rf[rl == c], sf[sl == c]),
+                **({"clip_score": clip.clip_score(syn_set.images[torch.from_numpy(sl == c)],
+                                                  [prompt.format(label=c)] * int((sl == c).sum()))}
+                   if clip is not None and (sl == c).any() else {})}
             for c in sorted(set(rl) | set(sl))}
     return result

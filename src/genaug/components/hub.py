@@ -1,0 +1,98 @@
+"""Loading pretrained models: a hub id (with a pinned revision) or a local directory, through the
+library's own `from_pretrained`. Safetensors only; remote code off unless the user turns it on.
+
+When a model cannot be had, the error names the model, where it was looked for and how to fix it —
+without a wall of traceback and without a long network hang when the hub cannot be reached.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ..config import ConfigError
+from ..logging import get_logger
+
+log = get_logger(__name__)
+
+
+class ModelNotAvailable(ConfigError):
+    """A pretrained model could not be loaded; the message says how to get it."""
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def resolve(model: str, revision: str | None = None) -> tuple[str, dict[str, Any], str]:
+    """`(what to pass to from_pretrained, extra kwargs, where it was looked for)`."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelNotAvailable(f"{model} is a file; a model is a directory written by save_pretrained")
+        return str(path), {}, f"local directory {path}"
+    if model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1]:
+        raise ModelNotAvailable(f"model directory not found: {model}")
+    from huggingface_hub import snapshot_download
+
+    try:  # already in the local cache (HF_HOME): load it from there, no network at all
+        local = snapshot_download(model, revision=revision, local_files_only=True)
+        return local, {}, f"the Hugging Face cache ({local})"
+    except Exception:  # noqa: BLE001 - any failure here just means "not cached"
+        pass
+    where = f"the Hugging Face cache (HF_HOME) and the hub, as {model!r} at revision {revision or 'main'}"
+    if _offline() or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if _offline() else "the hub cannot be reached from this machine"
+        raise ModelNotAvailable(
+            f"model {model!r} (revision {revision or 'main'}) is not in the local cache and {why}. "
+            f"Fix: download it on a machine with network access (e.g. `huggingface-cli download {model}`) and "
+            f"pass its directory instead of the hub id, or point --models at a folder of local models.")
+    return model, {"revision": revision} if revision else {}, where
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """transformers 5 draws a "Loading weights" bar per model; genaug shows its own progress instead."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def load_pretrained(cls, model: str, revision: str | None = None, role: str = "model", weights: bool = True,
+                    trust_remote_code: bool = False, **kwargs):
+    """`cls.from_pretrained(model)` for a hub id or a local directory, with a clear error when missing.
+
+    `weights=True` (models, not processors / tokenizers) loads safetensors only: pickled weights can run code.
+    """
+    source, extra, where = resolve(model, revision)
+    if weights:
+        extra["use_safetensors"] = True
+    if trust_remote_code:
+        extra["trust_remote_code"] = True
+    try:
+        with _quiet_loading():
+            return cls.from_pretrained(source, **extra, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelNotAvailable(f"{role}: could not load {model!r} from {where}: {first}") from None
+

@@ -1,0 +1,1 @@
+"""Offline test helpers: tiny random models written with save_pretrained."""

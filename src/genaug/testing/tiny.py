@@ -1,0 +1,93 @@
+"""Tiny, randomly initialised versions of the pretrained components, built fully offline and
+deterministically (same bytes in every process), saved with `save_pretrained` so tests and smoke runs
+load them through the same code path as real hub models.
+
+Tokenizers are built from vocabularies written in code: `tokenizers`' trainers give different ids in
+different processes, which would make two "identical" tiny models disagree.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CORPUS_WORDS = sorted(set(
+    "a an the of on in with and is are photo picture drawing painting image cat dog bird car truck boat ship "
+    "airplane horse deer frog red blue green small big sitting standing field sky tree street lake forest "
+    "there shirt trouser pullover dress coat sandal sneaker bag ankle boot zero one two three four five six "
+    "seven eight nine".split()))
+
+
+def bpe_merges(symbol_seqs: list[list[str]]) -> list[tuple[str, str]]:
+    """Classic BPE with a deterministic tie-break: merge the most frequent pair until every word is one symbol."""
+    seqs = [list(s) for s in symbol_seqs]
+    merges = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for s in seqs:
+            for pair in zip(s, s[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        merges.append(best)
+        for s in seqs:
+            i = 0
+            while i < len(s) - 1:
+                if (s[i], s[i + 1]) == best:
+                    s[i:i + 2] = [s[i] + s[i + 1]]
+                i += 1
+
+
+def make_clip_tokenizer(words=CORPUS_WORDS, model_max_length: int = 77):
+    """A CLIP BPE tokenizer: specials, the byte-level alphabet, and one token per corpus word."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in alphabet:
+        vocab[ch] = len(vocab)
+    for ch in alphabet:
+        vocab[ch + "</w>"] = len(vocab)
+    merges = bpe_merges([list(w[:-1]) + [w[-1] + "</w>"] for w in words])
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def make_clip(image_size: int = 64, seed: int = 0):
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tok = make_clip_tokenizer()
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=image_size, patch_size=16),
+        projection_dim=16)
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": image_size},
+                                                            crop_size={"height": image_size, "width": image_size}),
+                         tokenizer=tok)
+    return CLIPModel(cfg).eval(), proc
+
+
+BUILDERS = {"clip": make_clip}
+
+
+def write_tiny_models(out: str | Path, which: list[str] | None = None) -> dict[str, Path]:
+    """Save every tiny component to `out/<component>` (model and processor side by side)."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    out = Path(out)
+    written = {}
+    for name in which or list(BUILDERS):
+        model, processor = BUILDERS[name]()
+        d = out / name
+        model.save_pretrained(d)
+        processor.save_pretrained(d)
+        written[name] = d
+    return written

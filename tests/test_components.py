@@ -1,0 +1,77 @@
+"""Pretrained-model components load a hub id or a local directory through one loader, with clear errors."""
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import cli
+from genaug.components.clip import Clip
+from genaug.components.hub import ModelNotAvailable
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    cli("tiny-models", out)
+    return out
+
+
+def test_tiny_models_are_written_deterministically(tiny, tmp_path):
+    cli("tiny-models", tmp_path)
+    for f in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (tiny / "clip" / f).read_bytes() == (tmp_path / "clip" / f).read_bytes(), f
+
+
+def test_clip_similarities(tiny):
+    clip = Clip(str(tiny / "clip"))
+    images = [Image.new("RGB", (20, 24), (i * 60, 100, 30)) for i in range(3)]
+    sim = clip.image_text_similarity(images, ["a photo of a cat", "a red car", "a dog"])
+    assert sim.shape == (3,) and (sim.abs() <= 1 + 1e-5).all()
+    same = clip.image_image_similarity(images, images)
+    assert torch.allclose(same, torch.ones(3), atol=1e-5)
+    score = clip.clip_score(torch.randint(0, 255, (3, 3, 24, 24), dtype=torch.uint8), ["a photo of a cat"] * 3)
+    assert 0 <= score <= 100
+
+
+def test_missing_hub_model_offline_is_a_quick_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with pytest.raises(ModelNotAvailable) as e:
+        Clip("openai/clip-vit-large-patch14")
+    msg = str(e.value)
+    assert "openai/clip-vit-large-patch14" in msg and "HF_HUB_OFFLINE" in msg and "directory" in msg
+    assert time.perf_counter() - t < 5
+
+
+def test_missing_local_directory(tmp_path):
+    with pytest.raises(ModelNotAvailable, match="not found"):
+        Clip(str(tmp_path / "nope" / "clip"))
+
+
+def test_pickled_weights_are_refused(tiny, tmp_path):
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(tiny / "clip")
+    model.save_pretrained(tmp_path / "pickled")  # transformers 5 always writes safetensors: swap in a pickle
+    (tmp_path / "pickled" / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pickled" / "pytorch_model.bin")
+    CLIPProcessor.from_pretrained(tiny / "clip").save_pretrained(tmp_path / "pickled")
+    with pytest.raises(ModelNotAvailable, match="clip: could not load"):
+        Clip(str(tmp_path / "pickled"))
+
+
+def test_metrics_with_clip_score_and_clip_features(tiny, tmp_path, digit_images):
+    import json
+
+    from conftest import make_imagefolder
+
+    real = make_imagefolder(tmp_path / "real", digit_images, per_class=8)
+    out = tmp_path / "aug"
+    cli("augment", real, "--method", "flipcrop", "--out", out, "-n", 2)
+    cli("metrics", "--real", real, "--synthetic", out, "--clip", tiny / "clip", "--features", "clip",
+        "--json", tmp_path / "m.json")
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert 0 <= m["overall"]["clip_score"] <= 100 and m["features"].startswith("clip:")
+    assert all("clip_score" in v for v in m["per_class"].values())
+    assert "needs --clip" in cli("metrics", "--real", real, "--synthetic", out, "--features", "clip", expect=2).output
