@@ -53,3 +53,11 @@ def test_metrics_cli_on_real_images(tmp_path, digit_images):
     assert m["overall"]["precision"] < 0.2 and m["overall"]["fid"] > 10 * max(same["overall"]["fid"], 1.0)
     assert set(m["per_class"]) == {"0", "1", "2"} and "precision" in m["per_class"]["0"]
     assert "overall" in res.output and "mobilenet_v2-imagenet@64px" in res.output
+
+
+def test_inception_features_without_weights_offline_is_a_clear_error(tmp_path, digit_images):
+    real = make_imagefolder(tmp_path / "real", digit_images, per_class=2)
+    res = cli("metrics", "--real", real, "--synthetic", real, "--features", "inception",
+              "--inception-weights", tmp_path / "missing.pth", expect=2)
+    assert "Inception weights not found" in res.output
+

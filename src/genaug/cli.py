@@ -171,15 +171,16 @@ def metrics(
     feature_size: Annotated[int, typer.Option(help="input size of the MobileNetV2 feature extractor")] = 224,
     per_class: Annotated[bool, typer.Option(help="also per class")] = True,
     clip: Annotated[Optional[str], typer.Option("--clip", help="a CLIP model (hub id or local dir): adds the CLIP score")] = None,
-    features: Annotated[str, typer.Option(help="feature space: mobilenet_v2 (real ImageNet weights, offline) or clip")] = "mobilenet_v2",
+    features: Annotated[str, typer.Option(help="feature space: mobilenet_v2 (real ImageNet weights, offline), inception (FID's) or clip")] = "mobilenet_v2",
+    inception_weights: Annotated[Optional[Path], typer.Option(help="local file of the FID Inception-v3 weights")] = None,
     prompt: Annotated[str, typer.Option(help="CLIP score text; {label} is replaced")] = "a photo of a {label}",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON")] = None,
 ) -> None:
     """Synthetic-data metrics: precision, recall, density, coverage, FID, KID; CLIP score with --clip."""
     from .scoring import synthetic_metrics
 
-    if features not in ("mobilenet_v2", "clip"):
-        _fail(f"--features must be mobilenet_v2 or clip, got {features!r}")
+    if features not in ("mobilenet_v2", "inception", "clip"):
+        _fail(f"--features must be mobilenet_v2, inception or clip, got {features!r}")
     if features == "clip" and not clip:
         _fail("--features clip needs --clip MODEL")
     try:
@@ -189,6 +190,10 @@ def metrics(
 
             clip_model = Clip(clip)
         extractor = clip_model.as_feature_extractor() if features == "clip" else None
+        if features == "inception":
+            from .train.models import InceptionFeatures
+
+            extractor = InceptionFeatures(str(inception_weights) if inception_weights else None)
         r = synthetic_metrics(real, synthetic, extractor=extractor, k=k, feature_size=feature_size,
                               per_class=per_class, clip=clip_model, prompt=prompt)
     except ConfigError as e:

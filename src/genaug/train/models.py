@@ -156,3 +156,31 @@ class ImageFeatures(nn.Module):
         x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
         return F.adaptive_avg_pool2d(self.body((x - self.mean) / self.std), 1).flatten(1)
+
+
+class InceptionFeatures(nn.Module):
+    """The FID Inception-v3 (torch-fidelity's port of the TF graph, via torchmetrics), 2048-d pool features.
+
+    Its weights are not in any package: give the file `weights-inception-2015-12-05-6726825d.pth`
+    (torch-fidelity's release), or let torch-fidelity download it where the network allows.
+    """
+
+    def __init__(self, weights: str | None = None):
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        if weights and not Path(weights).is_file():
+            raise ConfigError(f"Inception weights not found: {weights}")
+        try:
+            self.net = NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights)
+        except OSError as e:  # urllib's URLError is an OSError
+            raise ConfigError(
+                "the FID Inception-v3 weights could not be downloaded "
+                f"({e}); pass the file weights-inception-2015-12-05-6726825d.pth with --inception-weights") from None
+        self.num_features = 2048
+        self.name = "inception-v3-fid"
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x if x.dtype == torch.uint8 else (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        return self.net(x).reshape(len(x), -1)
