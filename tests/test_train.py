@@ -161,3 +161,15 @@ def test_sic_explainability_score(digits_folder, tmp_path):
     sic = r["test"]["sic"]
     assert sic["n_scored"] + sic["n_skipped"] == 12 and sic["n_scored"] > 0
     assert 0.0 <= sic["sic"] <= 1.0 and sic["curve_y"][0] == 0.0 and sic["curve_y"][-1] == 1.0
+
+
+def test_a_timm_model_from_scratch_and_as_linear_probe(digits_folder, tmp_path):
+    r = train(digits_folder, tmp_path / "r18", progress=False, config={**FAST, "epochs": 1, "model": "resnet18"})
+    assert np.isfinite(r["history"][0]["train_loss"])
+    from safetensors.torch import save_model
+
+    model, _, _ = create_classifier("resnet18", 3)
+    save_model(model, str(tmp_path / "r18.safetensors"))
+    probe, mean, _ = create_classifier("resnet18", 3, str(tmp_path / "r18.safetensors"), linear_probe=True)
+    assert [n for n, p in probe.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    assert mean[0] == pytest.approx(0.485)
