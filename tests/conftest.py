@@ -48,6 +48,32 @@ def imagefolder(tmp_path, digit_images):
     return make_imagefolder(tmp_path / "src", digit_images)
 
 
+TINY_FLOW = {"image_size": 16, "block_channels": [16, 16], "steps": 3, "batch_size": 8, "checkpoint_every": 3}
+
+
+@pytest.fixture(scope="session")
+def tiny_flow(tmp_path_factory, digit_images):
+    """A flow-matching generator trained for a few steps on real digits (16 px): real weights, tiny."""
+    from genaug.flow.train import fit_flow
+
+    root = tmp_path_factory.mktemp("flow")
+    src = make_imagefolder(root / "src", digit_images, per_class=4)
+    fit_flow(src, root / "model", TINY_FLOW, progress=False)
+    return root / "model"
+
+
+@pytest.fixture(scope="session")
+def method_options(tiny_flow):
+    """Options that make every registered method runnable offline in tests (models point at tiny ones)."""
+    return {"semantic_flow": {"model": str(tiny_flow), "steps": 4}}
+
+
+def overrides(options: dict) -> list[str]:
+    import yaml
+
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in options.items()]
+
+
 def cli(*args: str, expect: int = 0):
     result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == expect, f"exit {result.exit_code}, expected {expect}:\n{result.output}"

@@ -4,7 +4,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import cli, make_imagefolder, png_bytes, read_rows
+from conftest import cli, make_imagefolder, overrides, png_bytes, read_rows
 from genaug import list_methods
 
 GENERATORS = list_methods(kind="generator")
@@ -21,9 +21,10 @@ def test_methods_lists_every_method_with_a_description():
 
 
 @pytest.mark.parametrize("method", GENERATORS)
-def test_each_generator_end_to_end(method, imagefolder, tmp_path):
+def test_each_generator_end_to_end(method, imagefolder, tmp_path, method_options):
     out = tmp_path / "out"
-    res = cli("augment", imagefolder, "--method", method, "--out", out, "-n", 2, "--seed", 7)
+    res = cli("augment", imagefolder, "--method", method, "--out", out, "-n", 2, "--seed", 7,
+              *overrides(method_options.get(method, {})))
     assert "wrote 18 image(s)" in res.output
     rows = read_rows(out)
     assert len(rows) == 18 and len({r["file_name"] for r in rows}) == 18
@@ -99,9 +100,11 @@ def test_missing_source_is_a_clear_error(tmp_path):
     assert "source not found" in res.output
 
 
-def test_same_bytes_whatever_the_batch_size(imagefolder, tmp_path):
+@pytest.mark.parametrize("method", GENERATORS)
+def test_same_bytes_whatever_the_batch_size(method, imagefolder, tmp_path, method_options):
     for bs in (1, 4, 64):
-        cli("augment", imagefolder, "--method", "randaugment", "--out", tmp_path / f"bs{bs}", "-n", 3, "--batch-size", bs)
+        cli("augment", imagefolder, "--method", method, "--out", tmp_path / f"bs{bs}", "-n", 3, "--batch-size", bs,
+            *overrides(method_options.get(method, {})))
     a, b, c = (png_bytes(tmp_path / f"bs{bs}") for bs in (1, 4, 64))
     assert len(a) == 27 and a == b == c
 

@@ -12,22 +12,24 @@ from genaug.methods import Method
 
 
 @pytest.mark.parametrize("name", list_methods())
-def test_every_method_has_a_strict_config_with_defaults(name):
+def test_every_method_has_a_strict_config_with_defaults(name, method_options):
     cls = get_method_class(name)
     assert cls.kind in ("generator", "batch") and cls.description
-    m = create_method(name)  # the defaults alone make a working method
+    m = create_method(name, method_options.get(name))  # defaults (plus where its model is) make a working method
     fields = [f.name for f in dataclasses.fields(m.config)]
     with pytest.raises(ConfigError, match="unknown option 'not_a_knob'"):
-        create_method(name, {"not_a_knob": 1})
-    if fields:
-        with pytest.raises(ConfigError, match=repr(fields[0])):
-            create_method(name, {fields[0]: "certainly not valid"})
+        create_method(name, {**method_options.get(name, {}), "not_a_knob": 1})
+    typed = [f.name for f in dataclasses.fields(m.config) if f.type not in ("str", str)]
+    if typed:
+        with pytest.raises(ConfigError, match=repr(typed[0])):
+            create_method(name, {**method_options.get(name, {}), typed[0]: "certainly not valid"})
+    assert fields
 
 
 @pytest.mark.parametrize("name", list_methods(kind="generator"))
-def test_generators_are_pure_given_their_params(name, digit_images):
+def test_generators_are_pure_given_their_params(name, digit_images, method_options):
     images, labels, _ = digit_images
-    m = create_method(name)
+    m = create_method(name, method_options.get(name))
     ex = Example(id="a/b.png", image=images[0], label="0", path="a/b.png")
     p = {"seed": 123, **m.sample_params(ex, np.random.default_rng(123))}
     a, b = m([ex], [p])[0], m([ex, ex], [p, {**p, "seed": 9}])[0]

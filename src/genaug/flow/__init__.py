@@ -1,0 +1,1 @@
+"""genaug's own flow-matching generator (Shivashankar & Miller)."""

@@ -1,0 +1,177 @@
+"""`genaug fit-flow`: train the class-conditional flow-matching generator on the user's images.
+
+Resumable: a checkpoint (weights, EMA, optimiser, RNG, step) is written atomically every
+`checkpoint_every` steps; rerunning the same command continues from it, and a larger `steps` trains on.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import yaml
+from pydantic import Field
+from tqdm.auto import tqdm
+
+from ..config import ConfigError, build_config, config_dataclass, to_dict
+from ..logging import get_logger
+from ..train.data import load_real
+from .model import FlowModel, FlowSpec, make_unet
+
+log = get_logger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+@config_dataclass
+class FlowTrainConfig:
+    image_size: int | None = Field(None, ge=8)  # None: the first image's longer side, rounded up to a multiple of 4
+    channels: Literal["auto", 1, 3] = "auto"  # auto: 1 when every image is grey
+    block_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = Field(1, ge=1)
+    attention: bool = False
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    ema_decay: float = Field(0.995, ge=0, lt=1)
+    label_dropout: float = Field(0.1, ge=0, le=1)  # share of "no class" labels: enables classifier-free guidance
+    time_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
+    hflip: bool = True  # random horizontal flips of the training images
+    sigma_min: float = Field(0.0, ge=0, lt=1)
+    checkpoint_every: int = Field(100, ge=1)
+    seed: int = 0
+    device: str = "auto"
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _sample_t(n: int, how: str, g: torch.Generator) -> torch.Tensor:
+    if how == "uniform":
+        return torch.rand(n, generator=g)
+    return torch.sigmoid(torch.randn(n, generator=g))  # logit-normal(0, 1): more weight mid-path (SD3's choice)
+
+
+def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = None,
+             progress: bool | None = None) -> dict[str, Any]:
+    cfg = build_config(FlowTrainConfig, config or {}, where="fit-flow")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    t_start = time.perf_counter()
+
+    size = cfg.image_size
+    if size is None:
+        from ..data.images import InputConfig
+        from ..data.sources import Source, load_example
+
+        first = next(load_example(r, InputConfig()) for r in Source(src).records() if r.error is None)
+        size = 4 * math.ceil(max(first.image.size) / 4)
+    data = load_real(src, size, "fit-flow")
+    classes = sorted(set(data.labels))
+    images = data.images
+    grey = bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
+    channels = (1 if grey else 3) if cfg.channels == "auto" else cfg.channels
+    x_all = images[:, :channels].float() / 127.5 - 1
+    y_all = data.targets(classes)
+    spec = FlowSpec(classes=classes, image_size=size, channels=channels, sigma_min=cfg.sigma_min)
+
+    torch.manual_seed(cfg.seed)
+    model = FlowModel(make_unet(spec, cfg.block_channels, cfg.layers_per_block, cfg.attention), spec).to(device)
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(model.unet.parameters(), decay=cfg.ema_decay)
+    opt = torch.optim.Adam(model.unet.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
+    g = torch.Generator().manual_seed(cfg.seed)
+    resolved = {"source": str(Path(src).resolve()), "n_images": len(data), "classes": classes, "image_size": size,
+                "channels": channels, "train": to_dict(cfg)}
+    step = 0
+    ckpt_path = out / CHECKPOINT
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        same = {k: v for k, v in ckpt["config"]["train"].items() if k != "steps"} == \
+            {k: v for k, v in resolved["train"].items() if k != "steps"}
+        if not same or ckpt["config"]["classes"] != classes or ckpt["config"]["n_images"] != len(data):
+            raise ConfigError(f"{out} holds a checkpoint of another training run (other data or options); "
+                              "use another --out")
+        model.unet.load_state_dict(ckpt["unet"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["opt"])
+        sched.load_state_dict(ckpt["sched"])
+        g.set_state(ckpt["rng"])
+        step = ckpt["step"]
+        log.info("resuming fit-flow at step %d", step)
+    (out / "fit_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+
+    log_path = out / "train_log.csv"
+    new_log = step == 0 or not log_path.exists()
+    with open(log_path, "w" if new_log else "a", newline="") as f:
+        w = csv.writer(f)
+        if new_log:
+            w.writerow(["step", "loss", "lr", "seconds"])
+        bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), desc="genaug fit-flow", unit="step",
+                   disable=None if progress is None else not progress)
+        model.train()
+        window, t0 = [], time.perf_counter() - (float(ckpt["seconds"]) if step else 0.0)
+        while step < cfg.steps:
+            idx = torch.randint(len(x_all), (cfg.batch_size,), generator=g)
+            x1, y = x_all[idx].clone(), y_all[idx].clone()
+            if cfg.hflip:
+                flip = torch.rand(len(idx), generator=g) < 0.5
+                x1[flip] = x1[flip].flip(-1)
+            y[torch.rand(len(idx), generator=g) < cfg.label_dropout] = len(classes)  # the "no class" token
+            t = _sample_t(len(idx), cfg.time_sampling, g)
+            eps = torch.randn(x1.shape, generator=g)
+            loss = model.loss(x1.to(device), y.to(device), t.to(device), eps.to(device)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.unet.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            ema.step(model.unet.parameters())
+            step += 1
+            window = (window + [loss.item()])[-20:]
+            bar.update(1)
+            w.writerow([step, loss.item(), sched.get_last_lr()[0], round(time.perf_counter() - t0, 2)])
+            if step % 10 == 0 or step == cfg.steps:
+                f.flush()
+                bar.set_postfix(loss=f"{sum(window) / len(window):.3f}")
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                _atomic_save({"step": step, "unet": model.unet.state_dict(), "ema": ema.state_dict(),
+                              "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": g.get_state(),
+                              "config": resolved, "seconds": time.perf_counter() - t0}, ckpt_path)
+        bar.close()
+
+    ema.copy_to(model.unet.parameters())  # the averaged weights are the ones we ship
+    model.eval()
+    model.save_pretrained(out)
+    recon = reconstruction_error(model, x_all[:64].to(device), y_all[:64].to(device))
+    result = {"model_dir": str(out), "steps": step, "image_size": size, "channels": channels, "classes": classes,
+              "n_images": len(data), "seconds": round(time.perf_counter() - t_start, 1),
+              "reconstruction": recon}
+    (out / "fit_result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    return result
+
+
+@torch.no_grad()
+def reconstruction_error(model: FlowModel, x1: torch.Tensor, y: torch.Tensor, steps: int = 20,
+                         solver: str = "euler") -> dict[str, float]:
+    """Invert images to latents and generate them back; MSE and PSNR in [-1, 1] pixel units."""
+    z = model.invert(x1, y, steps=steps, solver=solver)
+    back = model.generate(z, y, steps=steps, solver=solver)
+    mse = float((back - x1).pow(2).mean())
+    return {"steps": steps, "solver": solver, "mse": mse, "psnr_db": float(10 * math.log10(4 / max(mse, 1e-12))),
+            "latent_std": float(z.std())}
