@@ -1,30 +1,51 @@
-"""The main job on real data, offline."""
+"""The main job on real data, offline (quick mode: every stage, smaller)."""
 import json
 
+import pytest
 from PIL import Image
 
-from conftest import cli, read_rows
+from conftest import cli
 from genaug.data.builtin import fashion_mnist, fashion_mnist_available, stratified_subset
 
 
-def test_demo_runs_end_to_end_on_real_data(tmp_path):
-    out = tmp_path / "demo"
-    res = cli("demo", "--out", out, "--per-class", 3, "-n", 2, "--json", tmp_path / "d.json")
-    result = json.loads((tmp_path / "d.json").read_text())
-    assert result["dataset"] == ("fashion-mnist" if fashion_mnist_available() else "digits")
-    assert str(out / "grid.png") in res.output
-    rows = read_rows(out / "synthetic")
-    assert len(rows) == 3 * 2 * result["classes"]
-    grid = Image.open(out / "grid.png")
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    res = cli("demo", "--out", root / "demo", "--quick", "--json", root / "demo.json")
+    return root, res
+
+
+def test_demo_runs_end_to_end_on_real_data(demo_run):
+    root, res = demo_run
+    table = json.loads((root / "demo.json").read_text())
+    assert set(table) == {"real", "classical", "semantic_flow", "both", "details"}
+    for arm in ("real", "classical", "semantic_flow", "both"):
+        assert 0 <= table[arm]["mean"] <= 1 and table[arm]["std"] >= 0 and table[arm]["seeds"] == 2
+    details = table["details"]
+    assert details["dataset"] == ("fashion-mnist" if fashion_mnist_available() else "digits")
+    assert table["classical"]["method"] in ("flipcrop", "randaugment")
+    assert details["flow"]["reconstruction"]["mse"] < 0.05
+    grid = Image.open(details["grid"])
     assert grid.width > 3 * 28 and grid.height > 28
-    if result["dataset"] == "fashion-mnist":  # a class named "T-shirt/top" keeps its name, in a safe folder
-        assert "T-shirt/top" in {r["label"] for r in rows}
+    assert "semantic_flow" in res.output and "±" in res.output
+    demo = root / "demo"
+    rows = [json.loads(line) for line in open(demo / "synthetic" / "semantic_flow" / "metadata.jsonl")]
+    assert len(rows) == 2 * details["real_images"] and rows[0]["params"]["mode"] == "sdedit"
+    assert (demo / "report.html").is_file() and (demo / "flow-model" / "flow_config.json").is_file()
+
+
+def test_demo_rerun_reuses_everything(demo_run):
+    root, _ = demo_run
+    first = json.loads((root / "demo.json").read_text())
+    cli("demo", "--out", root / "demo", "--quick", "--json", root / "again.json")
+    again = json.loads((root / "again.json").read_text())
+    assert {k: again[k] for k in ("real", "classical", "semantic_flow", "both")} == \
+        {k: first[k] for k in ("real", "classical", "semantic_flow", "both")}
+    assert again["details"]["seconds"] < first["details"]["seconds"] / 2
 
 
 def test_fashion_mnist_reader_when_installed():
     if not fashion_mnist_available():
-        import pytest
-
         pytest.skip("dataset-fashion-mnist is not installed (make test installs it as root)")
     images, labels, classes = fashion_mnist("test")
     assert images.shape == (10000, 28, 28) and images.dtype.name == "uint8" and len(classes) == 10

@@ -147,7 +147,7 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
                     if kind == "generator" and cfg.synthetic_probs:
                         run_dir = run_dir / f"p-{p:g}"
                     tcfg_p = {**tcfg, "synthetic_prob": p if kind == "generator" else tcfg["synthetic_prob"]}
-                    rows.append(_train_cached(run_dir, sdir / "train.csv", synthetic, val, test, cfg.data.ood, tcfg_p,
+                    rows.append(train_cached(run_dir, sdir / "train.csv", synthetic, val, test, cfg.data.ood, tcfg_p,
                                               row={"arm": name, "method": arm.method, "kind": kind, "split": split,
                                                    "seed": seed, "synthetic_prob": tcfg_p["synthetic_prob"],
                                                    "budget": cfg.budget if kind == "generator" else 0,
@@ -159,8 +159,10 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
     return rows
 
 
-def _train_cached(run_dir: Path, real: Path, synthetic: list[Path], val, test, ood: dict, tcfg: dict, row: dict,
-                  progress) -> dict:
+def train_cached(run_dir: Path, real: Path, synthetic: list[Path], val, test, ood: dict, tcfg: dict, row: dict,
+                 progress=None) -> dict:
+    """`genaug train` once per configuration: a run directory holding the same configuration is reused.
+    Returns a results row (`row` plus sizes, accuracies and seconds)."""
     key = config_hash({"tcfg": tcfg, "real": str(real), "synthetic": [str(s) for s in synthetic], "val": str(val),
                        "test": str(test), "ood": ood})
     done = run_dir / "bench_row.json"

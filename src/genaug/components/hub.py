@@ -66,16 +66,20 @@ def resolve(model: str, revision: str | None = None) -> tuple[str, dict[str, Any
 
 @contextlib.contextmanager
 def _quiet_loading():
-    """transformers 5 draws a "Loading weights" bar per model; genaug shows its own progress instead."""
+    """transformers and diffusers draw a bar per model loaded; genaug shows its own progress instead."""
+    from diffusers.utils import logging as df_logging
     from transformers.utils import logging as hf_logging
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
+    was = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
+    df_logging.disable_progress_bar()
     try:
         yield
     finally:
-        if was_enabled:
+        if was[0]:
             hf_logging.enable_progress_bar()
+        if was[1]:
+            df_logging.enable_progress_bar()
 
 
 def load_pretrained(cls, model: str, revision: str | None = None, role: str = "model", weights: bool = True,

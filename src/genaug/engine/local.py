@@ -37,7 +37,7 @@ class RunConfig:
     method: str
     n: int = Field(1, ge=1)  # variants per source image
     seed: int = 0
-    batch_size: int = Field(16, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # None: the method's own default_batch_size
     options: dict[str, Any] = Field(default_factory=dict)  # the method's Config overrides
     input: dict[str, Any] = Field(default_factory=dict)  # InputConfig overrides
 
@@ -73,7 +73,7 @@ def _versions() -> dict[str, str]:
             "torchvision": str(torchvision.__version__), "pillow": PIL.__version__, "numpy": np.__version__}
 
 
-def augment(source: str | Path, out: str | Path, method: str, n: int = 1, seed: int = 0, batch_size: int = 16,
+def augment(source: str | Path, out: str | Path, method: str, n: int = 1, seed: int = 0, batch_size: int | None = None,
             options: dict[str, Any] | None = None, input: dict[str, Any] | None = None,
             progress: bool | None = None) -> RunSummary:
     """Write `n` synthetic variants of every usable image in `source` to `out` (resuming if it exists)."""
@@ -84,12 +84,13 @@ def augment(source: str | Path, out: str | Path, method: str, n: int = 1, seed: 
         raise ConfigError(f"{run.method!r} is a batch-level augmentation applied while training; it writes no images. "
                           f"Generators: see `genaug methods`.")
     m = create_method(run.method, run.options)
+    batch_size = run.batch_size or cls.default_batch_size
     input_cfg = build_config(InputConfig, run.input, where="input")
     src = Source(source)
 
     resolved = {
         "method": run.method, "method_version": cls.version, "options": to_dict(m.config), "seed": run.seed,
-        "input": to_dict(input_cfg), "n": run.n, "batch_size": run.batch_size,
+        "input": to_dict(input_cfg), "n": run.n, "batch_size": batch_size,
         "source": str(Path(source).resolve()), "source_kind": src.kind, "models": m.models(),
         "versions": _versions(),
     }
@@ -148,7 +149,7 @@ def augment(source: str | Path, out: str | Path, method: str, n: int = 1, seed: 
             summary.sources += 1
             for k in todo:
                 pending.append((ex, k, derive_seed(run.seed, ex.id, k)))
-                if len(pending) >= run.batch_size:
+                if len(pending) >= batch_size:
                     flush()
         flush()
     finally:

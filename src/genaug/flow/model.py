@@ -9,10 +9,13 @@ token used for label dropout and classifier-free guidance. ODEs are solved with 
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 FLOW_CONFIG = "flow_config.json"
@@ -47,7 +50,82 @@ def make_unet(spec: FlowSpec, channels: tuple[int, ...] = (32, 64, 64), layers_p
                        num_class_embeds=len(spec.classes) + 1, add_attention=attention)
 
 
-class FlowModel(nn.Module):
+def run_fixed(fn, micro_batch: int, *tensors: torch.Tensor) -> torch.Tensor:
+    """`fn(*chunks)` over micro-batches of exactly `micro_batch` rows (the last padded with copies of its
+    first row), concatenated. Kernels choose algorithms by batch size and their float results differ in the
+    last bits; with one fixed shape every row's result is the same whatever else shares its batch."""
+    out, n_all = [], len(tensors[0])
+    for i in range(0, n_all, micro_batch):
+        chunk = [v[i:i + micro_batch] for v in tensors]
+        n = len(chunk[0])
+        if n < micro_batch:
+            chunk = [torch.cat([v, v[:1].expand(micro_batch - n, *v.shape[1:])]) for v in chunk]
+        out.append(fn(*chunk)[:n])
+    return torch.cat(out)
+
+
+def take(cond, rows):
+    """Rows of a conditioning: a tensor, or a dict of tensors (prompt embeddings and pooled embeddings)."""
+    return {k: v[rows] for k, v in cond.items()} if isinstance(cond, dict) else cond[rows]
+
+
+class FlowODE(ABC):
+    """ODE solves on a velocity field `velocity(t, x, cond, guidance)`, t = 0 noise, t = 1 image.
+
+    `cond` is whatever the field is conditioned on (class indices, prompt embeddings), one row per sample.
+    """
+
+    sigma_min: float = 0.0
+
+    @abstractmethod
+    def velocity(self, t, x: torch.Tensor, cond, guidance: float = 1.0) -> torch.Tensor:
+        """dx/dt at time t, with classifier-free guidance `guidance` (1 = none)."""
+
+    @abstractmethod
+    def encode_images(self, images: list) -> torch.Tensor:
+        """PIL images -> points at t = 1 of the model's space (pixels or VAE latents)."""
+
+    @abstractmethod
+    def decode_images(self, x: torch.Tensor, sizes: list[tuple[int, int]]) -> list:
+        """Points at t = 1 -> RGB PIL images of the given sizes."""
+
+    @abstractmethod
+    def condition(self, labels: list[str]):
+        """The conditioning of each label (one row each)."""
+
+    def unknown_labels(self, labels) -> list[str]:
+        """Labels this model cannot condition on (text-conditioned models know every label)."""
+        return []
+
+    def noise_at(self, x1: torch.Tensor, eps: torch.Tensor, t: float) -> torch.Tensor:
+        """A point of the conditional path at time t: SDEdit-style insertion of a real image (eq. 10 on the flow path)."""
+        return (1 - (1 - self.sigma_min) * t) * eps + t * x1
+
+    @torch.no_grad()
+    def integrate(self, x: torch.Tensor, cond, t_from: float, t_to: float, steps: int = 20,
+                  solver: str = "euler", guidance: float = 1.0) -> torch.Tensor:
+        """Solve dx/dt = v(t, x | cond) from `t_from` to `t_to` (backwards when t_to < t_from: inversion).
+
+        `steps` counts fixed steps over the whole [0, 1] interval, so a part of it gets its share."""
+        from torchdiffeq import odeint
+
+        if t_from == t_to:
+            return x
+        ts = torch.tensor([t_from, t_to], dtype=x.dtype, device=x.device)
+        options = {"step_size": 1.0 / max(1, steps)} if solver in ("euler", "midpoint", "rk4") else {}
+        return odeint(lambda t, z: self.velocity(t, z, cond, guidance), x, ts, method=solver, options=options,
+                      rtol=1e-4, atol=1e-4)[-1]
+
+    def invert(self, x1, cond, steps=20, solver="euler", t_to: float = 0.0, guidance: float = 1.0):
+        """Image (t = 1) -> latent (t = 0), or to any intermediate time `t_to`."""
+        return self.integrate(x1, cond, 1.0, t_to, steps, solver, guidance)
+
+    def generate(self, z, cond, steps=20, solver="euler", t_from: float = 0.0, guidance: float = 1.0):
+        """Latent (t = `t_from`, 0 by default) -> image (t = 1)."""
+        return self.integrate(z, cond, t_from, 1.0, steps, solver, guidance)
+
+
+class FlowModel(nn.Module, FlowODE):
     """Velocity field v(t, x | y) with classifier-free guidance, and the ODE solves built on it.
 
     Out of training, the network always sees micro-batches of exactly `micro_batch` samples (the last one
@@ -56,22 +134,16 @@ class FlowModel(nn.Module):
     every output is byte-identical whatever `--batch-size` or order.
     """
 
-    def __init__(self, unet, spec: FlowSpec, micro_batch: int = 8):
+    def __init__(self, unet, spec: FlowSpec, micro_batch: int = 16):
         super().__init__()
         self.unet, self.spec, self.micro_batch = unet, spec, micro_batch
+        self.sigma_min = spec.sigma_min
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.unet(x, t, class_labels=y).sample
-        m, out = self.micro_batch, []
-        for i in range(0, len(x), m):
-            xs, ts, ys = x[i:i + m], t[i:i + m], y[i:i + m]
-            n = len(xs)
-            if n < m:
-                pad = m - n
-                xs, ts, ys = (torch.cat([v, v[:1].expand(pad, *v.shape[1:])]) for v in (xs, ts, ys))
-            out.append(self.unet(xs, ts, class_labels=ys).sample[:n])
-        return torch.cat(out)
+        def call(xs, ts, ys):
+            return self.unet(xs, ts, class_labels=ys).sample
+
+        return call(x, t, y) if self.training else run_fixed(call, self.micro_batch, x, t, y)
 
     @property
     def null_class(self) -> int:
@@ -104,6 +176,30 @@ class FlowModel(nn.Module):
         cond, uncond = v.chunk(2)
         return uncond + guidance * (cond - uncond)
 
+    def encode_images(self, images: list) -> torch.Tensor:
+        spec, out = self.spec, []
+        for image in images:
+            im = image.convert("L" if spec.channels == 1 else "RGB").resize((spec.image_size, spec.image_size),
+                                                                            Image.BILINEAR)
+            arr = torch.from_numpy(np.asarray(im, dtype=np.float32).copy())
+            out.append((arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)) / 127.5 - 1)
+        return torch.stack(out).to(self.unet.device)
+
+    def decode_images(self, x: torch.Tensor, sizes: list[tuple[int, int]]) -> list:
+        arrs = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        out = []
+        for arr, size in zip(arrs, sizes):
+            im = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).convert("RGB")
+            out.append(im if im.size == size else im.resize(size, Image.BILINEAR))
+        return out
+
+    def condition(self, labels: list[str]) -> torch.Tensor:
+        index = {name: i for i, name in enumerate(self.spec.classes)}
+        return torch.tensor([index[label] for label in labels], device=self.unet.device)
+
+    def unknown_labels(self, labels) -> list[str]:
+        return sorted(set(labels) - set(self.spec.classes))
+
     def loss(self, x1: torch.Tensor, y: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Per-sample conditional flow-matching loss (eq. 9)."""
         s = self.spec.sigma_min
@@ -111,28 +207,3 @@ class FlowModel(nn.Module):
         xt = (1 - (1 - s) * tt) * eps + tt * x1
         target = x1 - (1 - s) * eps
         return (self.velocity(t, xt, y) - target).pow(2).flatten(1).mean(1)
-
-    def noise_at(self, x1: torch.Tensor, eps: torch.Tensor, t: float) -> torch.Tensor:
-        """A point of the conditional path at time t: SDEdit-style insertion of a real image (eq. 10 on the flow path)."""
-        return (1 - (1 - self.spec.sigma_min) * t) * eps + t * x1
-
-    @torch.no_grad()
-    def integrate(self, x: torch.Tensor, y: torch.Tensor, t_from: float, t_to: float, steps: int = 20,
-                  solver: str = "euler", guidance: float = 1.0) -> torch.Tensor:
-        """Solve dx/dt = v(t, x | y) from `t_from` to `t_to` (backwards when t_to < t_from: inversion)."""
-        from torchdiffeq import odeint
-
-        if t_from == t_to:
-            return x
-        ts = torch.tensor([t_from, t_to], dtype=x.dtype, device=x.device)
-        options = {"step_size": abs(t_to - t_from) / max(1, steps)} if solver in ("euler", "midpoint", "rk4") else {}
-        return odeint(lambda t, z: self.velocity(t, z, y, guidance), x, ts, method=solver, options=options,
-                      rtol=1e-4, atol=1e-4)[-1]
-
-    def invert(self, x1, y, steps=20, solver="euler", t_to: float = 0.0, guidance: float = 1.0):
-        """Image (t = 1) -> latent (t = 0), or to any intermediate time `t_to`."""
-        return self.integrate(x1, y, 1.0, t_to, steps, solver, guidance)
-
-    def generate(self, z, y, steps=20, solver="euler", t_from: float = 0.0, guidance: float = 1.0):
-        """Latent (t = `t_from`, 0 by default) -> image (t = 1)."""
-        return self.integrate(z, y, t_from, 1.0, steps, solver, guidance)

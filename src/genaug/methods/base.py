@@ -15,6 +15,7 @@ class Method(ABC):
     kind: ClassVar[str] = "generator"
     version: ClassVar[str] = "1"  # bump when the same params would give other pixels
     description: ClassVar[str] = ""
+    default_batch_size: ClassVar[int] = 16  # images per call when the user does not say (--batch-size)
     Config: ClassVar[type]
 
     def __init__(self, config, components: Any = None):

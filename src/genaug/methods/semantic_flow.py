@@ -8,7 +8,9 @@ Modes, each drawn per output image:
   like the path's own noise there, delta * (1 - (1 - sigma_min) t) * N(0, I), and integrates back to 1.
   One D_i per output, drawn with probabilities `p` (uniform by default). D_0 is `latent`; larger i make
   lower-level changes.
-The generator is a `genaug fit-flow` model directory (`model=DIR`).
+The generator (`model=`) is a `genaug fit-flow` directory, or a pretrained text-conditioned rectified-flow
+pipeline from diffusers (SD3 family; a hub id or a local directory), which then works in its VAE latent
+space with the prompt `prompt` made from the label (see `genaug.flow.pipeline`).
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from pydantic import Field
-from PIL import Image
 
 from ..config import ConfigError, config_dataclass
+from ..flow.model import take
 from ..registry import register_method
 from ..types import Example, Synthetic
 from .base import Method
@@ -31,17 +33,22 @@ from .base import Method
 class SemanticFlow(Method):
     description = "Flow-matching inversion + latent perturbation / SDEdit / composition (Shivashankar & Miller)"
     version = "1"
+    default_batch_size = 128  # images are grouped by start time, then run in fixed micro-batches: keep groups full
 
     @config_dataclass
     class Config:
-        model: str = ""  # a genaug fit-flow model directory
+        model: str = ""  # a genaug fit-flow directory, or a diffusers rectified-flow pipeline (hub id or directory)
+        revision: str | None = None  # pipeline: the hub revision to pin
+        prompt: str = "a photo of a {label}"  # pipeline: the text condition
+        negative_prompt: str = ""  # pipeline: for classifier-free guidance
+        resolution: int | None = None  # pipeline: working size (default: the pipeline's native size)
         mode: Literal["latent", "sdedit", "compose"] = "latent"
         delta: tuple[float, float] = (0.3, 0.6)  # latent / compose: perturbation scale, uniform in this range
         renormalize: bool = False  # latent: (z + delta eps) / sqrt(1 + delta^2), keeping z' on the N(0, I) prior
         t0: tuple[float, ...] = (0.3, 0.4, 0.5)  # sdedit: insertion times, one drawn per image
         k: int = Field(4, ge=1)  # compose: number of augmentations D_i at t = i/k
         p: tuple[float, ...] | None = None  # compose: probability of each D_i (uniform when unset)
-        steps: int = Field(20, ge=1)  # ODE steps over the whole [0, 1] interval
+        steps: int = Field(20, ge=1)  # ODE steps over the whole [0, 1] interval (a part of it gets its share)
         solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "euler"
         guidance: float = Field(1.0, ge=0)  # classifier-free guidance when generating (1 = none)
         device: str = "auto"
@@ -57,20 +64,32 @@ class SemanticFlow(Method):
             raise ConfigError(f"semantic_flow: t0 values must be in [0, 1), got {c.t0}")
         if c.p is not None and (len(c.p) != c.k or abs(sum(c.p) - 1) > 1e-6 or min(c.p) < 0):
             raise ConfigError(f"semantic_flow: p must hold k={c.k} probabilities summing to 1, got {c.p}")
-        from ..flow.model import FlowModel
+        from ..flow.model import FLOW_CONFIG, FlowModel
 
         device = ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device
-        self.flow = FlowModel.from_pretrained(c.model, device=device)
         self.device = torch.device(device)
-        self.index = {name: i for i, name in enumerate(self.flow.spec.classes)}
+        self.is_pipeline = not (Path(c.model) / FLOW_CONFIG).is_file()
+        if self.is_pipeline and not (Path(c.model).is_dir() and (Path(c.model) / "model_index.json").is_file()) \
+                and Path(c.model).exists():
+            raise ConfigError(f"{c.model} is not a genaug flow model (no {FLOW_CONFIG}) nor a diffusers pipeline "
+                              "(no model_index.json); train one with genaug fit-flow")
+        if self.is_pipeline:
+            from ..flow.pipeline import PipelineFlow
+
+            self.flow = PipelineFlow(c.model, c.revision, c.prompt, c.negative_prompt, c.resolution, device)
+        else:
+            self.flow = FlowModel.from_pretrained(c.model, device=device)
 
     def models(self) -> dict[str, dict[str, str]]:
+        if self.is_pipeline:
+            return {"pipeline": {"id": self.config.model, "revision": self.config.revision or
+                                 ("local" if Path(self.config.model).is_dir() else "main")}}
         weights = Path(self.config.model) / "unet" / "diffusion_pytorch_model.safetensors"
         digest = hashlib.blake2b(weights.read_bytes(), digest_size=8).hexdigest() if weights.is_file() else "unknown"
         return {"flow": {"id": str(Path(self.config.model).resolve()), "revision": f"sha:{digest}"}}
 
     def prepare(self, source) -> None:
-        unknown = sorted({r.label for r in source.records() if r.label and r.label not in self.index})
+        unknown = self.flow.unknown_labels({r.label for r in source.records() if r.label})
         if unknown:
             raise ConfigError(f"semantic_flow: the model {self.config.model} knows no class {unknown[:5]}; "
                               f"it was trained on {self.flow.spec.classes[:10]}")
@@ -85,42 +104,28 @@ class SemanticFlow(Method):
         i = int(rng.choice(c.k, p=c.p))
         return {"mode": "compose", "aug_index": i, "t": i / c.k, "delta": delta}
 
-    # ---- pixels <-> model space ------------------------------------------------------------------
-    def _to_model(self, image: Image.Image) -> torch.Tensor:
-        spec = self.flow.spec
-        im = image.convert("L" if spec.channels == 1 else "RGB").resize((spec.image_size, spec.image_size),
-                                                                        Image.BILINEAR)
-        arr = torch.from_numpy(np.asarray(im, dtype=np.float32).copy())
-        arr = arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
-        return arr / 127.5 - 1
-
-    @staticmethod
-    def _to_image(x: torch.Tensor, size: tuple[int, int]) -> Image.Image:
-        arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-        im = Image.fromarray(arr[0] if arr.shape[0] == 1 else arr.transpose(1, 2, 0)).convert("RGB")
-        return im if im.size == size else im.resize(size, Image.BILINEAR)
-
     def __call__(self, batch: list[Example], params: list[dict[str, Any]]) -> list[Synthetic]:
-        c, flow, s = self.config, self.flow, self.flow.spec.sigma_min
-        x = torch.stack([self._to_model(ex.image) for ex in batch]).to(self.device)
-        y = torch.tensor([self.index[ex.label] for ex in batch], device=self.device)
+        c, flow = self.config, self.flow
+        x = flow.encode_images([ex.image for ex in batch])
+        cond = flow.condition([ex.label for ex in batch])
         eps = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(p["seed"]))
-                           for p in params]).to(self.device)
+                           for p in params]).to(x.device, x.dtype)
         out = torch.empty_like(x)
         # One ODE solve per distinct start time; every image keeps its own noise, so grouping changes nothing.
         for t in sorted({p["t"] for p in params}):
-            sel = torch.tensor([p["t"] == t for p in params], device=self.device)
-            n_steps = max(1, round(c.steps * (1 - t)))
-            xs, ys, es = x[sel], y[sel], eps[sel]
-            if params[int(sel.nonzero()[0])]["mode"] == "sdedit":
+            rows = torch.tensor([p["t"] == t for p in params], device=x.device)
+            xs, cs, es = x[rows], take(cond, rows), eps[rows]
+            if c.mode == "sdedit":
                 start = flow.noise_at(xs, es, t)
             else:
-                deltas = torch.tensor([p["delta"] for p, m in zip(params, sel.tolist()) if m],
-                                      device=self.device).view(-1, 1, 1, 1)
-                z = flow.invert(xs, ys, steps=n_steps, solver=c.solver, t_to=t)
-                start = z + deltas * (1 - (1 - s) * t) * es
+                deltas = torch.tensor([p["delta"] for p, r in zip(params, rows.tolist()) if r],
+                                      device=x.device, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
+                start = flow.invert(xs, cs, steps=c.steps, solver=c.solver,
+                                    t_to=t) + deltas * (1 - (1 - flow.sigma_min) * t) * es
                 if c.mode == "latent" and c.renormalize:
                     start = start / torch.sqrt(1 + deltas ** 2)
-            out[sel] = flow.generate(start, ys, steps=n_steps, solver=c.solver, t_from=t, guidance=c.guidance)
-        return [Synthetic(image=self._to_image(o, ex.image.size), label=ex.label, source_id=ex.id,
-                          params=self.recorded(p)) for o, ex, p in zip(out, batch, params)]
+            out[rows] = flow.generate(start, cs, steps=c.steps,
+                                      solver=c.solver, t_from=t, guidance=c.guidance)
+        images = flow.decode_images(out, [ex.image.size for ex in batch])
+        return [Synthetic(image=im, label=ex.label, source_id=ex.id, params=self.recorded(p))
+                for im, ex, p in zip(images, batch, params)]

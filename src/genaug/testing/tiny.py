@@ -74,7 +74,32 @@ def make_clip(image_size: int = 64, seed: int = 0):
     return CLIPModel(cfg).eval(), proc
 
 
-BUILDERS = {"clip": make_clip}
+def make_sd3(seed: int = 0):
+    """A Stable Diffusion 3 pipeline (rectified flow, FlowMatchEulerDiscreteScheduler) at 32 px, without
+    the optional T5 encoder (diffusers then feeds zeros in its place)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    tok = make_clip_tokenizer()
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
+                                        caption_projection_dim=32, pooled_projection_dim=64, pos_embed_max_size=16)
+    text = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+                          num_attention_heads=4, num_hidden_layers=2, vocab_size=len(tok), projection_dim=32,
+                          max_position_embeddings=77)
+    te1, te2 = CLIPTextModelWithProjection(text).eval(), CLIPTextModelWithProjection(text).eval()
+    vae = AutoencoderKL(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        layers_per_block=1, latent_channels=4, norm_num_groups=4, use_quant_conv=False,
+                        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    vae=vae.eval(), text_encoder=te1, tokenizer=tok, text_encoder_2=te2,
+                                    tokenizer_2=tok, text_encoder_3=None, tokenizer_3=None)
+    return pipe, None
+
+
+BUILDERS = {"clip": make_clip, "sd3": make_sd3}
 
 
 def write_tiny_models(out: str | Path, which: list[str] | None = None) -> dict[str, Path]:
@@ -88,6 +113,7 @@ def write_tiny_models(out: str | Path, which: list[str] | None = None) -> dict[s
         model, processor = BUILDERS[name]()
         d = out / name
         model.save_pretrained(d)
-        processor.save_pretrained(d)
+        if processor is not None:  # a pipeline saves its own tokenizers and processors
+            processor.save_pretrained(d)
         written[name] = d
     return written

@@ -50,7 +50,7 @@ class SmallCNN(nn.Module):
 @register_model
 def genaug_small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
     """timm entry point, so `timm.create_model("genaug_small_cnn", num_classes=10)` works."""
-    kwargs = {k: v for k, v in kwargs.items() if k in ("num_classes", "in_chans", "width", "drop_rate")}
+    kwargs = {k: v for k, v in kwargs.items() if not k.startswith("pretrained_cfg") and k != "cache_dir"}  # timm's own
     return SmallCNN(**kwargs)
 
 
@@ -90,7 +90,7 @@ def _replace_last_linear(model: nn.Module, num_classes: int) -> str:
 
 
 def create_classifier(name: str, num_classes: int, pretrained: str | None = None,
-                      linear_probe: bool = False) -> tuple[nn.Module, tuple, tuple]:
+                      linear_probe: bool = False, **model_options) -> tuple[nn.Module, tuple, tuple]:
     """`(model, mean, std)`; with `linear_probe` only the new head is trainable."""
     import timm
 
@@ -106,7 +106,7 @@ def create_classifier(name: str, num_classes: int, pretrained: str | None = None
 
         arch = name.split("/", 1)[1]
         try:
-            model = torchvision.models.get_model(arch, weights=None)
+            model = torchvision.models.get_model(arch, weights=None, **model_options)
         except ValueError:
             raise ConfigError(f"unknown torchvision model {arch!r}") from None
         if path is not None:
@@ -117,7 +117,10 @@ def create_classifier(name: str, num_classes: int, pretrained: str | None = None
             kwargs = {"pretrained_cfg_overlay": {"file": str(path)}} if path else {}
             if path and not path.is_file():
                 raise ConfigError(f"pretrained weights not found: {path}")
-            model = timm.create_model(name, pretrained=path is not None, num_classes=num_classes, **kwargs)
+            model = timm.create_model(name, pretrained=path is not None, num_classes=num_classes, **kwargs,
+                                      **model_options)
+        except TypeError as e:
+            raise ConfigError(f"model {name!r} does not take these model_options: {e}") from None
         except RuntimeError as e:
             if "Unknown model" in str(e):
                 raise ConfigError(f"unknown model {name!r}: a timm model name or torchvision/<name>") from None

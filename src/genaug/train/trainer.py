@@ -40,6 +40,7 @@ class TrainConfig:
     """Every knob of `genaug train` (`key=value` on the command line, or a YAML `--config`)."""
 
     model: str = "genaug_small_cnn"  # a timm name, or torchvision/<name>
+    model_options: dict[str, Any] = Field(default_factory=dict)  # extra arguments of the model, e.g. {width: 16}
     pretrained: str | None = None  # a weights file, or "imagenet" (offline MobileNetV2, torchvision/mobilenet_v2)
     mode: Literal["scratch", "finetune", "linear"] = "scratch"
     image_size: int = Field(32, ge=8)
@@ -193,7 +194,8 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     weights = pool.weights if cfg.use_weights else torch.ones(len(pool))
     val_set = load_any(val, cfg.image_size, "val") if val else None
 
-    model, mean, std = create_classifier(cfg.model, len(classes), cfg.pretrained, linear_probe=cfg.mode == "linear")
+    model, mean, std = create_classifier(cfg.model, len(classes), cfg.pretrained, linear_probe=cfg.mode == "linear",
+                                         **cfg.model_options)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"

@@ -1,0 +1,120 @@
+"""A pretrained text-conditioned rectified-flow pipeline from diffusers (Stable Diffusion 3 family) as a
+velocity field for `semantic_flow`: the same inversion, perturbation, SDEdit and composition, in the
+pipeline's VAE latent space, conditioned on a prompt made from the label.
+
+Conventions. diffusers' flow-matching pipelines write x_sigma = (1 - sigma) x0 + sigma noise, sigma from
+1 (noise) to 0 (data), and their transformer predicts v = noise - x0. genaug's time is t = 1 - sigma, so
+dx/dt = -v. Steps follow the pipeline's own `FlowMatchEulerDiscreteScheduler` sigma schedule (with its
+time shift), solved with Euler in either direction — the scheduler's `step` only goes forward.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..components.hub import load_pretrained
+from .model import FlowODE, run_fixed
+
+
+def _absent_components(model: str) -> dict[str, None]:
+    """Components a saved pipeline left out on purpose (e.g. SD3 without its T5 encoder): diffusers wants
+    them passed as None explicitly."""
+    index = Path(model) / "model_index.json"
+    if not index.is_file():
+        return {}
+    return {k: None for k, v in json.loads(index.read_text()).items() if isinstance(v, list) and v[0] is None}
+
+
+class PipelineFlow(FlowODE):
+    def __init__(self, model: str, revision: str | None = None, prompt: str = "a photo of a {label}",
+                 negative_prompt: str = "", resolution: int | None = None, device=None, micro_batch: int = 4):
+        from diffusers import DiffusionPipeline
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.pipe = load_pretrained(DiffusionPipeline, model, revision, role="rectified-flow pipeline",
+                                    dtype=dtype, **_absent_components(model)).to(self.device)
+        self.pipe.set_progress_bar_config(disable=True)
+        if not hasattr(self.pipe, "transformer") or "FlowMatch" not in type(self.pipe.scheduler).__name__:
+            from ..config import ConfigError
+
+            raise ConfigError(f"{model} is a {type(self.pipe).__name__} with a {type(self.pipe.scheduler).__name__}; "
+                              "semantic_flow needs a rectified-flow pipeline (SD3 family, FlowMatchEulerDiscreteScheduler)")
+        self.prompt, self.negative_prompt, self.micro_batch = prompt, negative_prompt, micro_batch
+        vae_scale = 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
+        self.resolution = resolution or self.pipe.transformer.config.sample_size * vae_scale
+        self.id, self.revision = model, revision
+        self._cond_cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    # ---- images <-> latents ----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, images: list) -> torch.Tensor:
+        vae = self.pipe.vae
+        px = self.pipe.image_processor.preprocess([im.convert("RGB") for im in images], height=self.resolution,
+                                                  width=self.resolution).to(self.device, vae.dtype)
+        latents = run_fixed(lambda p: vae.encode(p).latent_dist.mode(), self.micro_batch, px)  # the mode: no sampling
+        return (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_images(self, x: torch.Tensor, sizes: list[tuple[int, int]]) -> list:
+        vae = self.pipe.vae
+        latents = x / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        px = run_fixed(lambda z: vae.decode(z).sample, self.micro_batch, latents.to(vae.dtype))
+        images = self.pipe.image_processor.postprocess(px.float(), output_type="pil")
+        return [im if im.size == size else im.resize(size) for im, size in zip(images, sizes)]
+
+    # ---- conditioning and velocity -----------------------------------------------------------------
+    @torch.no_grad()
+    def condition(self, labels: list[str]) -> dict[str, torch.Tensor]:
+        """Prompt embeddings per label, each encoded once and alone (cached): a label's embedding never
+        depends on the other labels in the batch, and the text encoders run once per class, not per image."""
+        for label in set(labels) - set(self._cond_cache):
+            pe, npe, ppe, nppe = self.pipe.encode_prompt(
+                prompt=[self.prompt.format(label=label)], prompt_2=None, prompt_3=None, device=self.device,
+                do_classifier_free_guidance=True, negative_prompt=[self.negative_prompt])
+            self._cond_cache[label] = {"embeds": pe, "pooled": ppe, "neg_embeds": npe, "neg_pooled": nppe}
+        return {k: torch.cat([self._cond_cache[label][k] for label in labels]) for k in
+                ("embeds", "pooled", "neg_embeds", "neg_pooled")}
+
+    def _v(self, x, sigma, embeds, pooled):
+        def call(xs, ss, es, ps):
+            return self.pipe.transformer(hidden_states=xs, timestep=ss * 1000, encoder_hidden_states=es,
+                                         pooled_projections=ps).sample
+
+        return run_fixed(call, self.micro_batch, x, sigma, embeds, pooled)
+
+    @torch.no_grad()
+    def velocity(self, t, x: torch.Tensor, cond, guidance: float = 1.0) -> torch.Tensor:
+        sigma = (1 - torch.as_tensor(t, dtype=x.dtype, device=x.device)).expand(len(x))
+        v = self._v(x, sigma, cond["embeds"], cond["pooled"])
+        if guidance != 1.0:
+            uncond = self._v(x, sigma, cond["neg_embeds"], cond["neg_pooled"])
+            v = uncond + guidance * (v - uncond)
+        return -v
+
+    def _sigmas(self, steps: int) -> np.ndarray:
+        sched = self.pipe.scheduler
+        sched.set_timesteps(steps, device="cpu")
+        return sched.sigmas.numpy().astype(np.float64)  # descending, 1 -> 0, with the pipeline's time shift
+
+    @torch.no_grad()
+    def integrate(self, x: torch.Tensor, cond, t_from: float, t_to: float, steps: int = 20,
+                  solver: str = "euler", guidance: float = 1.0) -> torch.Tensor:
+        """Euler on the scheduler's sigma grid between t_from and t_to (either direction). `steps` counts
+        the whole [0, 1] interval; the grid's sigmas inside the interval are used, plus both end points."""
+        if t_from == t_to:
+            return x
+        if solver != "euler":
+            from ..config import ConfigError
+
+            raise ConfigError("with a diffusers pipeline, semantic_flow integrates on the scheduler's grid: solver=euler")
+        s_from, s_to = 1 - t_from, 1 - t_to
+        lo, hi = sorted((s_from, s_to))
+        grid = [s for s in self._sigmas(steps) if lo < s < hi]
+        path = sorted({s_from, s_to, *grid}, reverse=s_from > s_to)
+        for a, b in zip(path, path[1:]):
+            x = x + (a - b) * self.velocity(1 - a, x, cond, guidance)  # dt = -(dsigma) = a - b
+        return x
