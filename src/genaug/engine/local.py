@@ -83,10 +83,10 @@ def augment(source: str | Path, out: str | Path, method: str, n: int = 1, seed: 
     if cls.kind != "generator":
         raise ConfigError(f"{run.method!r} is a batch-level augmentation applied while training; it writes no images. "
                           f"Generators: see `genaug methods`.")
+    input_cfg = build_config(InputConfig, run.input, where="input")
+    src = Source(source)  # a bad source fails before any model is loaded
     m = create_method(run.method, run.options)
     batch_size = run.batch_size or cls.default_batch_size
-    input_cfg = build_config(InputConfig, run.input, where="input")
-    src = Source(source)
 
     resolved = {
         "method": run.method, "method_version": cls.version, "options": to_dict(m.config), "seed": run.seed,
