@@ -63,9 +63,18 @@ def tiny_flow(tmp_path_factory, digit_images):
 
 
 @pytest.fixture(scope="session")
-def method_options(tiny_flow):
+def tiny_models(tmp_path_factory):
+    """Tiny random pretrained components (CLIP, SD 1.x, SD3), saved with save_pretrained."""
+    from genaug.testing.tiny import write_tiny_models
+
+    return write_tiny_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def method_options(tiny_flow, tiny_models):
     """Options that make every registered method runnable offline in tests (models point at tiny ones)."""
-    return {"semantic_flow": {"model": str(tiny_flow), "steps": 4}}
+    return {"semantic_flow": {"model": str(tiny_flow), "steps": 4},
+            "real_guidance": {"model": str(tiny_models["sd15"]), "steps": 2, "resolution": 32}}
 
 
 def overrides(options: dict) -> list[str]:

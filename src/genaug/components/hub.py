@@ -7,6 +7,7 @@ without a wall of traceback and without a long network hang when the hub cannot 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 from pathlib import Path
@@ -100,3 +101,12 @@ def load_pretrained(cls, model: str, revision: str | None = None, role: str = "m
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelNotAvailable(f"{role}: could not load {model!r} from {where}: {first}") from None
 
+
+
+def absent_components(model: str) -> dict[str, None]:
+    """Components a saved diffusers pipeline left out on purpose (a safety checker, SD3's T5 encoder):
+    diffusers wants them passed as None explicitly. Only a local directory can be read before loading."""
+    index = Path(model) / "model_index.json"
+    if not index.is_file():
+        return {}
+    return {k: None for k, v in json.loads(index.read_text()).items() if isinstance(v, list) and v[0] is None}

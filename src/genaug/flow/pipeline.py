@@ -9,23 +9,11 @@ time shift), solved with Euler in either direction — the scheduler's `step` on
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from ..components.hub import load_pretrained
+from ..components.hub import absent_components, load_pretrained
 from .model import FlowODE, run_fixed
-
-
-def _absent_components(model: str) -> dict[str, None]:
-    """Components a saved pipeline left out on purpose (e.g. SD3 without its T5 encoder): diffusers wants
-    them passed as None explicitly."""
-    index = Path(model) / "model_index.json"
-    if not index.is_file():
-        return {}
-    return {k: None for k, v in json.loads(index.read_text()).items() if isinstance(v, list) and v[0] is None}
 
 
 class PipelineFlow(FlowODE):
@@ -36,7 +24,7 @@ class PipelineFlow(FlowODE):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.pipe = load_pretrained(DiffusionPipeline, model, revision, role="rectified-flow pipeline",
-                                    dtype=dtype, **_absent_components(model)).to(self.device)
+                                    dtype=dtype, **absent_components(model)).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         if not hasattr(self.pipe, "transformer") or "FlowMatch" not in type(self.pipe.scheduler).__name__:
             from ..config import ConfigError

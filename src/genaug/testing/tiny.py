@@ -99,7 +99,33 @@ def make_sd3(seed: int = 0):
     return pipe, None
 
 
-BUILDERS = {"clip": make_clip, "sd3": make_sd3}
+def make_sd15(seed: int = 0):
+    """A Stable Diffusion 1.x pipeline (UNet, VAE, CLIP text encoder, DDIM) at 64 px, no safety checker."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tok = make_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4,
+                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        latent_channels=4, norm_num_groups=32, sample_size=64)
+    text = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32,
+                                        intermediate_size=37, projection_dim=32, num_attention_heads=4,
+                                        num_hidden_layers=2, layer_norm_eps=1e-5, vocab_size=len(tok),
+                                        max_position_embeddings=77))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(unet=unet.eval(), vae=vae.eval(), text_encoder=text.eval(), tokenizer=tok,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   image_encoder=None, requires_safety_checker=False)
+    return pipe, None
+
+
+BUILDERS = {"clip": make_clip, "sd15": make_sd15, "sd3": make_sd3}
 
 
 def write_tiny_models(out: str | Path, which: list[str] | None = None) -> dict[str, Path]:

@@ -1,0 +1,57 @@
+"""Real Guidance (He et al., "Is synthetic data from generative models ready for image recognition?",
+ICLR 2023), as DA-Fusion re-implements it with Stable Diffusion: SDEdit / img2img from the real image with
+the prompt "a photo of a {label}"."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from ..components.diffusion import SD15_MODEL, Img2Img
+from ..config import ConfigError, config_dataclass
+from ..registry import register_method
+from ..types import Example, Synthetic
+from .base import Method
+
+
+@register_method("real_guidance")
+class RealGuidance(Method):
+    description = "Real Guidance (He et al. 2023): Stable Diffusion img2img from the real image, 'a photo of a {label}'"
+    default_batch_size = 8
+
+    @config_dataclass
+    class Config:
+        model: str = SD15_MODEL  # hub id or local directory of a diffusers checkpoint
+        revision: str | None = None  # None: the pinned revision of the default model
+        prompt: str = "a photo of a {label}"
+        negative_prompt: str = ""
+        strength: float = Field(0.5, gt=0, le=1)  # DA-Fusion's Real Guidance setting
+        guidance_scale: float = Field(7.5, ge=0)
+        steps: int = Field(50, ge=1)
+        scheduler: str | None = None  # ddim, euler, euler_a, dpm++, pndm, lms; None: the checkpoint's own
+        resolution: int | None = None  # working size; None: the model's native size
+        device: str | None = None
+
+    def __init__(self, config, components=None):
+        super().__init__(config, components)
+        c = self.config
+        if int(c.steps * c.strength) < 1:
+            raise ConfigError(f"real_guidance: steps x strength must be at least 1 (got {c.steps} x {c.strength})")
+        self.sd = Img2Img(c.model, c.revision, c.scheduler, c.device, resolution=c.resolution)
+
+    def models(self) -> dict[str, dict[str, str]]:
+        return {"diffusion": {"id": self.sd.id, "revision": self.sd.revision or "local"}}
+
+    def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
+        c = self.config
+        return {"prompt": c.prompt.format(label=example.label), "negative_prompt": c.negative_prompt,
+                "strength": c.strength, "guidance_scale": c.guidance_scale, "steps": c.steps}
+
+    def __call__(self, batch: list[Example], params: list[dict[str, Any]]) -> list[Synthetic]:
+        c = self.config
+        images = self.sd([ex.image for ex in batch], [p["prompt"] for p in params], [p["seed"] for p in params],
+                         strength=c.strength, guidance_scale=c.guidance_scale, steps=c.steps,
+                         negative_prompt=c.negative_prompt)
+        return [Synthetic(image=im, label=ex.label, source_id=ex.id, params=self.recorded(p))
+                for im, ex, p in zip(images, batch, params)]
