@@ -74,7 +74,9 @@ def tiny_models(tmp_path_factory):
 def method_options(tiny_flow, tiny_models):
     """Options that make every registered method runnable offline in tests (models point at tiny ones)."""
     return {"semantic_flow": {"model": str(tiny_flow), "steps": 4},
-            "real_guidance": {"model": str(tiny_models["sd15"]), "steps": 2, "resolution": 32}}
+            "real_guidance": {"model": str(tiny_models["sd15"]), "steps": 2, "resolution": 32},
+            "sgid": {"model": str(tiny_models["sd15"]), "captioner": str(tiny_models["blip"]),
+                     "clip": str(tiny_models["clip"]), "n_beam": 2, "n_nucleus": 2, "steps": 4, "resolution": 32}}
 
 
 def overrides(options: dict) -> list[str]:

@@ -37,3 +37,59 @@ def test_default_hub_model_offline_is_a_clear_error(src, tmp_path, monkeypatch):
     res = cli("augment", src, "--method", "real_guidance", "--out", tmp_path / "o", expect=2)
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in res.output and "451f4fe" in res.output
     assert "Traceback" not in res.output
+
+
+def _sgid_args(tiny_models, *extra):
+    return [f"model={tiny_models['sd15']}", f"captioner={tiny_models['blip']}", f"clip={tiny_models['clip']}",
+            "n_beam=2", "n_nucleus=2", "steps=4", "resolution=32", *extra]
+
+
+def test_sgid_prompt_weights_guidance_mapping_and_filter(src, tmp_path, tiny_models):
+    from genaug.methods.sgid import sgid_quadratic
+
+    out = tmp_path / "sgid"
+    cli("augment", src, "--method", "sgid", "--out", out, "-n", 2, *_sgid_args(tiny_models, "min_similarity=1.01"))
+    rows = read_rows(out)
+    assert len(rows) == 8
+    for r in rows:
+        p = r["params"]
+        assert p["weighted_prompt"].endswith(f"(A picture of {r['label']})1.5") and ")0.9 (" in p["weighted_prompt"]
+        assert p["prompt"] == f"{p['caption']}. A picture of {r['label']}"
+        assert p["guidance_scale"] == pytest.approx(sgid_quadratic(p["similarity"]), abs=1e-5)
+        assert p["strength"] == 0.3 and -1 <= r["scores"]["clip_source_similarity"] <= 1
+        assert r["weight"] == 0.0  # no output is more similar to its source than 1.01
+    assert set(rows[0]["models"]) == {"diffusion", "captioner", "clip"}
+    keep = tmp_path / "keep"
+    cli("augment", src, "--method", "sgid", "--out", keep, "-n", 1, *_sgid_args(tiny_models, "min_similarity=-1"))
+    assert all(r["weight"] == 1.0 for r in read_rows(keep))
+
+
+def test_sgid_captions_are_cached_not_recomputed(src, tmp_path, tiny_models):
+    from genaug.components.captioner import Captioner, cache_root
+
+    out = tmp_path / "sgid"
+    cli("augment", src, "--method", "sgid", "--out", out, "-n", 1, *_sgid_args(tiny_models))
+    files = sorted((cache_root() / "captions").rglob("*.json"))
+    stamps = [f.stat().st_mtime_ns for f in files]
+    assert len(files) >= 4
+    cli("augment", src, "--method", "sgid", "--out", out, "-n", 2, *_sgid_args(tiny_models))  # new variants
+    assert sorted((cache_root() / "captions").rglob("*.json")) == files
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    cap = Captioner(str(tiny_models["blip"]))
+    from PIL import Image
+
+    img = Image.new("RGB", (20, 20), (10, 200, 30))
+    first = cap.captions(img, 2, 2)
+    cap.model.generate = None  # a second captioning would fail here
+    assert cap.captions(img, 2, 2) == first and cap.cache.hits == 1
+
+
+def test_captions_beam_and_nucleus_counts(tiny_models):
+    from genaug.components.captioner import Captioner
+    from PIL import Image
+
+    cap = Captioner(str(tiny_models["blip"]))
+    beam_only = cap.captions(Image.new("RGB", (20, 20), (1, 2, 3)), 3, 0)
+    assert 1 <= len(beam_only) <= 3 and all(isinstance(c, str) and c for c in beam_only)
+    both = cap.captions(Image.new("RGB", (20, 20), (1, 2, 3)), 3, 3)
+    assert len(both) >= len(beam_only)

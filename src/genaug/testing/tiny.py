@@ -125,7 +125,38 @@ def make_sd15(seed: int = 0):
     return pipe, None
 
 
-BUILDERS = {"clip": make_clip, "sd15": make_sd15, "sd3": make_sd3}
+def make_bert_tokenizer(model_max_length: int = 40):
+    """A WordPiece vocabulary written in code: specials, punctuation, the corpus words, letters and digits."""
+    from transformers import BertTokenizer
+
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    vocab: dict[str, int] = {}
+    for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(".,?!'-:;()") + CORPUS_WORDS + chars + \
+            ["##" + ch for ch in chars]:
+        vocab.setdefault(t, len(vocab))
+    return BertTokenizer(vocab=vocab, model_max_length=model_max_length)
+
+
+def make_blip(image_size: int = 64, seed: int = 0):
+    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    tok = make_bert_tokenizer()
+    tok.add_special_tokens({"bos_token": "[DEC]"})  # BLIP's decoder start token
+    torch.manual_seed(seed)
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, encoder_hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.sep_token_id, sep_token_id=tok.sep_token_id,
+                         pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=image_size, patch_size=16),
+        projection_dim=32, image_text_hidden_size=32)
+    proc = BlipProcessor(image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
+                         tokenizer=tok)
+    return BlipForConditionalGeneration(cfg).eval(), proc
+
+
+BUILDERS = {"clip": make_clip, "blip": make_blip, "sd15": make_sd15, "sd3": make_sd3}
 
 
 def write_tiny_models(out: str | Path, which: list[str] | None = None) -> dict[str, Path]:
