@@ -76,7 +76,8 @@ def method_options(tiny_flow, tiny_models):
     return {"semantic_flow": {"model": str(tiny_flow), "steps": 4},
             "real_guidance": {"model": str(tiny_models["sd15"]), "steps": 2, "resolution": 32},
             "sgid": {"model": str(tiny_models["sd15"]), "captioner": str(tiny_models["blip"]),
-                     "clip": str(tiny_models["clip"]), "n_beam": 2, "n_nucleus": 2, "steps": 4, "resolution": 32}}
+                     "clip": str(tiny_models["clip"]), "n_beam": 2, "n_nucleus": 2, "steps": 4, "resolution": 32},
+            "da_fusion": {"model": str(tiny_models["sd15"]), "steps": 4, "resolution": 32, "ti_steps": 3}}
 
 
 def overrides(options: dict) -> list[str]:

@@ -93,3 +93,39 @@ def test_captions_beam_and_nucleus_counts(tiny_models):
     assert 1 <= len(beam_only) <= 3 and all(isinstance(c, str) and c for c in beam_only)
     both = cap.captions(Image.new("RGB", (20, 20), (1, 2, 3)), 3, 3)
     assert len(both) >= len(beam_only)
+
+
+def test_textual_inversion_lowers_its_loss_and_changes_only_the_new_row(tiny_models, digit_images):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from genaug.components.textual_inversion import learn_token
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd15"], safety_checker=None, feature_extractor=None,
+                                                   image_encoder=None, requires_safety_checker=False)
+    before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    images = [im.convert("RGB") for im in digit_images[0][:8]]
+    vector, losses = learn_token(pipe, images, "<t>", "drawing", steps=60, lr=0.05, batch_size=8, resolution=32)
+    after = pipe.text_encoder.get_input_embeddings().weight.detach()
+    new_id = pipe.tokenizer.convert_tokens_to_ids("<t>")
+    assert after.shape[0] == before.shape[0] + 1 and new_id == before.shape[0]
+    assert torch.equal(after[:-1], before)  # every old row untouched
+    assert torch.equal(after[new_id], vector) and not torch.equal(vector, before[pipe.tokenizer.encode(
+        "drawing", add_special_tokens=False)[0]])
+    assert losses["eval_after"] < losses["eval_before"] and len(losses["train"]) == 60
+
+
+def test_da_fusion_learns_tokens_once_and_records_them(src, tmp_path, tiny_models, monkeypatch):
+    import genaug.components.textual_inversion as ti
+
+    args = ["--method", "da_fusion", "-n", 2, f"model={tiny_models['sd15']}", "steps=4", "resolution=32",
+            "ti_steps=3", "strengths=[0.5,1.0]"]
+    cli("augment", src, "--out", tmp_path / "a", *args)
+    rows = read_rows(tmp_path / "a")
+    assert len(rows) == 8 and {r["params"]["strength"] for r in rows} <= {0.5, 1.0}
+    tokens = {r["label"]: r["params"]["token"] for r in rows}
+    assert len(set(tokens.values())) == 2 and all(r["params"]["prompt"] == f"a photo of a {r['params']['token']}"
+                                                  for r in rows)
+    monkeypatch.setattr(ti, "learn_token", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    cli("augment", src, "--out", tmp_path / "b", *args)  # a new output folder: tokens come from the cache
+    assert len(read_rows(tmp_path / "b")) == 8

@@ -27,9 +27,12 @@ def test_every_method_has_a_strict_config_with_defaults(name, method_options):
 
 
 @pytest.mark.parametrize("name", list_methods(kind="generator"))
-def test_generators_are_pure_given_their_params(name, digit_images, method_options):
+def test_generators_are_pure_given_their_params(name, digit_images, method_options, imagefolder):
+    from genaug.data import Source
+
     images, labels, _ = digit_images
     m = create_method(name, method_options.get(name))
+    m.prepare(Source(imagefolder))  # per-dataset work first (class tokens, caches), as the engine does
     ex = Example(id="a/b.png", image=images[0], label="0", path="a/b.png")
     p = {"seed": 123, **m.sample_params(ex, np.random.default_rng(123))}
     a, b = m([ex], [p])[0], m([ex, ex], [p, {**p, "seed": 9}])[0]

@@ -1,0 +1,135 @@
+"""Textual inversion (Gal et al. 2023), the diffusers recipe: one new token per class whose embedding row is
+the only thing that trains; saved as safetensors `{token: vector}` and loaded back with diffusers'
+`load_textual_inversion`. Learned tokens are cached by a content hash of (the class's images, the
+options, the base model and revision), so a rerun does not train again.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .captioner import cache_root
+
+TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
+             "a photo of a clean {}", "a close-up photo of a {}", "a bright photo of the {}", "a good photo of a {}")
+
+
+def class_token(index: int) -> str:
+    return f"<genaug-class-{index}>"
+
+
+def _images_digest(images: list[Image.Image]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for im in images:
+        h.update(f"{im.size}".encode())
+        h.update(im.convert("RGB").tobytes())
+    return h.hexdigest()
+
+
+def learn_token(pipe, images: list[Image.Image], token: str, initializer: str, steps: int = 1000,
+                lr: float = 5e-3, batch_size: int = 4, resolution: int | None = None, seed: int = 0,
+                progress: bool | None = None, tokenizer=None, text_encoder=None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Train one new token on `images`; `tokenizer` / `text_encoder` (default: the pipeline's own) gain it.
+    Returns the learned vector and its losses: per training step, and on a fixed held-out draw before and after."""
+    from diffusers import DDPMScheduler
+
+    tok, te = tokenizer or pipe.tokenizer, text_encoder or pipe.text_encoder
+    unet, vae = pipe.unet, pipe.vae
+    if tok.add_tokens([token]) != 1:
+        raise ValueError(f"token {token} already exists in the tokenizer")
+    token_id = tok.convert_tokens_to_ids(token)
+    init_ids = tok.encode(initializer, add_special_tokens=False) or tok.encode("object", add_special_tokens=False)
+    te.resize_token_embeddings(len(tok), mean_resizing=False)
+    emb = te.get_input_embeddings()  # transformers >= 5.6: CLIPTextModel has no .text_model
+    with torch.no_grad():
+        emb.weight[token_id] = emb.weight[init_ids].mean(0)
+    for m in (unet, vae, te):
+        m.requires_grad_(False)
+    emb.weight.requires_grad_(True)
+    opt = torch.optim.AdamW([emb.weight], lr=lr, weight_decay=0.0)
+    noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    res = resolution or unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
+    device, dtype = unet.device, unet.dtype
+    g = torch.Generator().manual_seed(seed)
+    px = torch.stack([pipe.image_processor.preprocess(im.convert("RGB"), height=res, width=res)[0] for im in images])
+    with torch.no_grad():
+        latents_all = vae.encode(px.to(device, dtype)).latent_dist.mode() * vae.config.scaling_factor
+    keep = torch.arange(len(tok), device=device) != token_id
+
+    def denoising_loss(lat, noise, t, prompts):
+        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(device)
+        pred = unet(noise_sched.add_noise(lat, noise, t), t, encoder_hidden_states=te(ids)[0]).sample
+        target = noise if noise_sched.config.prediction_type == "epsilon" else noise_sched.get_velocity(lat, noise, t)
+        return F.mse_loss(pred.float(), target.float())
+
+    # A fixed held-out draw (noise, timesteps, templates) measures progress without the sampling noise.
+    ge = torch.Generator().manual_seed(seed + 1)
+    n_eval = min(len(images), 8)
+    fixed = (latents_all[:n_eval], torch.randn(latents_all[:n_eval].shape, generator=ge).to(device, dtype),
+             torch.randint(noise_sched.config.num_train_timesteps, (n_eval,), generator=ge).to(device),
+             [TEMPLATES[i % len(TEMPLATES)].format(token) for i in range(n_eval)])
+    with torch.no_grad():
+        eval_before = denoising_loss(*fixed).item()
+    losses = []
+    for step in tqdm(range(steps), desc=f"textual inversion {token}", disable=None if progress is None else not progress,
+                     leave=False):
+        idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=g)
+        lat = latents_all[idx]
+        flip = torch.rand(len(idx), generator=g) < 0.5
+        lat = torch.where(flip.view(-1, 1, 1, 1).to(device), lat.flip(-1), lat)
+        noise = torch.randn(lat.shape, generator=g).to(device, dtype)
+        t = torch.randint(noise_sched.config.num_train_timesteps, (len(idx),), generator=g).to(device)
+        prompts = [TEMPLATES[int(i)].format(token) for i in torch.randint(len(TEMPLATES), (len(idx),), generator=g)]
+        loss = denoising_loss(lat, noise, t, prompts)
+        loss.backward()
+        emb.weight.grad[keep] = 0  # only the new row learns
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    emb.weight.requires_grad_(False)
+    with torch.no_grad():
+        eval_after = denoising_loss(*fixed).item()
+    return emb.weight[token_id].detach().clone(), {"train": losses, "eval_before": eval_before, "eval_after": eval_after}
+
+
+def learned_tokens(pipe, model_id: str, revision: str | None, images_by_class: dict[str, list[Image.Image]],
+                   options: dict[str, Any], progress: bool | None = None) -> dict[str, str]:
+    """`{label: token}` for every class, learned or taken from the cache, and loaded into `pipe`."""
+    from safetensors.torch import load_file, save_file
+
+    tokens = {}
+    for i, label in enumerate(sorted(images_by_class)):
+        token = class_token(i)
+        key = hashlib.blake2b(repr((_images_digest(images_by_class[label]), label, token, model_id, revision,
+                                    sorted(options.items()))).encode(), digest_size=16).hexdigest()
+        path = cache_root() / "textual_inversion" / f"{key}.safetensors"
+        if not path.is_file():  # train on copies: the pipeline gains tokens only through load_textual_inversion
+            vector, losses = learn_token(pipe, images_by_class[label], token,
+                                         label.split()[0] if label.split() else "object", progress=progress,
+                                         tokenizer=copy.deepcopy(pipe.tokenizer),
+                                         text_encoder=copy.deepcopy(pipe.text_encoder), **options)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({token: vector.cpu()}, str(tmp), metadata={
+                "label": label, "eval_loss_before": f"{losses['eval_before']:.5f}",
+                "eval_loss_after": f"{losses['eval_after']:.5f}"})
+            tmp.replace(path)
+        if token not in pipe.tokenizer.get_vocab():
+            from transformers.utils import logging as hf_logging
+
+            level = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()  # diffusers resizes the embeddings with transformers' mean-resizing note
+            try:
+                pipe.load_textual_inversion(load_file(str(path)), token=token)
+            finally:
+                hf_logging.set_verbosity(level)
+        tokens[label] = token
+    return tokens
+
