@@ -75,3 +75,20 @@ def test_metrics_with_clip_score_and_clip_features(tiny, tmp_path, digit_images)
     assert 0 <= m["overall"]["clip_score"] <= 100 and m["features"].startswith("clip:")
     assert all("clip_score" in v for v in m["per_class"].values())
     assert "needs --clip" in cli("metrics", "--real", real, "--synthetic", out, "--features", "clip", expect=2).output
+
+
+def test_models_dir_redirects_every_component(tmp_path, tiny, digit_images):
+    from conftest import make_imagefolder, read_rows
+
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=2, classes=("0", "1"))
+    for method, extra in [("real_guidance", ["steps=2", "resolution=32"]),
+                          ("sgid", ["n_beam=1", "n_nucleus=1", "steps=4", "resolution=32"]),
+                          ("semantic_flow", ["mode=sdedit", "steps=4"])]:
+        out = tmp_path / method
+        cli("augment", src, "--method", method, "--out", out, "--models", tiny, *extra)
+        rows = read_rows(out)
+        assert len(rows) == 4
+        ids = [m["id"] for m in rows[0]["models"].values()]
+        assert all(str(tiny) in i for i in ids), ids  # default hub ids were redirected to the local folder
+    assert "not a directory" in cli("augment", src, "--method", "sgid", "--out", tmp_path / "x", "--models",
+                                    tmp_path / "none", expect=2).output

@@ -50,17 +50,19 @@ def augment(
     n: Annotated[Optional[int], typer.Option("-n", help="variants per source image [1]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="global seed [0]")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="images per method call [the method's default]")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with the same keys (method, n, seed, batch_size, options, input)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with the same keys (method, n, seed, batch_size, options, input, models)")] = None,
+    models: Annotated[Optional[Path], typer.Option("--models", help="folder of local models: components load from DIR/<component> (clip, blip, sd15, sd3, flow)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the run summary as JSON")] = None,
 ) -> None:
     """Write N new labelled images per source image, with provenance; resumes where a previous run stopped."""
     from .engine import augment as run_augment
 
     try:
-        cfg = _run_config(config, overrides or [], method=method, n=n, seed=seed, batch_size=batch_size)
+        cfg = _run_config(config, overrides or [], method=method, n=n, seed=seed, batch_size=batch_size,
+                          models=str(models) if models else None)
         if not cfg.get("method"):
             _fail("no method given: use --method NAME (see `genaug methods`) or `method:` in --config")
-        unknown = set(cfg) - {"method", "n", "seed", "batch_size", "options", "input"}
+        unknown = set(cfg) - {"method", "n", "seed", "batch_size", "options", "input", "models"}
         if unknown:
             _fail(f"unknown top-level key(s) in config: {sorted(unknown)}")
         summary = run_augment(src, out, **cfg)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .hub import load_pretrained
+from .hub import load_pretrained, local_override
 
 BLIP_MODEL = "Salesforce/blip-image-captioning-base"
 BLIP_REVISION = "82a37760796d32b1411fe092ab5d4e227313294b"
@@ -62,6 +62,7 @@ class Captioner:
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = local_override("blip", model)
         self.id = model
         self.revision = revision or (BLIP_REVISION if model == BLIP_MODEL else None)
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hub import load_pretrained
+from .hub import load_pretrained, local_override
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 DEFAULT_REVISION = "32bd64288804d66eefd0ccbe215aa642df71cc41"
@@ -25,6 +25,7 @@ class Clip:
         """`revision=None`: the pinned revision for the default model, the hub's main for any other."""
         from transformers import CLIPModel, CLIPProcessor
 
+        model = local_override("clip", model)
         local_or_default = revision or (DEFAULT_REVISION if model == DEFAULT_MODEL else None)
         self.device = torch.device(device) if device else best_device()
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32

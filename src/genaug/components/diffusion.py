@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from ..config import ConfigError
-from .hub import absent_components, load_pretrained
+from .hub import absent_components, load_pretrained, local_override
 
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"
@@ -36,6 +36,7 @@ class Img2Img:
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        model = local_override("sd15", model)
         self.id, self.revision = model, default_revision(model, revision)
         self.pipe = load_pretrained(AutoPipelineForImage2Image, model, self.revision, role="img2img",
                                     dtype=dtype, **absent_components(model)).to(self.device)

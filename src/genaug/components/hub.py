@@ -7,6 +7,7 @@ without a wall of traceback and without a long network hang when the hub cannot 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import socket
@@ -18,6 +19,35 @@ from ..config import ConfigError
 from ..logging import get_logger
 
 log = get_logger(__name__)
+
+
+_MODELS_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("genaug_models_dir", default=None)
+
+
+@contextlib.contextmanager
+def models_dir(path: str | Path | None):
+    """Within this block, every component whose model is given as a hub id loads from `path/<component>`
+    when that folder exists (`--models DIR`; `genaug tiny-models DIR` writes such a folder)."""
+    if path is not None and not Path(path).is_dir():
+        raise ConfigError(f"--models {path} is not a directory")
+    token = _MODELS_DIR.set(Path(path) if path else None)
+    try:
+        yield
+    finally:
+        _MODELS_DIR.reset(token)
+
+
+def component_dir(component: str) -> Path | None:
+    """`DIR/<component>` of the active models directory, when it exists."""
+    root = _MODELS_DIR.get()
+    return root / component if root is not None and (root / component).is_dir() else None
+
+
+def local_override(component: str, model: str) -> str:
+    """`DIR/<component>` when a models directory is active and holds that component, unless `model` is
+    already a local directory; else `model` unchanged."""
+    local = component_dir(component)
+    return model if local is None or Path(model).expanduser().is_dir() else str(local)
 
 
 class ModelNotAvailable(ConfigError):

@@ -16,6 +16,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..components.hub import models_dir
 from ..config import ConfigError, build_config, config_dataclass, config_hash, to_dict
 from ..data.images import InputConfig, Rejected
 from ..data.sources import Source, load_example
@@ -40,6 +41,7 @@ class RunConfig:
     batch_size: int | None = Field(None, ge=1)  # None: the method's own default_batch_size
     options: dict[str, Any] = Field(default_factory=dict)  # the method's Config overrides
     input: dict[str, Any] = Field(default_factory=dict)  # InputConfig overrides
+    models: str | None = None  # a folder of local models: components load from <models>/<component>
 
 
 @dataclass
@@ -75,23 +77,26 @@ def _versions() -> dict[str, str]:
 
 def augment(source: str | Path, out: str | Path, method: str, n: int = 1, seed: int = 0, batch_size: int | None = None,
             options: dict[str, Any] | None = None, input: dict[str, Any] | None = None,
-            progress: bool | None = None) -> RunSummary:
+            progress: bool | None = None, models: str | Path | None = None) -> RunSummary:
     """Write `n` synthetic variants of every usable image in `source` to `out` (resuming if it exists)."""
     run = build_config(RunConfig, dict(method=method, n=n, seed=seed, batch_size=batch_size,
-                                       options=options or {}, input=input or {}), where="run")
+                                       options=options or {}, input=input or {},
+                                       models=str(models) if models else None), where="run")
     cls = get_method_class(run.method)
     if cls.kind != "generator":
         raise ConfigError(f"{run.method!r} is a batch-level augmentation applied while training; it writes no images. "
                           f"Generators: see `genaug methods`.")
     input_cfg = build_config(InputConfig, run.input, where="input")
     src = Source(source)  # a bad source fails before any model is loaded
-    m = create_method(run.method, run.options)
+    with models_dir(run.models):
+        m = create_method(run.method, run.options)
     batch_size = run.batch_size or cls.default_batch_size
 
     resolved = {
         "method": run.method, "method_version": cls.version, "options": to_dict(m.config), "seed": run.seed,
         "input": to_dict(input_cfg), "n": run.n, "batch_size": batch_size,
         "source": str(Path(source).resolve()), "source_kind": src.kind, "models": m.models(),
+        "models_dir": run.models,
         "versions": _versions(),
     }
     resolved["config_hash"] = config_hash({k: resolved[k] for k in IDENTITY_KEYS})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..components.hub import absent_components, load_pretrained
+from ..components.hub import absent_components, load_pretrained, local_override
 from .model import FlowODE, run_fixed
 
 
@@ -23,6 +23,7 @@ class PipelineFlow(FlowODE):
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        model = local_override("sd3", model)
         self.pipe = load_pretrained(DiffusionPipeline, model, revision, role="rectified-flow pipeline",
                                     dtype=dtype, **absent_components(model)).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)

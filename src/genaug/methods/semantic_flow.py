@@ -56,8 +56,14 @@ class SemanticFlow(Method):
     def __init__(self, config, components=None):
         super().__init__(config, components)
         c = self.config
+        if not c.model:  # with --models DIR: its fit-flow model (DIR/flow), else its SD3 pipeline (DIR/sd3)
+            from ..components.hub import component_dir
+
+            local = component_dir("flow") or component_dir("sd3")
+            c.model = str(local) if local else ""
         if not c.model:
-            raise ConfigError("semantic_flow needs model=DIR: a generator trained with `genaug fit-flow`")
+            raise ConfigError("semantic_flow needs model=DIR: a generator trained with `genaug fit-flow` "
+                              "(or --models DIR holding flow/ or sd3/)")
         if c.delta[0] > c.delta[1] or c.delta[0] < 0:
             raise ConfigError(f"semantic_flow: delta must be a range [low, high] with 0 <= low <= high, got {c.delta}")
         if not c.t0 or not all(0 <= t < 1 for t in c.t0):
