@@ -238,6 +238,32 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a genaug bench run dire
         _fail(str(e))
 
 
+@app.command()
+def weight(
+    synthetic: Annotated[Path, typer.Argument(help="a genaug augment output folder")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="classifier options as key=value (genaug train's)")] = None,
+    real: Annotated[Path, typer.Option("--real", help="the real images (split file, manifest or ImageFolder)")] = ...,
+    rule: Annotated[str, typer.Option(help="diagen (1 if p >= 0.5 else 2p) or confidence (p)")] = "diagen",
+    holdout: Annotated[float, typer.Option(help="share of each class's real images held out for temperature scaling")] = 0.2,
+    seed: Annotated[int, typer.Option(help="seed of the hold-out split and the classifier")] = 0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the summary as JSON")] = None,
+) -> None:
+    """Weight synthetic images by a calibrated real-data classifier's confidence (DIAGen's weighting)."""
+    from .scoring.weighting import weight_synthetic
+
+    if rule not in ("diagen", "confidence"):
+        _fail(f"--rule must be diagen or confidence, got {rule!r}")
+    try:
+        r = weight_synthetic(synthetic, real, rule=rule, holdout=holdout, seed=seed,
+                             classifier=parse_overrides(overrides or []))
+    except ConfigError as e:
+        _fail(str(e))
+    typer.echo(f"weighted {r['n_synthetic']} images ({r['rule']}): temperature {r['temperature']:.3f}, held-out NLL "
+               f"{r['holdout_nll_before']:.4f} -> {r['holdout_nll_after']:.4f}, mean confidence "
+               f"{r['mean_confidence']:.3f}, {r['zero_weight']} at weight 0")
+    _write_json(json_out, r)
+
+
 @app.command("fit-flow")
 def fit_flow_cmd(
     src: Annotated[Path, typer.Argument(help="training images: ImageFolder, manifest or split file")],

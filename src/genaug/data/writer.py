@@ -165,13 +165,18 @@ class OutputDir:
                         p.unlink()
 
     def _write_manifest(self) -> None:
-        path = self.root / MANIFEST
-        with open(self.root / METADATA, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        if not rows:
-            path.unlink(missing_ok=True)
-            return
-        rows.sort(key=lambda r: r["file_name"])
-        tmp = self.tmp / MANIFEST
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
-        os.replace(tmp, path)
+        write_manifest_parquet(self.root)
+
+
+def write_manifest_parquet(root: Path) -> None:
+    """`manifest.parquet` = the rows of `metadata.jsonl`, sorted by file_name, written atomically."""
+    path = root / MANIFEST
+    with open(root / METADATA, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
+    rows.sort(key=lambda r: r["file_name"])
+    tmp = root / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(pa.Table.from_pylist(rows), tmp)
+    os.replace(tmp, path)

@@ -1,0 +1,160 @@
+"""Classifier-confidence weights for synthetic images (DIAGen's weighting), for any genaug output folder.
+
+1. The real images are split per class (seeded): `holdout` of each class is held out, the rest trains a
+   classifier with `genaug train` (by default a linear probe on the real ImageNet MobileNetV2).
+2. Temperature scaling (Guo et al. 2017): one temperature T minimises the negative log-likelihood of the
+   held-out real images (LBFGS on log T), so the confidences are calibrated.
+3. Each synthetic image's confidence p = softmax(logits / T)[its label].
+4. Rule `diagen` (DIAGen's code: weight 1 when p >= 0.5, else 2p) or `confidence` (weight p); then the
+   weights of one source image's variants are scaled to average 1 (a source whose variants all score 0
+   keeps 0), so synthetic data keeps the same total weight while its good variants count more.
+The folder's `metadata.jsonl` and `manifest.parquet` are rewritten (atomically) with `weight` and
+`scores.confidence`; `weighting.json` records T, the held-out NLL before and after, and the options.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import ConfigError
+from ..data.sources import Source
+from ..data.splits import write_manifest
+from ..data.writer import METADATA, write_manifest_parquet
+from ..seeding import derive_seed
+
+DEFAULT_CLASSIFIER = {"model": "torchvision/mobilenet_v2", "pretrained": "imagenet", "mode": "linear",
+                      "image_size": 64, "epochs": 15, "lr": 1e-2, "batch_size": 32}
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, steps: int = 100) -> tuple[float, float, float]:
+    """`(T, NLL at T = 1, NLL at T)` for held-out logits (LBFGS on log T, T kept positive)."""
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), targets)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t = float(log_t.detach().exp())
+    with torch.no_grad():
+        return t, float(F.cross_entropy(logits, targets)), float(F.cross_entropy(logits / t, targets))
+
+
+def rule_weights(p: np.ndarray, rule: str) -> np.ndarray:
+    if rule == "diagen":
+        return np.where(p >= 0.5, 1.0, 2.0 * p)
+    if rule == "confidence":
+        return p.copy()
+    raise ConfigError(f"unknown weighting rule {rule!r}: diagen or confidence")
+
+
+def normalise_per_source(weights: np.ndarray, sources: list[str]) -> np.ndarray:
+    out = weights.astype(float).copy()
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(sources):
+        groups.setdefault(s, []).append(i)
+    for idx in groups.values():
+        mean = out[idx].mean()
+        out[idx] = out[idx] / mean if mean > 0 else 0.0
+    return out
+
+
+def _split_real(real: str | Path, holdout: float, seed: int, out: Path) -> tuple[Path, Path]:
+    recs = [r for r in Source(real).records() if r.error is None]
+    by_class: dict[str, list] = {}
+    for r in sorted(recs, key=lambda r: r.id):
+        by_class.setdefault(r.label, []).append(r)
+    train, held = [], []
+    for label, rs in sorted(by_class.items()):
+        if len(rs) < 2:
+            raise ConfigError(f"class {label!r} has {len(rs)} real image: weighting needs 2 (one to train, one held out)")
+        order = np.random.default_rng(derive_seed(seed, f"weight/{label}", 0)).permutation(len(rs))
+        k = min(len(rs) - 1, max(1, round(holdout * len(rs))))
+        held += [rs[i] for i in order[:k]]
+        train += [rs[i] for i in order[k:]]
+    return write_manifest(train, out / "train.csv"), write_manifest(held, out / "holdout.csv")
+
+
+@torch.no_grad()
+def _logits(model, images: torch.Tensor, mean, std, batch: int = 128) -> torch.Tensor:
+    from ..train.trainer import _normalize
+
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model(_normalize(images[i:i + batch].to(device), mean, std)).float().cpu()
+                      for i in range(0, len(images), batch)])
+
+
+def weight_synthetic(synthetic: str | Path, real: str | Path, rule: Literal["diagen", "confidence"] = "diagen",
+                     holdout: float = 0.2, classifier: dict[str, Any] | None = None, seed: int = 0,
+                     progress: bool | None = None) -> dict[str, Any]:
+    from safetensors.torch import load_model
+
+    from ..train import load_real, train
+    from ..train.models import create_classifier
+
+    synthetic = Path(synthetic)
+    if not (synthetic / METADATA).is_file():
+        raise ConfigError(f"{synthetic} is not a genaug output folder (no {METADATA})")
+    if not 0 < holdout < 1:
+        raise ConfigError(f"holdout must be in (0, 1), got {holdout}")
+    work = synthetic / ".weighting"
+    train_csv, held_csv = _split_real(real, holdout, seed, work)
+    cfg = {**DEFAULT_CLASSIFIER, **(classifier or {}), "seed": seed}
+    result = train(train_csv, work / "classifier", config=cfg, progress=progress)
+    classes = result["classes"]
+    model, mean, std = create_classifier(cfg["model"], len(classes), None, **cfg.get("model_options", {}))
+    load_model(model, str(work / "classifier" / "best.safetensors"))
+
+    held = load_real(held_csv, cfg["image_size"], "holdout")
+    t, nll_before, nll_after = fit_temperature(_logits(model, held.images, mean, std), held.targets(classes))
+
+    with open(synthetic / METADATA, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    unknown = sorted({r["label"] for r in rows} - set(classes))
+    if unknown:
+        raise ConfigError(f"synthetic labels {unknown[:5]} are not among the real classes")
+    images = load_synthetic_all(synthetic, rows, cfg["image_size"])
+    probs = (_logits(model, images, mean, std) / t).softmax(1)
+    index = {c: i for i, c in enumerate(classes)}
+    p = probs[torch.arange(len(rows)), torch.tensor([index[r["label"]] for r in rows])].numpy()
+    weights = normalise_per_source(rule_weights(p, rule), [r["source_id"] for r in rows])
+    for r, conf, w in zip(rows, p, weights):
+        r["weight"] = round(float(w), 6)
+        r["scores"] = {**r.get("scores", {}), "confidence": round(float(conf), 6)}
+    _rewrite(synthetic, rows)
+    summary = {"rule": rule, "temperature": t, "holdout_nll_before": nll_before, "holdout_nll_after": nll_after,
+               "holdout": holdout, "n_holdout": len(held), "classifier": cfg, "n_synthetic": len(rows),
+               "mean_confidence": float(p.mean()), "zero_weight": int((weights == 0).sum()),
+               "weight_min": float(weights.min()), "weight_max": float(weights.max())}
+    (synthetic / "weighting.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def load_synthetic_all(folder: Path, rows: list[dict], size: int) -> torch.Tensor:
+    """Every image of the folder (weight 0 included), in the order of `rows`."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    out = []
+    for r in rows:
+        with Image.open(folder / r["file_name"]) as im:
+            t = TF.pil_to_tensor(im.convert("RGB"))
+        out.append(TF.resize(t, [size, size], antialias=True) if t.shape[-2:] != (size, size) else t)
+    return torch.stack(out)
+
+
+def _rewrite(folder: Path, rows: list[dict]) -> None:
+    tmp = folder / f".{METADATA}.tmp"
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, folder / METADATA)
+    write_manifest_parquet(folder)
