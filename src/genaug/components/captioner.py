@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..devices import model_dtype, resolve_device
 from .hub import load_pretrained, local_override
 
 BLIP_MODEL = "Salesforce/blip-image-captioning-base"
@@ -61,11 +62,11 @@ class Captioner:
     def __init__(self, model: str = BLIP_MODEL, revision: str | None = None, device=None, max_new_tokens: int = 30):
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         model = local_override("blip", model)
         self.id = model
         self.revision = revision or (BLIP_REVISION if model == BLIP_MODEL else None)
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        dtype = model_dtype(self.device)
         self.model = load_pretrained(BlipForConditionalGeneration, model, self.revision, role="captioner",
                                      dtype=dtype).to(self.device).eval()
         self.processor = load_pretrained(BlipProcessor, model, self.revision, role="captioner", weights=False)

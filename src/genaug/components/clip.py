@@ -10,14 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..devices import model_dtype, resolve_device
 from .hub import load_pretrained, local_override
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 DEFAULT_REVISION = "32bd64288804d66eefd0ccbe215aa642df71cc41"
-
-
-def best_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class Clip:
@@ -27,8 +24,8 @@ class Clip:
 
         model = local_override("clip", model)
         local_or_default = revision or (DEFAULT_REVISION if model == DEFAULT_MODEL else None)
-        self.device = torch.device(device) if device else best_device()
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.device = resolve_device(device)
+        dtype = model_dtype(self.device)
         self.model = load_pretrained(CLIPModel, model, local_or_default, role="clip", dtype=dtype).to(self.device)
         self.model.eval()
         self.processor = load_pretrained(CLIPProcessor, model, local_or_default, role="clip", weights=False)

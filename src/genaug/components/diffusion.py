@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from ..config import ConfigError
+from ..devices import model_dtype, resolve_device
 from .hub import absent_components, load_pretrained, local_override
 
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -34,8 +35,8 @@ class Img2Img:
         import diffusers
         from diffusers import AutoPipelineForImage2Image
 
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.device = resolve_device(device)
+        dtype = model_dtype(self.device)
         model = local_override("sd15", model)
         self.id, self.revision = model, default_revision(model, revision)
         self.pipe = load_pretrained(AutoPipelineForImage2Image, model, self.revision, role="img2img",

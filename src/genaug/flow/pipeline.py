@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..components.hub import absent_components, load_pretrained, local_override
+from ..devices import model_dtype, resolve_device
 from .model import FlowODE, run_fixed
 
 
@@ -21,8 +22,8 @@ class PipelineFlow(FlowODE):
                  negative_prompt: str = "", resolution: int | None = None, device=None, micro_batch: int = 4):
         from diffusers import DiffusionPipeline
 
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.device = resolve_device(device)
+        dtype = model_dtype(self.device)
         model = local_override("sd3", model)
         self.pipe = load_pretrained(DiffusionPipeline, model, revision, role="rectified-flow pipeline",
                                     dtype=dtype, **absent_components(model)).to(self.device)

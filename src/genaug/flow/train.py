@@ -19,6 +19,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, build_config, config_dataclass, to_dict
+from ..devices import resolve_device
 from ..logging import get_logger
 from ..train.data import load_real
 from .model import FlowModel, FlowSpec, make_unet
@@ -48,10 +49,6 @@ class FlowTrainConfig:
     device: str = "auto"
 
 
-def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
-
-
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -69,7 +66,7 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
     cfg = build_config(FlowTrainConfig, config or {}, where="fit-flow")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     t_start = time.perf_counter()
 
     size = cfg.image_size

@@ -23,6 +23,7 @@ import torch
 from pydantic import Field
 
 from ..config import ConfigError, config_dataclass
+from ..devices import resolve_device
 from ..flow.model import take
 from ..registry import register_method
 from ..types import Example, Synthetic
@@ -72,8 +73,7 @@ class SemanticFlow(Method):
             raise ConfigError(f"semantic_flow: p must hold k={c.k} probabilities summing to 1, got {c.p}")
         from ..flow.model import FLOW_CONFIG, FlowModel
 
-        device = ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device
-        self.device = torch.device(device)
+        self.device = device = resolve_device(c.device)
         self.is_pipeline = not (Path(c.model) / FLOW_CONFIG).is_file()
         if self.is_pipeline and not (Path(c.model).is_dir() and (Path(c.model) / "model_index.json").is_file()) \
                 and Path(c.model).exists():

@@ -25,6 +25,7 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from ..config import ConfigError, build_config, config_dataclass, to_dict
+from ..devices import resolve_device
 from ..logging import get_logger
 from ..registry import create_method, get_method_class
 from ..seeding import derive_seed
@@ -80,12 +81,6 @@ def batch_indices(n_real: int, n_syn: int, batch_size: int, steps: int, syntheti
             syn = torch.rand(len(idx), generator=generator) < synthetic_prob
             idx[syn] = n_real + torch.randint(n_syn, (int(syn.sum()),), generator=generator)
         yield idx
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -180,7 +175,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
 
     real_set = load_real(real, cfg.image_size, "real")
     classes = sorted(set(real_set.labels))
