@@ -20,16 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from .bench.report import summarize, write_report, write_results
 from .bench.run import train_cached
-from .data.builtin import export_images, fashion_mnist_available, load_builtin
+from .data.builtin import export_builtin, fashion_mnist_available
 from .data.splits import make_splits
 from .engine import augment
 from .flow.train import fit_flow
-from .logging import get_logger
 from .viz import save_grid
 
-log = get_logger(__name__)
 ARMS = ("real", "classical", "semantic_flow", "both")
 
 DEMO = {
@@ -43,16 +43,6 @@ DEMO = {
     "train": {"model": "genaug_small_cnn", "model_options": {"width": 16}, "image_size": 28, "epochs": 6,
               "steps_per_epoch": 100, "batch_size": 64, "lr": 3e-3, "synthetic_prob": 0.5},
 }
-
-
-def _export(out: Path, dataset: str, split: str) -> Path:
-    manifest = out / "manifest.csv"
-    if not manifest.exists():
-        images, labels, classes = load_builtin(dataset, split)
-        partial = out.with_name(out.name + ".partial")
-        export_images(images, labels, classes, range(len(labels)), partial)
-        partial.rename(out)
-    return manifest
 
 
 def run_demo(out: str | Path, quick: bool = False, progress: bool | None = None,
@@ -72,8 +62,8 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool | None = None,
 
     dataset = "fashion-mnist" if fashion_mnist_available() else "digits"
     t = time.perf_counter()
-    train_pool = _export(out / "data" / f"{dataset}-train", dataset, "train")
-    test = _export(out / "data" / f"{dataset}-test", dataset, "test") if dataset == "fashion-mnist" else None
+    train_pool = export_builtin(dataset, "train", out / "data" / f"{dataset}-train")
+    test = export_builtin(dataset, "test", out / "data" / f"{dataset}-test") if dataset == "fashion-mnist" else None
     make_splits(train_pool, out / "splits", [0], fraction=cfg["fraction"], val=cfg["val_per_class"])
     split = out / "splits" / f"fraction-{cfg['fraction']:g}" / "seed-0"
     real, val = split / "train.csv", split / "val.csv"
@@ -118,7 +108,7 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool | None = None,
     (out / "config.yaml").write_text(json.dumps(cfg, indent=2))
     write_report(out)
     grid = save_grid(synthetic["semantic_flow"], out / "grid.png")
-    summary = summarize(__import__("pandas").DataFrame(rows))
+    summary = summarize(pd.DataFrame(rows))
     metric = "test_acc" if test else "val_acc"
     arms = {}
     for arm in ARMS:

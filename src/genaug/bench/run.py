@@ -24,7 +24,7 @@ import yaml
 from pydantic import Field
 
 from ..config import ConfigError, build_config, config_dataclass, config_hash, to_dict
-from ..data.builtin import BUILTIN, export_images, load_builtin, stratified_subset
+from ..data.builtin import BUILTIN, export_builtin
 from ..data.splits import make_splits, split_name
 from ..engine import augment
 from ..logging import get_logger
@@ -71,14 +71,8 @@ class BenchConfig:
 
 def _resolve_data(spec: DataSpec, root: Path) -> tuple[str, str | None]:
     def builtin(name: str, split: str, per_class: int | None) -> str:
-        out = root / "data" / (f"{name}-{split}" + (f"-{per_class}pc" if per_class else ""))
-        manifest = out / "manifest.csv"
-        if not manifest.exists():
-            images, labels, classes = load_builtin(name, split)
-            idx = stratified_subset(labels, per_class) if per_class else range(len(labels))
-            export_images(images, labels, classes, idx, out.with_suffix(".partial"))
-            out.with_suffix(".partial").rename(out)
-        return str(manifest)
+        folder = root / "data" / (f"{name}-{split}" + (f"-{per_class}pc" if per_class else ""))
+        return str(export_builtin(name, split, folder, per_class))
 
     train_src = builtin(spec.train, "train", spec.pool_per_class) if spec.train in BUILTIN else spec.train
     test = spec.test

@@ -84,6 +84,20 @@ def stratified_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.n
     return np.sort(np.concatenate(picked))
 
 
+def export_builtin(name: str, split: str, out: str | Path, per_class: int | None = None) -> Path:
+    """A built-in dataset (or a stratified `per_class` subset) exported once to `out`; the manifest path.
+    Written under `<out>.partial` and renamed, so an interrupted export is redone, never half used."""
+    out = Path(out)
+    manifest = out / "manifest.csv"
+    if not manifest.exists():
+        images, labels, classes = load_builtin(name, split)
+        idx = stratified_subset(labels, per_class) if per_class else range(len(labels))
+        partial = out.with_name(out.name + ".partial")
+        export_images(images, labels, classes, idx, partial)
+        partial.rename(out)
+    return manifest
+
+
 def export_images(images: np.ndarray, labels: np.ndarray, classes: list[str], indices, out: str | Path) -> Path:
     """Write the chosen images as PNGs in class folders plus `manifest.csv` (path,label) holding the exact
     labels (folder names are sanitised: Fashion-MNIST has a class called "T-shirt/top"). Returns the manifest."""

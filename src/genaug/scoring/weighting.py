@@ -99,7 +99,7 @@ def weight_synthetic(synthetic: str | Path, real: str | Path, rule: Literal["dia
                      progress: bool | None = None) -> dict[str, Any]:
     from safetensors.torch import load_model
 
-    from ..train import load_real, train
+    from ..train import load_real, load_synthetic, train
     from ..train.models import create_classifier
 
     synthetic = Path(synthetic)
@@ -123,7 +123,7 @@ def weight_synthetic(synthetic: str | Path, real: str | Path, rule: Literal["dia
     unknown = sorted({r["label"] for r in rows} - set(classes))
     if unknown:
         raise ConfigError(f"synthetic labels {unknown[:5]} are not among the real classes")
-    images = load_synthetic_all(synthetic, rows, cfg["image_size"])
+    images = load_synthetic(synthetic, cfg["image_size"], keep_zero_weight=True).images  # in the order of rows
     probs = (_logits(model, images, mean, std) / t).softmax(1)
     index = {c: i for i, c in enumerate(classes)}
     p = probs[torch.arange(len(rows)), torch.tensor([index[r["label"]] for r in rows])].numpy()
@@ -138,19 +138,6 @@ def weight_synthetic(synthetic: str | Path, real: str | Path, rule: Literal["dia
                "weight_min": float(weights.min()), "weight_max": float(weights.max())}
     (synthetic / "weighting.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def load_synthetic_all(folder: Path, rows: list[dict], size: int) -> torch.Tensor:
-    """Every image of the folder (weight 0 included), in the order of `rows`."""
-    from PIL import Image
-    from torchvision.transforms.v2 import functional as TF
-
-    out = []
-    for r in rows:
-        with Image.open(folder / r["file_name"]) as im:
-            t = TF.pil_to_tensor(im.convert("RGB"))
-        out.append(TF.resize(t, [size, size], antialias=True) if t.shape[-2:] != (size, size) else t)
-    return torch.stack(out)
 
 
 def _rewrite(folder: Path, rows: list[dict]) -> None:

@@ -78,10 +78,11 @@ def load_real(src: str | Path, size: int, desc: str = "real") -> ImageSet:
     return ImageSet(_stack(images, size), labels, torch.ones(len(labels)), ids, rejected)
 
 
-def load_synthetic(out_dir: str | Path, size: int) -> ImageSet:
-    """A `genaug augment` output directory: its images, labels and manifest weights.
+def load_synthetic(out_dir: str | Path, size: int, keep_zero_weight: bool = False) -> ImageSet:
+    """A `genaug augment` output directory: its images, labels and manifest weights, in manifest order.
 
-    Images of weight 0 are left out entirely, so adding them to a run changes nothing at all.
+    Images of weight 0 are left out entirely (so adding them to a run changes nothing at all), unless
+    `keep_zero_weight` (re-scoring every image).
     """
     out_dir = Path(out_dir)
     if not is_synthetic_dir(out_dir):
@@ -94,7 +95,7 @@ def load_synthetic(out_dir: str | Path, size: int) -> ImageSet:
         w = float(r.get("weight", 1.0))
         if not np.isfinite(w) or w < 0:
             raise ConfigError(f"{out_dir / r['file_name']}: weight must be a finite number >= 0, got {w}")
-        if w == 0:
+        if w == 0 and not keep_zero_weight:
             continue
         image, _ = load_image(out_dir / r["file_name"], cfg)
         images.append(_to_tensor(image, size))
