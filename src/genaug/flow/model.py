@@ -97,7 +97,7 @@ class FlowODE(ABC):
         """Labels this model cannot condition on (text-conditioned models know every label)."""
         return []
 
-    def noise_at(self, x1: torch.Tensor, eps: torch.Tensor, t: float) -> torch.Tensor:
+    def noise_at(self, x1: torch.Tensor, eps: torch.Tensor, t) -> torch.Tensor:
         """A point of the conditional path at time t: SDEdit-style insertion of a real image (eq. 10 on the flow path)."""
         return (1 - (1 - self.sigma_min) * t) * eps + t * x1
 
@@ -202,8 +202,6 @@ class FlowModel(nn.Module, FlowODE):
 
     def loss(self, x1: torch.Tensor, y: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Per-sample conditional flow-matching loss (eq. 9)."""
-        s = self.spec.sigma_min
-        tt = t.view(-1, 1, 1, 1)
-        xt = (1 - (1 - s) * tt) * eps + tt * x1
-        target = x1 - (1 - s) * eps
+        xt = self.noise_at(x1, eps, t.view(-1, 1, 1, 1))
+        target = x1 - (1 - self.sigma_min) * eps
         return (self.velocity(t, xt, y) - target).pow(2).flatten(1).mean(1)
