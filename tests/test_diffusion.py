@@ -99,13 +99,16 @@ def test_textual_inversion_lowers_its_loss_and_changes_only_the_new_row(tiny_mod
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from genaug.components.diffusion import text_encoders
     from genaug.components.textual_inversion import learn_token
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd15"], safety_checker=None, feature_extractor=None,
                                                    image_encoder=None, requires_safety_checker=False)
     before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
     images = [im.convert("RGB") for im in digit_images[0][:8]]
-    vector, losses = learn_token(pipe, images, "<t>", "drawing", steps=60, lr=0.05, batch_size=8, resolution=32)
+    vectors, losses = learn_token(pipe, images, "<t>", "drawing", steps=60, lr=0.05, batch_size=8, resolution=32,
+                                  encoders=text_encoders(pipe))  # train in the pipeline's own, to inspect them
+    vector = vectors["text_encoder"]
     after = pipe.text_encoder.get_input_embeddings().weight.detach()
     new_id = pipe.tokenizer.convert_tokens_to_ids("<t>")
     assert after.shape[0] == before.shape[0] + 1 and new_id == before.shape[0]

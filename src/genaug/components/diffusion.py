@@ -1,16 +1,22 @@
-"""Stable Diffusion (diffusers) image-to-image, batched and deterministic per image.
+"""Stable Diffusion (diffusers): image-to-image, text-to-image and inpainting, for SD 1.x / 2.x and SDXL,
+batched and deterministic per image.
 
-Default model: Stable Diffusion 1.5 (`stable-diffusion-v1-5/stable-diffusion-v1-5`, pinned revision).
-Any diffusers checkpoint that `AutoPipelineForImage2Image` understands works (SD 1.x / 2.x, SDXL), from
-the hub or a local directory. fp16 on a GPU, fp32 on the CPU.
+Defaults: Stable Diffusion 1.5 and SDXL base 1.0 at pinned revisions (`SD15_MODEL`, `SDXL_MODEL`), SD 1.5
+inpainting for `task="inpaint"`. Any checkpoint the diffusers `AutoPipelineFor*` classes understand works,
+from the hub or a local directory; the three tasks share one set of modules (`from_pipe`). fp16 on a GPU,
+fp32 on the CPU.
 
-Determinism: every image has its own `torch.Generator`; the pipeline is always called with exactly
-`micro_batch` images (the last call padded with copies), because kernels choose algorithms by batch size
-and their float results differ in the last bits — so an image never depends on its batch.
+Determinism: every image has its own `torch.Generator`; prompts are encoded one at a time (and cached), and
+the pipeline is always called with exactly `micro_batch` images (the last call padded with copies), because
+kernels choose algorithms by batch size and their float results differ in the last bits — so an image never
+depends on the batch it was made in.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -21,59 +27,189 @@ from .hub import absent_components, load_pretrained, local_override
 
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"
+SD15_INPAINT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+SDXL_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_REVISION = "462165984030d82259a11f4367a4eed129e94a7b"
+# default hub id -> (pinned revision, folder name under --models DIR)
+KNOWN = {SD15_MODEL: (SD15_REVISION, "sd15"), SDXL_MODEL: (SDXL_REVISION, "sdxl"),
+         SD15_INPAINT_MODEL: (None, "sd15-inpaint")}
 SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
-              "dpm++": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler"}
+              "dpm++": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
+              "lcm": "LCMScheduler"}
+TASKS = ("img2img", "text2img", "inpaint")
+Embeds = dict[str, torch.Tensor]  # one prompt's conditioning: the pipeline's *_embeds keyword arguments
 
 
 def default_revision(model: str, revision: str | None) -> str | None:
-    return revision or (SD15_REVISION if model == SD15_MODEL else None)
+    return revision or KNOWN.get(model, (None, None))[0]
 
 
-class Img2Img:
+def text_encoders(pipe) -> dict[str, tuple[Any, Any]]:
+    """`{name: (tokenizer, text_encoder)}` of a pipeline: `text_encoder` and, for SDXL, `text_encoder_2`."""
+    out = {}
+    for tok_name, te_name in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+        tok, te = getattr(pipe, tok_name, None), getattr(pipe, te_name, None)
+        if tok is not None and te is not None:
+            out[te_name] = (tok, te)
+    return out
+
+
+@contextlib.contextmanager
+def token_rows(pipe, rows: dict[str, dict[str, torch.Tensor]] | None):
+    """Within this block the embedding rows of the given tokens are replaced: `rows` is
+    `{token: {text_encoder_name: vector}}` (DIAGen's noisy class embeddings); restored afterwards."""
+    saved = []
+    try:
+        with torch.no_grad():
+            for token, per_encoder in (rows or {}).items():
+                for name, vector in per_encoder.items():
+                    tok, te = text_encoders(pipe)[name]
+                    token_id = tok.convert_tokens_to_ids(token)
+                    weight = te.get_input_embeddings().weight
+                    saved.append((weight, token_id, weight[token_id].clone()))
+                    weight[token_id] = vector.to(weight.device, weight.dtype)
+        yield
+    finally:
+        with torch.no_grad():
+            for weight, token_id, old in reversed(saved):
+                weight[token_id] = old
+
+
+class _DropFp32CastNote(logging.Filter):
+    """diffusers' SDXL img2img / inpaint move the VAE to float32 with `.to(dtype=...)` on every call, and
+    diffusers then warns about its own cast (with an empty module list) — dozens of times per run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+_fp32_note_filter = _DropFp32CastNote()
+
+
+class Diffusion:
+    """One loaded checkpoint; `img2img`, `text2img` and `inpaint` each return one image per input."""
+
     def __init__(self, model: str = SD15_MODEL, revision: str | None = None, scheduler: str | None = None,
-                 device=None, micro_batch: int = 4, resolution: int | None = None):
+                 device=None, micro_batch: int = 4, resolution: int | None = None, task: str = "img2img"):
         import diffusers
-        from diffusers import AutoPipelineForImage2Image
 
+        logging.getLogger("diffusers.models.modeling_utils").addFilter(_fp32_note_filter)  # idempotent
         self.device = resolve_device(device)
-        dtype = model_dtype(self.device)
-        model = local_override("sd15", model)
+        model = local_override(KNOWN.get(model, (None, "sd15"))[1], model)
         self.id, self.revision = model, default_revision(model, revision)
-        self.pipe = load_pretrained(AutoPipelineForImage2Image, model, self.revision, role="img2img",
-                                    dtype=dtype, **absent_components(model)).to(self.device)
+        auto = {"img2img": diffusers.AutoPipelineForImage2Image, "text2img": diffusers.AutoPipelineForText2Image,
+                "inpaint": diffusers.AutoPipelineForInpainting}
+        if task not in auto:
+            raise ConfigError(f"unknown diffusion task {task!r}; choose from {TASKS}")
+        self._auto = auto
+        self.pipes = {task: load_pretrained(auto[task], model, self.revision, role=task, dtype=model_dtype(self.device),
+                                            **absent_components(model)).to(self.device)}
+        self.pipe = self.pipes[task]
         self.pipe.set_progress_bar_config(disable=True)
         if scheduler:
             if scheduler not in SCHEDULERS:
                 raise ConfigError(f"unknown scheduler {scheduler!r}; choose from {sorted(SCHEDULERS)}")
             cls = getattr(diffusers, SCHEDULERS[scheduler])
             self.pipe.scheduler = cls.from_config(self.pipe.scheduler.config)
+        self.is_xl = getattr(self.pipe, "text_encoder_2", None) is not None
         vae_scale = 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
         self.resolution = resolution or self.pipe.unet.config.sample_size * vae_scale
         self.micro_batch = micro_batch
+        self._embeds: dict[tuple[str, str], Embeds] = {}
+
+    def pipeline(self, task: str):
+        """The pipeline for `task`, sharing the loaded modules (built once)."""
+        if task not in self.pipes:
+            if task not in self._auto:
+                raise ConfigError(f"unknown diffusion task {task!r}; choose from {TASKS}")
+            if self.pipe.unet.config.in_channels != 4:
+                raise ConfigError(f"{self.id} is an inpainting checkpoint (its UNet takes the mask): it can only "
+                                  f"inpaint; use a base model for {task}")
+            self.pipes[task] = self._auto[task].from_pipe(self.pipe)
+            self.pipes[task].set_progress_bar_config(disable=True)
+        return self.pipes[task]
 
     @torch.no_grad()
-    def __call__(self, images: Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int], strength: float,
-                 guidance_scale: float, steps: int, negative_prompt: str = "",
-                 prompt_embeds: torch.Tensor | None = None,
-                 negative_prompt_embeds: torch.Tensor | None = None) -> list[Image.Image]:
-        """One output per input image, each at its source size. Images are resized to the model's native
-        square resolution first (small images are upscaled, as SGID recommends) and back afterwards."""
+    def encode(self, prompt: str, negative_prompt: str = "",
+               rows: dict[str, dict[str, torch.Tensor]] | None = None) -> Embeds:
+        """The conditioning of one prompt, encoded alone; cached unless embedding `rows` are overridden."""
+        key = (prompt, negative_prompt)
+        if rows is None and key in self._embeds:
+            return self._embeds[key]
+        with token_rows(self.pipe, rows):
+            out = self.pipe.encode_prompt(prompt=prompt, device=self.device, num_images_per_prompt=1,
+                                          do_classifier_free_guidance=True, negative_prompt=negative_prompt)
+        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+        embeds = {k: v for k, v in zip(names, out) if v is not None}
+        if rows is None:
+            self._embeds[key] = embeds
+        return embeds
+
+    def _run(self, task: str, n: int, seeds: Sequence[int], embeds: Sequence[Embeds],
+             per_image: Callable[[int], dict[str, Any]], **common) -> list[Image.Image]:
+        """Fixed-size micro-batches over n outputs; `per_image(i)` gives row i's image arguments."""
+        pipe, m = self.pipeline(task), self.micro_batch
+        out: list[Image.Image] = []
+        for start in range(0, n, m):
+            idx = list(range(start, min(start + m, n)))
+            idx += [idx[0]] * (m - len(idx))  # pad to the fixed shape; the copies are dropped
+            kw = {k: torch.cat([embeds[j][k] for j in idx]) for k in embeds[idx[0]]}
+            rows = [per_image(j) for j in idx]
+            for k in rows[0]:
+                kw[k] = [r[k] for r in rows]
+            result = pipe(generator=[torch.Generator("cpu").manual_seed(int(seeds[j])) for j in idx],
+                          output_type="pil", **kw, **common)
+            out += result.images[: min(m, n - start)]
+        return out
+
+    def _conditioning(self, prompts: Sequence[str] | None, embeds: Sequence[Embeds] | None, n: int,
+                      negative_prompt: str) -> list[Embeds]:
+        if embeds is None:
+            if prompts is None or len(prompts) != n:
+                raise ValueError("give one prompt (or one embeds dict) per image")
+            return [self.encode(p, negative_prompt) for p in prompts]
+        if len(embeds) != n:
+            raise ValueError("give one embeds dict per image")
+        return list(embeds)
+
+    def _square(self, image: Image.Image, mode: str = "RGB") -> Image.Image:
+        resample = Image.NEAREST if mode == "L" else Image.BICUBIC
+        return image.convert(mode).resize((self.resolution, self.resolution), resample)
+
+    @staticmethod
+    def _check(steps: int, strength: float) -> None:
         if int(steps * strength) < 1:
             raise ConfigError(f"steps x strength must be at least 1 (got {steps} x {strength})")
-        n, m = len(images), self.micro_batch
-        out: list[Image.Image] = []
-        for i in range(0, n, m):
-            idx = list(range(i, min(i + m, n)))
-            idx += [idx[0]] * (m - len(idx))  # pad to the fixed shape; the copies are dropped
-            kw = {}
-            if prompt_embeds is not None:
-                kw = {"prompt_embeds": prompt_embeds[idx], "negative_prompt_embeds": negative_prompt_embeds[idx]}
-            else:
-                kw = {"prompt": [prompts[j] for j in idx], "negative_prompt": [negative_prompt] * m}
-            result = self.pipe(
-                image=[images[j].convert("RGB").resize((self.resolution, self.resolution), Image.BICUBIC)
-                       for j in idx],
-                strength=strength, guidance_scale=guidance_scale, num_inference_steps=steps,
-                generator=[torch.Generator("cpu").manual_seed(int(seeds[j])) for j in idx], output_type="pil", **kw)
-            out += result.images[: min(m, n - i)]
+
+    def img2img(self, images: Sequence[Image.Image], prompts: Sequence[str] | None, seeds: Sequence[int],
+                strength: float, guidance_scale: float, steps: int, negative_prompt: str = "",
+                embeds: Sequence[Embeds] | None = None) -> list[Image.Image]:
+        """SDEdit from each image at `strength`. Images are resized to the model's native square resolution
+        first (small images are upscaled, as SGID recommends) and back to their own size afterwards."""
+        self._check(steps, strength)
+        cond = self._conditioning(prompts, embeds, len(images), negative_prompt)
+        out = self._run("img2img", len(images), seeds, cond, lambda j: {"image": self._square(images[j])},
+                        strength=strength, guidance_scale=guidance_scale, num_inference_steps=steps)
+        return [o.resize(src.size, Image.BICUBIC) for o, src in zip(out, images)]
+
+    def text2img(self, prompts: Sequence[str] | None, seeds: Sequence[int], guidance_scale: float, steps: int,
+                 size: tuple[int, int] | None = None, negative_prompt: str = "",
+                 embeds: Sequence[Embeds] | None = None) -> list[Image.Image]:
+        """One image per prompt at the model's resolution, resized to `size` (width, height) when given."""
+        n = len(embeds) if embeds is not None else len(prompts or [])
+        cond = self._conditioning(prompts, embeds, n, negative_prompt)
+        out = self._run("text2img", n, seeds, cond, lambda j: {}, guidance_scale=guidance_scale,
+                        num_inference_steps=steps, height=self.resolution, width=self.resolution)
+        return [o.resize(size, Image.BICUBIC) if size else o for o in out]
+
+    def inpaint(self, images: Sequence[Image.Image], masks: Sequence[Image.Image], prompts: Sequence[str] | None,
+                seeds: Sequence[int], strength: float, guidance_scale: float, steps: int, negative_prompt: str = "",
+                embeds: Sequence[Embeds] | None = None) -> list[Image.Image]:
+        """Repaint the white part of each mask ("L", same size as its image); returned at the image's size."""
+        self._check(steps, strength)
+        cond = self._conditioning(prompts, embeds, len(images), negative_prompt)
+        out = self._run("inpaint", len(images), seeds, cond,
+                        lambda j: {"image": self._square(images[j]), "mask_image": self._square(masks[j], "L")},
+                        strength=strength, guidance_scale=guidance_scale, num_inference_steps=steps,
+                        height=self.resolution, width=self.resolution)
         return [o.resize(src.size, Image.BICUBIC) for o, src in zip(out, images)]

@@ -34,38 +34,56 @@ def _images_digest(images: list[Image.Image]) -> str:
 
 def learn_token(pipe, images: list[Image.Image], token: str, initializer: str, steps: int = 1000,
                 lr: float = 5e-3, batch_size: int = 4, resolution: int | None = None, seed: int = 0,
-                progress: bool | None = None, tokenizer=None, text_encoder=None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Train one new token on `images`; `tokenizer` / `text_encoder` (default: the pipeline's own) gain it.
-    Returns the learned vector and its losses: per training step, and on a fixed held-out draw before and after."""
+                progress: bool | None = None,
+                encoders: dict[str, tuple[Any, Any]] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Train one new token on `images` in `encoders` (`{text_encoder_name: (tokenizer, text_encoder)}`; default:
+    copies of the pipeline's own) — one for SD 1.x / 2.x, two for SDXL; a row in each trains, and the
+    conditioning is built as the pipeline itself builds it.
+    Returns `{text_encoder_name: learned vector}` and the losses: per training step, and on a fixed held-out
+    draw before and after."""
     from diffusers import DDPMScheduler
 
-    tok, te = tokenizer or pipe.tokenizer, text_encoder or pipe.text_encoder
+    from .diffusion import text_encoders
+
+    copies = encoders or {name: (copy.deepcopy(tok), copy.deepcopy(te))
+                          for name, (tok, te) in text_encoders(pipe).items()}
+    tok_names = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+    view = type(pipe)(**{**pipe.components, **{k: te for k, (_, te) in copies.items()},
+                         **{tok_names[k]: tok for k, (tok, _) in copies.items()}})
     unet, vae = pipe.unet, pipe.vae
-    if tok.add_tokens([token]) != 1:
-        raise ValueError(f"token {token} already exists in the tokenizer")
-    token_id = tok.convert_tokens_to_ids(token)
-    init_ids = tok.encode(initializer, add_special_tokens=False) or tok.encode("object", add_special_tokens=False)
-    te.resize_token_embeddings(len(tok), mean_resizing=False)
-    emb = te.get_input_embeddings()  # transformers >= 5.6: CLIPTextModel has no .text_model
-    with torch.no_grad():
-        emb.weight[token_id] = emb.weight[init_ids].mean(0)
-    for m in (unet, vae, te):
+    rows = {}
+    for name, (tok, te) in copies.items():
+        if tok.add_tokens([token]) != 1:
+            raise ValueError(f"token {token} already exists in the tokenizer")
+        token_id = tok.convert_tokens_to_ids(token)
+        init_ids = tok.encode(initializer, add_special_tokens=False) or tok.encode("object", add_special_tokens=False)
+        te.resize_token_embeddings(len(tok), mean_resizing=False)
+        emb = te.get_input_embeddings()  # transformers >= 5.6: CLIPTextModel has no .text_model
+        with torch.no_grad():
+            emb.weight[token_id] = emb.weight[init_ids].mean(0)
+        te.requires_grad_(False)
+        emb.weight.requires_grad_(True)
+        rows[name] = (emb.weight, token_id, torch.arange(len(tok), device=emb.weight.device) != token_id)
+    for m in (unet, vae):
         m.requires_grad_(False)
-    emb.weight.requires_grad_(True)
-    opt = torch.optim.AdamW([emb.weight], lr=lr, weight_decay=0.0)
+    opt = torch.optim.AdamW([w for w, _, _ in rows.values()], lr=lr, weight_decay=0.0)
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     res = resolution or unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
     device, dtype = unet.device, unet.dtype
     g = torch.Generator().manual_seed(seed)
     px = torch.stack([pipe.image_processor.preprocess(im.convert("RGB"), height=res, width=res)[0] for im in images])
     with torch.no_grad():
-        latents_all = vae.encode(px.to(device, dtype)).latent_dist.mode() * vae.config.scaling_factor
-    keep = torch.arange(len(tok), device=device) != token_id
+        latents_all = vae.encode(px.to(device, vae.dtype)).latent_dist.mode().to(dtype) * vae.config.scaling_factor
+    xl = "text_encoder_2" in copies
 
     def denoising_loss(lat, noise, t, prompts):
-        ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(device)
-        pred = unet(noise_sched.add_noise(lat, noise, t), t, encoder_hidden_states=te(ids)[0]).sample
+        enc = view.encode_prompt(prompt=prompts, device=device, num_images_per_prompt=1,
+                                 do_classifier_free_guidance=False)
+        extra = {}
+        if xl:  # SDXL's micro-conditioning: original size, crop (0, 0), target size
+            time_ids = torch.tensor([[res, res, 0, 0, res, res]], device=device, dtype=dtype).repeat(len(prompts), 1)
+            extra["added_cond_kwargs"] = {"text_embeds": enc[2], "time_ids": time_ids}
+        pred = unet(noise_sched.add_noise(lat, noise, t), t, encoder_hidden_states=enc[0], **extra).sample
         target = noise if noise_sched.config.prediction_type == "epsilon" else noise_sched.get_velocity(lat, noise, t)
         return F.mse_loss(pred.float(), target.float())
 
@@ -89,14 +107,27 @@ def learn_token(pipe, images: list[Image.Image], token: str, initializer: str, s
         prompts = [TEMPLATES[int(i)].format(token) for i in torch.randint(len(TEMPLATES), (len(idx),), generator=g)]
         loss = denoising_loss(lat, noise, t, prompts)
         loss.backward()
-        emb.weight.grad[keep] = 0  # only the new row learns
+        for weight, _, keep in rows.values():
+            weight.grad[keep] = 0  # only the new row learns
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-    emb.weight.requires_grad_(False)
     with torch.no_grad():
         eval_after = denoising_loss(*fixed).item()
-    return emb.weight[token_id].detach().clone(), {"train": losses, "eval_before": eval_before, "eval_after": eval_after}
+    vectors = {name: weight[token_id].detach().clone() for name, (weight, token_id, _) in rows.items()}
+    return vectors, {"train": losses, "eval_before": eval_before, "eval_after": eval_after}
+
+
+# the file format: diffusers' / A1111's `{token: vector}` for one text encoder, `clip_l` / `clip_g` for SDXL
+_FILE_KEYS = {"text_encoder": "clip_l", "text_encoder_2": "clip_g"}
+
+
+def token_vectors(pipe, token: str) -> dict[str, torch.Tensor]:
+    """`{text_encoder_name: the token's embedding row}` of a pipeline that knows `token`."""
+    from .diffusion import text_encoders
+
+    return {name: te.get_input_embeddings().weight[tok.convert_tokens_to_ids(token)].detach().clone()
+            for name, (tok, te) in text_encoders(pipe).items()}
 
 
 def learned_tokens(pipe, model_id: str, revision: str | None, images_by_class: dict[str, list[Image.Image]],
@@ -104,32 +135,38 @@ def learned_tokens(pipe, model_id: str, revision: str | None, images_by_class: d
     """`{label: token}` for every class, learned or taken from the cache, and loaded into `pipe`."""
     from safetensors.torch import load_file, save_file
 
+    from .diffusion import text_encoders
+
     tokens = {}
     for i, label in enumerate(sorted(images_by_class)):
         token = class_token(i)
         key = hashlib.blake2b(repr((_images_digest(images_by_class[label]), label, token, model_id, revision,
                                     sorted(options.items()))).encode(), digest_size=16).hexdigest()
         path = cache_root() / "textual_inversion" / f"{key}.safetensors"
-        if not path.is_file():  # train on copies: the pipeline gains tokens only through load_textual_inversion
-            vector, losses = learn_token(pipe, images_by_class[label], token,
-                                         label.split()[0] if label.split() else "object", progress=progress,
-                                         tokenizer=copy.deepcopy(pipe.tokenizer),
-                                         text_encoder=copy.deepcopy(pipe.text_encoder), **options)
+        encoders = text_encoders(pipe)
+        if not path.is_file():  # trained on copies: the pipeline gains tokens only through load_textual_inversion
+            vectors, losses = learn_token(pipe, images_by_class[label], token,
+                                          label.split()[0] if label.split() else "object", progress=progress,
+                                          **options)
+            state = ({token: vectors["text_encoder"].cpu()} if len(vectors) == 1 else
+                     {_FILE_KEYS[name]: v.cpu() for name, v in vectors.items()})
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            save_file({token: vector.cpu()}, str(tmp), metadata={
-                "label": label, "eval_loss_before": f"{losses['eval_before']:.5f}",
+            save_file(state, str(tmp), metadata={
+                "token": token, "label": label, "eval_loss_before": f"{losses['eval_before']:.5f}",
                 "eval_loss_after": f"{losses['eval_after']:.5f}"})
             tmp.replace(path)
         if token not in pipe.tokenizer.get_vocab():
             from transformers.utils import logging as hf_logging
 
+            state = load_file(str(path))
             level = hf_logging.get_verbosity()
             hf_logging.set_verbosity_error()  # diffusers resizes the embeddings with transformers' mean-resizing note
             try:
-                pipe.load_textual_inversion(load_file(str(path)), token=token)
+                for name, (tok, te) in encoders.items():
+                    vector = state[token] if len(encoders) == 1 else state[_FILE_KEYS[name]]
+                    pipe.load_textual_inversion({token: vector}, token=token, tokenizer=tok, text_encoder=te)
             finally:
                 hf_logging.set_verbosity(level)
         tokens[label] = token
     return tokens
-

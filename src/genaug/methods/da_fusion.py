@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from ..components.diffusion import SD15_MODEL, Img2Img
+from ..components.diffusion import SD15_MODEL, Diffusion
 from ..components.textual_inversion import learned_tokens
 from ..config import ConfigError, config_dataclass
 from ..data.images import InputConfig, Rejected
@@ -20,6 +20,7 @@ from .base import Method
 
 @register_method("da_fusion")
 class DAFusion(Method):
+    version = "2"  # 2: prompts encoded one at a time (batch-independent)
     description = "DA-Fusion (Trabucco et al. 2024): textual-inversion class tokens + SD img2img at random strength"
     default_batch_size = 8
 
@@ -45,7 +46,7 @@ class DAFusion(Method):
             raise ConfigError(f"da_fusion: strengths must be in (0, 1], got {c.strengths}")
         if "{token}" not in c.prompt:
             raise ConfigError("da_fusion: prompt must contain {token}")
-        self.sd = Img2Img(c.model, c.revision, c.scheduler, c.device, resolution=c.resolution)
+        self.sd = Diffusion(c.model, c.revision, c.scheduler, c.device, resolution=c.resolution)
         self.tokens: dict[str, str] = {}
 
     def models(self) -> dict[str, dict[str, str]]:
@@ -78,7 +79,7 @@ class DAFusion(Method):
         images: list = [None] * len(batch)
         for s in sorted({p["strength"] for p in params}):  # one pipeline call per strength
             rows = [i for i, p in enumerate(params) if p["strength"] == s]
-            outs = self.sd([batch[i].image for i in rows], [params[i]["prompt"] for i in rows],
+            outs = self.sd.img2img([batch[i].image for i in rows], [params[i]["prompt"] for i in rows],
                            [params[i]["seed"] for i in rows], strength=s, guidance_scale=c.guidance_scale,
                            steps=c.steps)
             for i, im in zip(rows, outs):

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from ..components.diffusion import SD15_MODEL, Img2Img
+from ..components.diffusion import SD15_MODEL, Diffusion
 from ..config import ConfigError, config_dataclass
 from ..registry import register_method
 from ..types import Example, Synthetic
@@ -17,6 +17,7 @@ from .base import Method
 
 @register_method("real_guidance")
 class RealGuidance(Method):
+    version = "2"  # 2: prompts encoded one at a time (batch-independent)
     description = "Real Guidance (He et al. 2023): Stable Diffusion img2img from the real image, 'a photo of a {label}'"
     default_batch_size = 8
 
@@ -38,7 +39,7 @@ class RealGuidance(Method):
         c = self.config
         if int(c.steps * c.strength) < 1:
             raise ConfigError(f"real_guidance: steps x strength must be at least 1 (got {c.steps} x {c.strength})")
-        self.sd = Img2Img(c.model, c.revision, c.scheduler, c.device, resolution=c.resolution)
+        self.sd = Diffusion(c.model, c.revision, c.scheduler, c.device, resolution=c.resolution)
 
     def models(self) -> dict[str, dict[str, str]]:
         return {"diffusion": {"id": self.sd.id, "revision": self.sd.revision or "local"}}
@@ -50,8 +51,8 @@ class RealGuidance(Method):
 
     def __call__(self, batch: list[Example], params: list[dict[str, Any]]) -> list[Synthetic]:
         c = self.config
-        images = self.sd([ex.image for ex in batch], [p["prompt"] for p in params], [p["seed"] for p in params],
-                         strength=c.strength, guidance_scale=c.guidance_scale, steps=c.steps,
-                         negative_prompt=c.negative_prompt)
+        images = self.sd.img2img([ex.image for ex in batch], [p["prompt"] for p in params],
+                                 [p["seed"] for p in params], strength=c.strength, guidance_scale=c.guidance_scale,
+                                 steps=c.steps, negative_prompt=c.negative_prompt)
         return [Synthetic(image=im, label=ex.label, source_id=ex.id, params=self.recorded(p))
                 for im, ex, p in zip(images, batch, params)]

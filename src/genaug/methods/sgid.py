@@ -21,7 +21,7 @@ from pydantic import Field
 
 from ..components.captioner import BLIP_MODEL, Captioner, JsonCache, image_key
 from ..components.clip import Clip
-from ..components.diffusion import SD15_MODEL, Img2Img
+from ..components.diffusion import SD15_MODEL, Diffusion
 from ..config import ConfigError, config_dataclass
 from ..registry import register_method
 from ..types import Example, Synthetic
@@ -72,14 +72,14 @@ class SGID(Method):
         if int(c.steps * c.strength) < 1:
             raise ConfigError(f"sgid: steps x strength must be at least 1 (got {c.steps} x {c.strength})")
         # one image per pipeline call: every image has its own guidance scale
-        self.sd = Img2Img(c.model, c.revision, c.scheduler, c.device, micro_batch=1, resolution=c.resolution)
+        self.sd = Diffusion(c.model, c.revision, c.scheduler, c.device, micro_batch=1, resolution=c.resolution)
         self.captioner = Captioner(c.captioner, c.captioner_revision, c.device)
         self.clip = Clip(c.clip, c.clip_revision or (CLIP_B32_REVISION if c.clip == CLIP_B32 else None), c.device)
         self.similarities = JsonCache("sgid-clip")
-        from compel import CompelForSD
+        from compel import CompelForSD, CompelForSDXL
 
-        self.compel = CompelForSD(self.sd.pipe)
-        self._embeds: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.compel = (CompelForSDXL if self.sd.is_xl else CompelForSD)(self.sd.pipe)
+        self._embeds: dict[str, dict[str, torch.Tensor]] = {}
 
     def models(self) -> dict[str, dict[str, str]]:
         return {"diffusion": {"id": self.sd.id, "revision": self.sd.revision or "local"},
@@ -109,21 +109,24 @@ class SGID(Method):
                 "weighted_prompt": weighted, "guidance_scale": round(float(guidance), 6), "strength": c.strength,
                 "steps": c.steps}
 
-    def _prompt_embeds(self, weighted: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prompt_embeds(self, weighted: str) -> dict[str, torch.Tensor]:
         """compel's conditioning of one prompt, alone (cached): it never depends on the batch."""
         if weighted not in self._embeds:
             cond = self.compel(weighted, negative_prompt="")
-            self._embeds[weighted] = (cond.embeds, cond.negative_embeds)
+            embeds = {"prompt_embeds": cond.embeds, "negative_prompt_embeds": cond.negative_embeds}
+            if cond.pooled_embeds is not None:  # SDXL
+                embeds |= {"pooled_prompt_embeds": cond.pooled_embeds,
+                           "negative_pooled_prompt_embeds": cond.negative_pooled_embeds}
+            self._embeds[weighted] = embeds
         return self._embeds[weighted]
 
     def __call__(self, batch: list[Example], params: list[dict[str, Any]]) -> list[Synthetic]:
         c = self.config
         out = []
         for ex, p in zip(batch, params):
-            pe, ne = self._prompt_embeds(p["weighted_prompt"])
-            image = self.sd([ex.image], [p["prompt"]], [p["seed"]], strength=c.strength,
-                            guidance_scale=p["guidance_scale"], steps=c.steps, prompt_embeds=pe,
-                            negative_prompt_embeds=ne)[0]
+            image = self.sd.img2img([ex.image], None, [p["seed"]], strength=c.strength,
+                                    guidance_scale=p["guidance_scale"], steps=c.steps,
+                                    embeds=[self._prompt_embeds(p["weighted_prompt"])])[0]
             sim = float(self.clip.image_image_similarity([ex.image], [image])[0])
             weight = 0.0 if c.min_similarity is not None and sim < c.min_similarity else 1.0
             out.append(Synthetic(image=image, label=ex.label, source_id=ex.id, params=self.recorded(p),

@@ -99,30 +99,73 @@ def make_sd3(seed: int = 0):
     return pipe, None
 
 
-def make_sd15(seed: int = 0):
-    """A Stable Diffusion 1.x pipeline (UNet, VAE, CLIP text encoder, DDIM) at 64 px, no safety checker."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _sd_unet(in_channels: int = 4, cross_attention_dim: int = 32, xl: bool = False):
+    from diffusers import UNet2DConditionModel
+
+    extra = dict(attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+                 addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+                 projection_class_embeddings_input_dim=6 * 8 + 32) if xl else dict(attention_head_dim=8)
+    return UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=32,
+                                in_channels=in_channels, out_channels=4, norm_num_groups=32,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                                cross_attention_dim=cross_attention_dim, **extra).eval()
+
+
+def _sd_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         latent_channels=4, norm_num_groups=32, sample_size=64).eval()
+
+
+def _clip_text(vocab_size: int, projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37,
+                         projection_dim=32, num_attention_heads=4, num_hidden_layers=2, layer_norm_eps=1e-5,
+                         vocab_size=vocab_size, max_position_embeddings=77)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(cfg).eval()
+
+
+def _sd_scheduler():
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+
+
+def make_sd15(seed: int = 0, inpaint: bool = False):
+    """A Stable Diffusion 1.x pipeline (UNet, VAE, CLIP text encoder, DDIM) at 64 px, no safety checker;
+    `inpaint=True`: an inpainting checkpoint (9-channel UNet: latents, mask, masked-image latents)."""
+    from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
     tok = make_clip_tokenizer()
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4,
-                                out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                attention_head_dim=8, norm_num_groups=32)
-    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        latent_channels=4, norm_num_groups=32, sample_size=64)
-    text = CLIPTextModel(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32,
-                                        intermediate_size=37, projection_dim=32, num_attention_heads=4,
-                                        num_hidden_layers=2, layer_norm_eps=1e-5, vocab_size=len(tok),
-                                        max_position_embeddings=77))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(unet=unet.eval(), vae=vae.eval(), text_encoder=text.eval(), tokenizer=tok,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   image_encoder=None, requires_safety_checker=False)
-    return pipe, None
+    unet, vae, text = _sd_unet(9 if inpaint else 4), _sd_vae(), _clip_text(len(tok))
+    cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
+    return cls(unet=unet, vae=vae, text_encoder=text, tokenizer=tok, scheduler=_sd_scheduler(), safety_checker=None,
+               feature_extractor=None, image_encoder=None, requires_safety_checker=False), None
+
+
+def make_sd15_inpaint(seed: int = 0):
+    return make_sd15(seed, inpaint=True)
+
+
+def make_sdxl(seed: int = 0):
+    """An SDXL pipeline at 64 px: two CLIP text encoders (the second with projection, giving the pooled
+    embedding), a text-time conditioned UNet, Euler."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    tok = make_clip_tokenizer()
+    torch.manual_seed(seed)
+    unet, vae = _sd_unet(cross_attention_dim=64, xl=True), _sd_vae()
+    te1, te2 = _clip_text(len(tok)), _clip_text(len(tok), projection=True)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1)
+    return StableDiffusionXLPipeline(vae=vae, text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok,
+                                     unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True), None
 
 
 def make_bert_tokenizer(model_max_length: int = 40):
@@ -156,7 +199,42 @@ def make_blip(image_size: int = 64, seed: int = 0):
     return BlipForConditionalGeneration(cfg).eval(), proc
 
 
-BUILDERS = {"clip": make_clip, "blip": make_blip, "sd15": make_sd15, "sd3": make_sd3}
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def make_llama_tokenizer(words=CORPUS_WORDS):
+    """A SentencePiece-style BPE with byte fallback (any UTF-8 text round-trips) and a chat template."""
+    from transformers import LlamaTokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for ch in ["\u2581", "\n"] + [chr(i) for i in range(33, 127)]:
+        vocab.setdefault(ch, len(vocab))
+    merges = bpe_merges([["\u2581"] + list(w) for w in words])
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    tok = LlamaTokenizer(vocab=vocab, merges=merges)
+    tok.pad_token = tok.eos_token
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def make_llm(seed: int = 0):
+    """A tiny Llama chat model (causal LM + chat template)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_llama_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg).eval(), tok
+
+
+BUILDERS = {"clip": make_clip, "blip": make_blip, "sd15": make_sd15, "sd15-inpaint": make_sd15_inpaint,
+            "sdxl": make_sdxl, "sd3": make_sd3, "llm": make_llm}
 
 
 def write_tiny_models(out: str | Path, which: list[str] | None = None) -> dict[str, Path]:
