@@ -64,7 +64,8 @@ def tiny_flow(tmp_path_factory, digit_images):
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """Tiny random pretrained components (CLIP, SD 1.x, SD3), saved with save_pretrained."""
+    """Tiny random pretrained components (CLIP, BLIP, SD 1.x, SD inpainting, SDXL, SD3, a chat LLM), saved with
+    save_pretrained."""
     from genaug.testing.tiny import write_tiny_models
 
     return write_tiny_models(tmp_path_factory.mktemp("tiny-models"))
@@ -77,7 +78,9 @@ def method_options(tiny_flow, tiny_models):
             "real_guidance": {"model": str(tiny_models["sd15"]), "steps": 2, "resolution": 32},
             "sgid": {"model": str(tiny_models["sd15"]), "captioner": str(tiny_models["blip"]),
                      "clip": str(tiny_models["clip"]), "n_beam": 2, "n_nucleus": 2, "steps": 4, "resolution": 32},
-            "da_fusion": {"model": str(tiny_models["sd15"]), "steps": 4, "resolution": 32, "ti_steps": 3}}
+            "da_fusion": {"model": str(tiny_models["sd15"]), "steps": 4, "resolution": 32, "ti_steps": 3},
+            "diagen": {"model": str(tiny_models["sd15"]), "steps": 4, "resolution": 32, "ti_steps": 3,
+                       "weight_epochs": 2}}
 
 
 def overrides(options: dict) -> list[str]:
@@ -98,4 +101,6 @@ def read_rows(out: Path) -> list[dict]:
 
 
 def png_bytes(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+    """The synthetic images of an output folder (not the plots of work folders such as `.weighting/`)."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))
+            if not any(part.startswith(".") for part in p.relative_to(out).parts)}

@@ -132,3 +132,62 @@ def test_da_fusion_learns_tokens_once_and_records_them(src, tmp_path, tiny_model
     monkeypatch.setattr(ti, "learn_token", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
     cli("augment", src, "--out", tmp_path / "b", *args)  # a new output folder: tokens come from the cache
     assert len(read_rows(tmp_path / "b")) == 8
+
+
+def test_sdxl_textual_inversion_trains_only_the_new_row_of_both_encoders(tiny_models, digit_images):
+    import copy
+
+    import torch
+
+    from genaug.components.diffusion import Diffusion, text_encoders
+    from genaug.components.textual_inversion import learn_token
+
+    pipe = Diffusion(str(tiny_models["sdxl"])).pipe
+    encoders = {k: (copy.deepcopy(t), copy.deepcopy(e)) for k, (t, e) in text_encoders(pipe).items()}
+    assert set(encoders) == {"text_encoder", "text_encoder_2"}
+    before = {k: e.get_input_embeddings().weight.detach().clone() for k, (_, e) in encoders.items()}
+    images = [im.convert("RGB") for im in digit_images[0][:8]]
+    vectors, losses = learn_token(pipe, images, "<t>", "drawing", steps=40, lr=0.05, batch_size=8, resolution=32,
+                                  encoders=encoders)
+    for k, (_, e) in encoders.items():
+        after = e.get_input_embeddings().weight.detach()
+        assert torch.equal(after[:-1], before[k]) and torch.equal(after[-1], vectors[k])
+    assert losses["eval_after"] < losses["eval_before"]
+    assert "<t>" not in pipe.tokenizer.get_vocab()  # the pipeline itself is untouched
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("da_fusion", ["ti_steps=2", "strengths=[0.5]"]),
+    ("diagen", ["ti_steps=2", "weighting=none"]),
+    ("sgid", ["n_beam=1", "n_nucleus=1"]),
+])
+def test_methods_run_on_sdxl(src, tmp_path, tiny_models, method, extra):
+    more = [f"captioner={tiny_models['blip']}", f"clip={tiny_models['clip']}"] if method == "sgid" else []
+    cli("augment", src, "--method", method, "--out", tmp_path / "o", "-n", 1, f"model={tiny_models['sdxl']}",
+        "steps=4", *more, *extra)
+    rows = read_rows(tmp_path / "o")
+    assert len(rows) == 4 and rows[0]["models"]["diffusion"]["id"] == str(tiny_models["sdxl"])
+
+
+def test_text2img_and_inpaint_shapes_masks_and_batch_invariance(tiny_models, digit_images):
+    import numpy as np
+    from PIL import Image
+
+    from genaug.components.diffusion import Diffusion
+    from genaug.config import ConfigError
+
+    images = [im.convert("RGB").resize((24, 20)) for im in digit_images[0][:3]]
+    mask = Image.fromarray(np.pad(np.full((10, 12), 255, np.uint8), ((5, 5), (6, 6))))
+    for name in ("sd15", "sdxl", "sd15-inpaint"):
+        d = Diffusion(str(tiny_models[name]), task="inpaint" if name == "sd15-inpaint" else "img2img", micro_batch=2)
+        three = d.inpaint(images, [mask] * 3, ["a photo of a cat"] * 3, [1, 2, 3], strength=1.0, guidance_scale=5,
+                          steps=2)
+        alone = d.inpaint(images[2:], [mask], ["a photo of a cat"], [3], strength=1.0, guidance_scale=5, steps=2)
+        assert [o.size for o in three] == [(24, 20)] * 3 and np.array_equal(np.array(three[2]), np.array(alone[0]))
+        if name == "sd15-inpaint":
+            with pytest.raises(ConfigError, match="inpainting checkpoint"):
+                d.text2img(["a cat"], [0], guidance_scale=5, steps=2)
+            continue
+        made = d.text2img(["a photo of a dog", "a cat"], [1, 2], guidance_scale=5, steps=2, size=(30, 20))
+        again = d.text2img(["a cat"], [2], guidance_scale=5, steps=2, size=(30, 20))
+        assert [o.size for o in made] == [(30, 20)] * 2 and np.array_equal(np.array(made[1]), np.array(again[0]))

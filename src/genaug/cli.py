@@ -47,11 +47,11 @@ def augment(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="method options as key=value; input.<key>=value for input checks")] = None,
     method: Annotated[Optional[str], typer.Option("--method", "-m", help="a generator from `genaug methods`")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory (rerun to resume)")] = ...,
-    n: Annotated[Optional[int], typer.Option("-n", help="variants per source image [1]")] = None,
+    n: Annotated[Optional[int], typer.Option("-n", help="variants per source image [the method's default: the paper's M, else 1]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="global seed [0]")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="images per method call [the method's default]")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with the same keys (method, n, seed, batch_size, options, input, models)")] = None,
-    models: Annotated[Optional[Path], typer.Option("--models", help="folder of local models: components load from DIR/<component> (clip, blip, sd15, sd3, flow)")] = None,
+    models: Annotated[Optional[Path], typer.Option("--models", help="folder of local models: components load from DIR/<component> (clip, blip, sd15, sd15-inpaint, sdxl, sd3, llm, flow; `genaug tiny-models DIR` writes one)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the run summary as JSON")] = None,
 ) -> None:
     """Write N new labelled images per source image, with provenance; resumes where a previous run stopped."""

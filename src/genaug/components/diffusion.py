@@ -102,8 +102,11 @@ class Diffusion:
         if task not in auto:
             raise ConfigError(f"unknown diffusion task {task!r}; choose from {TASKS}")
         self._auto = auto
+        absent = absent_components(model)
+        if "safety_checker" in absent:  # saved without one on purpose: no "you have disabled" notice
+            absent["requires_safety_checker"] = False
         self.pipes = {task: load_pretrained(auto[task], model, self.revision, role=task, dtype=model_dtype(self.device),
-                                            **absent_components(model)).to(self.device)}
+                                            **absent).to(self.device)}
         self.pipe = self.pipes[task]
         self.pipe.set_progress_bar_config(disable=True)
         if scheduler:

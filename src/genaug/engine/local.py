@@ -36,7 +36,7 @@ class RunConfig:
     """Everything `genaug augment` takes; a YAML `--config` file holds the same keys."""
 
     method: str
-    n: int = Field(1, ge=1)  # variants per source image
+    n: int | None = Field(None, ge=1)  # variants per source image; None: the method's default_n
     seed: int = 0
     batch_size: int | None = Field(None, ge=1)  # None: the method's own default_batch_size
     options: dict[str, Any] = Field(default_factory=dict)  # the method's Config overrides
@@ -53,6 +53,7 @@ class RunSummary:
     rejected: int = 0
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    finished: dict[str, Any] | None = None  # what the method's finish step reported (e.g. DIAGen's weighting)
 
     def __str__(self) -> str:
         parts = [f"wrote {self.generated} image(s) to {self.out}"]
@@ -63,7 +64,10 @@ class RunSummary:
             parts.append(f"{self.rejected} rejected (see {self.out / 'rejected.jsonl'})")
         if self.warnings:
             parts.append(f"{len(self.warnings)} warning(s): " + "; ".join(self.warnings))
-        return ", ".join(parts) + f" in {self.seconds:.1f} s"
+        text = ", ".join(parts) + f" in {self.seconds:.1f} s"
+        if self.finished:
+            text += "\n" + ", ".join(f"{k}: {v}" for k, v in self.finished.items())
+        return text
 
 
 def _versions() -> dict[str, str]:
@@ -75,7 +79,7 @@ def _versions() -> dict[str, str]:
             "torchvision": str(torchvision.__version__), "pillow": PIL.__version__, "numpy": np.__version__}
 
 
-def augment(source: str | Path, out: str | Path, method: str, n: int = 1, seed: int = 0, batch_size: int | None = None,
+def augment(source: str | Path, out: str | Path, method: str, n: int | None = None, seed: int = 0, batch_size: int | None = None,
             options: dict[str, Any] | None = None, input: dict[str, Any] | None = None,
             progress: bool | None = None, models: str | Path | None = None) -> RunSummary:
     """Write `n` synthetic variants of every usable image in `source` to `out` (resuming if it exists)."""
@@ -91,6 +95,7 @@ def augment(source: str | Path, out: str | Path, method: str, n: int = 1, seed: 
     with models_dir(run.models):
         m = create_method(run.method, run.options)
     batch_size = run.batch_size or cls.default_batch_size
+    run.n = run.n or cls.default_n
 
     resolved = {
         "method": run.method, "method_version": cls.version, "options": to_dict(m.config), "seed": run.seed,
@@ -160,6 +165,7 @@ def augment(source: str | Path, out: str | Path, method: str, n: int = 1, seed: 
     finally:
         bar.close()
     outdir.close()
+    summary.finished = m.finish(Path(out), src)
     summary.rejected = outdir.n_rejected
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -16,6 +16,7 @@ class Method(ABC):
     version: ClassVar[str] = "1"  # bump when the same params would give other pixels
     description: ClassVar[str] = ""
     default_batch_size: ClassVar[int] = 16  # images per call when the user does not say (--batch-size)
+    default_n: ClassVar[int] = 1  # variants per source image when the user does not say (-n): the paper's M
     Config: ClassVar[type]
 
     def __init__(self, config, components: Any = None):
@@ -41,6 +42,11 @@ class Method(ABC):
         """The params to record for one output: the sampled ones (less `seed`, kept in its own column)
         plus whatever the method learned while applying them."""
         return {**{k: v for k, v in params.items() if k != "seed"}, **applied}
+
+    def finish(self, out, source) -> dict[str, Any] | None:
+        """After every image of a run is written (and again on a rerun of a finished run: make it cheap
+        then): whole-output work such as DIAGen's weighting. Returns a summary to report, or None."""
+        return None
 
     def models(self) -> dict[str, dict[str, str]]:
         """The pretrained models used, as `{role: {"id": ..., "revision": ...}}`, for provenance."""

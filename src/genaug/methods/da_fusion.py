@@ -23,6 +23,7 @@ class DAFusion(Method):
     version = "2"  # 2: prompts encoded one at a time (batch-independent)
     description = "DA-Fusion (Trabucco et al. 2024): textual-inversion class tokens + SD img2img at random strength"
     default_batch_size = 8
+    default_n = 10  # the paper's M
 
     @config_dataclass
     class Config:

@@ -1,0 +1,128 @@
+"""Prompt writing with a language model: a local transformers chat model, an OpenAI-compatible HTTP
+endpoint (vLLM, Ollama, llama.cpp server, …), or — when neither is configured — no model at all (the
+caller's deterministic template fallback).
+
+`llm` is one string:
+- `"template"` (default): no model; `complete` returns nothing and callers fill in from their templates;
+- `"local"`: the default local chat model (`LOCAL_LLM` at a pinned revision; `--models DIR` reads `DIR/llm`);
+- a hub id or a local directory of a causal LM with a chat template;
+- an `http://` or `https://` URL of an OpenAI-compatible API base (`.../v1`); the model name sent is
+  `llm_model`, the key (if any) is read from the environment variable named by `api_key_env`.
+
+Completions are sanitised (`sanitise`): split into lines, list markers and quotes stripped, control
+characters removed, length-bounded, de-duplicated — so a bad completion can never break a run — and cached
+on disk by (backend, model, request, seed), so a rerun asks nothing twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import unicodedata
+
+import torch
+
+from ..config import ConfigError
+from ..devices import model_dtype, resolve_device
+from .captioner import JsonCache
+from .hub import load_pretrained, local_override
+
+LOCAL_LLM = "Qwen/Qwen2.5-7B-Instruct"
+LOCAL_LLM_REVISION = "a09a35458c702b33eeacc393d103063234e8bc28"
+_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022>]+|\(?\d{1,3}[.):]|[a-z][.)])\s+", re.IGNORECASE)
+_QUOTES = "\"'`\u201c\u201d\u2018\u2019"
+
+
+def sanitise(text: str, max_chars: int = 200) -> list[str]:
+    """One clean prompt per non-empty line of `text`: no list markers, quotes or control characters, inner
+    whitespace collapsed, cut at a word boundary to `max_chars`, duplicates dropped (first kept)."""
+    out: list[str] = []
+    for line in (text or "").splitlines():
+        line = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in line)
+        line = line.replace("\ufffd", " ")
+        line = " ".join(_LIST_MARKER.sub("", line.strip()).split()).strip(_QUOTES + " ").strip()
+        if len(line) > max_chars:
+            line = line[:max_chars].rsplit(" ", 1)[0].rstrip(",;:- ")
+        if line and line not in out:
+            out.append(line)
+    return out
+
+
+class LLM:
+    """`complete(instruction, seed)` → sanitised lines (possibly none, never raises on a bad completion)."""
+
+    def __init__(self, llm: str = "template", revision: str | None = None, llm_model: str | None = None,
+                 api_key_env: str = "OPENAI_API_KEY", temperature: float = 0.8, top_p: float = 0.95,
+                 max_new_tokens: int = 400, max_chars: int = 200, timeout: float = 120.0, device=None,
+                 trust_remote_code: bool = False):
+        self.kind = ("template" if llm in (None, "", "template") else
+                     "http" if llm.startswith(("http://", "https://")) else "local")
+        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.max_chars, self.timeout = max_chars, timeout
+        self.cache = JsonCache("llm")
+        self.id, self.revision = llm or "template", revision
+        if self.kind == "http":
+            self.url = llm.rstrip("/")
+            self.model_name = llm_model or "default"
+            self.api_key = os.environ.get(api_key_env) if api_key_env else None
+            self.id = f"{self.url} ({self.model_name})"
+        elif self.kind == "local":
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            model = LOCAL_LLM if llm == "local" else llm
+            self.revision = revision or (LOCAL_LLM_REVISION if model == LOCAL_LLM else None)
+            model = local_override("llm", model)
+            self.id = model
+            self.device = resolve_device(device)
+            self.tokenizer = load_pretrained(AutoTokenizer, model, self.revision, role="llm tokenizer", weights=False,
+                                             trust_remote_code=trust_remote_code)
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ConfigError(f"llm {model!r} has no chat template: use an instruct / chat model")
+            self.model = load_pretrained(AutoModelForCausalLM, model, self.revision, role="llm",
+                                         dtype=model_dtype(self.device),
+                                         trust_remote_code=trust_remote_code).to(self.device).eval()
+
+    def describe(self) -> dict[str, str]:
+        return {"id": self.id, "revision": self.revision or ("local" if self.kind == "local" else self.kind)}
+
+    def complete(self, instruction: str, seed: int = 0) -> list[str]:
+        if self.kind == "template":
+            return []
+        key = hashlib.blake2b(json.dumps([self.kind, self.id, self.revision, instruction, seed, self.temperature,
+                                          self.top_p, self.max_new_tokens]).encode(), digest_size=16).hexdigest()
+        text = self.cache.get(key)
+        if text is None:
+            text = self._http(instruction, seed) if self.kind == "http" else self._local(instruction, seed)
+            self.cache.put(key, text)
+        return sanitise(text, self.max_chars)
+
+    @torch.no_grad()
+    def _local(self, instruction: str, seed: int) -> str:
+        enc = self.tokenizer.apply_chat_template([{"role": "user", "content": instruction}], add_generation_prompt=True,
+                                                 return_tensors="pt", return_dict=True).to(self.device)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)  # generate() samples from torch's global RNG
+            out = self.model.generate(**enc, do_sample=True, temperature=self.temperature, top_p=self.top_p,
+                                      max_new_tokens=self.max_new_tokens,
+                                      pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        return self.tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def _http(self, instruction: str, seed: int) -> str:
+        import requests
+
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        body = {"model": self.model_name, "messages": [{"role": "user", "content": instruction}],
+                "temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_new_tokens, "seed": seed}
+        try:
+            r = requests.post(f"{self.url}/chat/completions", json=body, headers=headers, timeout=self.timeout)
+        except requests.RequestException as e:
+            raise ConfigError(f"llm endpoint {self.url} cannot be reached ({type(e).__name__}: {e}); check the URL "
+                              f"and that the server is running, or use llm=template") from None
+        if r.status_code != 200:
+            raise ConfigError(f"llm endpoint {self.url}/chat/completions answered HTTP {r.status_code}: "
+                              f"{r.text.strip()[:200]}")
+        try:
+            return str(r.json()["choices"][0]["message"]["content"] or "")
+        except (ValueError, KeyError, IndexError, TypeError):
+            return ""  # a malformed answer is a bad completion: the caller falls back to its templates

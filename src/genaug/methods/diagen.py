@@ -1,0 +1,204 @@
+"""DIAGen (Lingenberg et al., "DIAGen: Semantically Diverse Image Augmentation with Generative Models for
+Few-Shot Learning", GCPR 2024), built on DA-Fusion:
+
+1. a textual-inversion token per class (DA-Fusion's, shared cache);
+2. Gaussian noise on the learned class embedding, drawn per image with a standard deviation chosen from
+   `noise_stds` (DIAGen's code: 0.005 / 0.01 / 0.025, in embedding units, added to every text encoder's row);
+3. class prompts written by a language model in DIAGen's structure "a photo of a [adjective] <class>
+   [location] [weather] [time of day]" (optional slots), the class name replaced by the token; prompts the
+   model did not write (no model configured, or a bad completion) come from a deterministic template over
+   the same slots, and every image records which source its prompt came from;
+4. Stable Diffusion img2img at strength 0.7, guidance 15, M = 10 images per real image;
+5. weighting (`finish`): a classifier trained on the real images, calibrated by temperature scaling on
+   held-out real images, scores each synthetic image; weight 1 if p >= 0.5 else 2p, normalised per source
+   (see `genaug.scoring.weighting`), written to the manifest's `weight` column.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..components.llm import LLM
+from ..components.textual_inversion import token_vectors
+from ..config import ConfigError, config_dataclass
+from ..registry import register_method
+from ..seeding import derive_seed
+from ..types import Example, Synthetic
+from .da_fusion import DAFusion
+
+SLOTS = ("adjective", "location", "weather", "time")
+ADJECTIVES = ("small", "large", "dark", "bright", "colorful", "worn", "new", "clean", "dusty", "shiny", "wet", "pale")
+LOCATIONS = ("in a forest", "on a beach", "on a city street", "in a kitchen", "on a wooden table", "in a field",
+             "in a garden", "on a snowy mountain", "in a living room", "by a lake", "in a desert", "in a parking lot")
+WEATHER = ("in the rain", "in fog", "in snow", "in bright sunshine", "under a cloudy sky", "in a storm")
+TIMES = ("at night", "at sunset", "at dawn", "at noon", "in the evening", "in the early morning")
+SLOT_WORDS = {"adjective": "[adjective]", "location": "[location]", "weather": "[weather]", "time": "[time of day]"}
+INSTRUCTION = (
+    "Write {n} prompts for a text-to-image model, one per line, with no numbering and no other text. "
+    "Each prompt has the structure: {structure}. The parts in brackets are optional: vary which of them you use "
+    "and how many. Adjectives must be visual (colour, size, material, condition). Every prompt must contain "
+    "\"{name}\" exactly once and no other object class.")
+
+
+def add_embedding_noise(vectors: dict[str, torch.Tensor], std: float, seed: int) -> dict[str, torch.Tensor]:
+    """DIAGen's embedding noise: every text encoder's row plus N(0, std²) noise from one seeded generator."""
+    g = torch.Generator().manual_seed(int(seed))
+    return {name: v + std * torch.randn(v.shape, generator=g, dtype=torch.float32).to(v.device, v.dtype)
+            for name, v in sorted(vectors.items())}
+
+
+def _word_pattern(name: str) -> re.Pattern:
+    words = [re.escape(w) for w in re.split(r"[\s_-]+", name.strip()) if w]
+    return re.compile(r"(?<![\w<])" + r"[\s_-]+".join(words) + r"(?![\w>])", re.IGNORECASE)
+
+
+@register_method("diagen")
+class DIAGen(DAFusion):
+    description = ("DIAGen (Lingenberg et al. 2024): DA-Fusion + noise on the class embedding + LLM class prompts "
+                   "+ classifier-confidence weights")
+    version = "1"
+    default_n = 10
+
+    @config_dataclass
+    class Config(DAFusion.Config):
+        prompt: str = "a photo of a {token}"  # used as is for template prompts with no slot drawn
+        strengths: tuple[float, ...] = (0.7,)  # DIAGen's t0
+        guidance_scale: float = Field(15.0, ge=0)
+        noise_stds: tuple[float, ...] = (0.005, 0.01, 0.025)  # one drawn per image; () = no noise
+        prompts_per_class: int = Field(10, ge=1)
+        slots: tuple[str, ...] = SLOTS  # optional parts of the prompt structure
+        adjectives: tuple[str, ...] = ADJECTIVES
+        locations: tuple[str, ...] = LOCATIONS
+        weather: tuple[str, ...] = WEATHER
+        times_of_day: tuple[str, ...] = TIMES
+        llm: str = "template"  # template | local | a hub id or folder of a chat model | an OpenAI-compatible URL
+        llm_model: str | None = None  # the model name sent to an HTTP endpoint
+        llm_revision: str | None = None
+        llm_api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding an endpoint's API key
+        llm_instruction: str = INSTRUCTION
+        llm_temperature: float = Field(0.8, ge=0)
+        prompt_seed: int = 0
+        weighting: Literal["diagen", "confidence", "none"] = "diagen"
+        weight_holdout: float = Field(0.2, gt=0, lt=1)
+        weight_epochs: int = Field(15, ge=1)
+        weight_seed: int = 0
+
+    def __init__(self, config, components=None):
+        super().__init__(config, components)
+        c = self.config
+        if any(s < 0 for s in c.noise_stds):
+            raise ConfigError(f"diagen: noise_stds must be >= 0, got {c.noise_stds}")
+        if unknown := set(c.slots) - set(SLOTS):
+            raise ConfigError(f"diagen: unknown slot(s) {sorted(unknown)}; choose from {SLOTS}")
+        for key in ("{n}", "{name}"):
+            if key not in c.llm_instruction:
+                raise ConfigError(f"diagen: llm_instruction must contain {key}")
+        self.llm = LLM(c.llm, c.llm_revision, c.llm_model, api_key_env=c.llm_api_key_env,
+                       temperature=c.llm_temperature, device=c.device)
+        self.class_prompts: dict[str, list[tuple[str, str]]] = {}  # label -> [(prompt with {token}, source)]
+        self.vectors: dict[str, dict[str, torch.Tensor]] = {}
+
+    def models(self) -> dict[str, dict[str, str]]:
+        out = super().models()
+        if self.llm.kind != "template":
+            out["llm"] = self.llm.describe()
+        return out
+
+    # ---- prompts ---------------------------------------------------------------------------------
+    def template_prompt(self, label: str, i: int) -> str:
+        """Prompt i of a class from the slot lists, each slot present with probability 1/2 (seeded)."""
+        c = self.config
+        rng = np.random.default_rng(derive_seed(c.prompt_seed, f"diagen-template/{label}", i))
+        pick = {slot: (str(rng.choice(words)) if slot in c.slots and words and rng.random() < 0.5 else "")
+                for slot, words in (("adjective", c.adjectives), ("location", c.locations),
+                                    ("weather", c.weather), ("time", c.times_of_day))}
+        subject = " ".join(x for x in (pick["adjective"], "{token}") if x)
+        base = c.prompt.replace("{token}", subject)
+        return " ".join(x for x in (base, pick["location"], pick["weather"], pick["time"]) if x)
+
+    def write_prompts(self, label: str, other_labels: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+        """`prompts_per_class` prompts `[(text with {token}, "llm" | "template")]` for one class. A written
+        prompt is kept when it names the class exactly once and no other class of the dataset."""
+        c = self.config
+        k = c.prompts_per_class
+        found: list[tuple[str, str]] = []
+        if self.llm.kind != "template":
+            structure = "a photo of a " + " ".join(
+                ("{name}" if part == "name" else SLOT_WORDS[part]) for part in
+                ["adjective", "name", "location", "weather", "time"] if part == "name" or part in c.slots)
+            name = " ".join(re.split(r"[_]+", label))
+            instruction = (c.llm_instruction.replace("{structure}", structure).replace("{name}", name)
+                           .replace("{n}", str(k + 5)))  # a few spare: some lines may lack the class name
+            pattern, others = _word_pattern(label), [_word_pattern(o) for o in other_labels if o != label]
+            for line in self.llm.complete(instruction, seed=derive_seed(c.prompt_seed, f"diagen-llm/{label}", 0)):
+                if len(pattern.findall(line)) != 1 or "{" in line or "}" in line or any(o.search(line) for o in others):
+                    continue  # DIAGen keeps prompts that name the class; exactly once, so the token is the subject
+                found.append((pattern.sub("{token}", line), "llm"))
+                if len(found) == k:
+                    break
+        return found + [(self.template_prompt(label, i), "template") for i in range(len(found), k)]
+
+    def prepare(self, source) -> None:
+        super().prepare(source)  # DA-Fusion's tokens
+        for label, token in self.tokens.items():
+            self.vectors[label] = token_vectors(self.sd.pipe, token)
+            self.class_prompts[label] = self.write_prompts(label, tuple(self.tokens))
+
+    # ---- generation ------------------------------------------------------------------------------
+    def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
+        c = self.config
+        if example.label not in self.tokens:
+            raise ConfigError(f"diagen: no token for class {example.label!r}; prepare(source) learns them")
+        token = self.tokens[example.label]
+        prompts = self.class_prompts[example.label]
+        i = int(rng.integers(len(prompts)))
+        template, source = prompts[i]
+        return {"prompt": template.replace("{token}", token), "prompt_source": source, "prompt_index": i,
+                "token": token, "noise_std": float(c.noise_stds[rng.integers(len(c.noise_stds))]) if c.noise_stds else 0.0,
+                "noise_seed": int(rng.integers(2**63 - 1)),
+                "strength": float(c.strengths[rng.integers(len(c.strengths))]),
+                "guidance_scale": c.guidance_scale, "steps": c.steps}
+
+    def __call__(self, batch: list[Example], params: list[dict[str, Any]]) -> list[Synthetic]:
+        c = self.config
+        embeds = []
+        for ex, p in zip(batch, params):  # each image has its own noisy class embedding, encoded alone
+            rows = add_embedding_noise(self.vectors[ex.label], p["noise_std"], p["noise_seed"])
+            embeds.append(self.sd.encode(p["prompt"], rows={p["token"]: rows}))
+        images: list = [None] * len(batch)
+        for s in sorted({p["strength"] for p in params}):  # one pipeline call per strength
+            idx = [i for i, p in enumerate(params) if p["strength"] == s]
+            outs = self.sd.img2img([batch[i].image for i in idx], None, [params[i]["seed"] for i in idx], strength=s,
+                                   guidance_scale=c.guidance_scale, steps=c.steps, embeds=[embeds[i] for i in idx])
+            for i, im in zip(idx, outs):
+                images[i] = im
+        return [Synthetic(image=im, label=ex.label, source_id=ex.id, params=self.recorded(p))
+                for im, ex, p in zip(images, batch, params)]
+
+    # ---- weighting -------------------------------------------------------------------------------
+    def finish(self, out, source) -> dict[str, Any] | None:
+        c = self.config
+        if c.weighting == "none":
+            return None
+        from ..data.writer import METADATA
+        from ..scoring.weighting import weight_synthetic
+
+        out = Path(out)
+        with open(out / METADATA, encoding="utf-8") as f:
+            n_rows = sum(1 for line in f if line.strip())
+        done = out / "weighting.json"
+        if done.is_file():  # a rerun of a finished, weighted run: nothing new to weigh
+            previous = json.loads(done.read_text())
+            if previous.get("n_synthetic") == n_rows and previous.get("rule") == c.weighting:
+                return {"weighting": f"unchanged ({n_rows} images already weighted)"}
+        r = weight_synthetic(out, source.root, rule=c.weighting, holdout=c.weight_holdout,
+                             classifier={"epochs": c.weight_epochs}, seed=c.weight_seed)
+        return {"weighting": c.weighting, "temperature": round(r["temperature"], 4),
+                "holdout_nll": f"{r['holdout_nll_before']:.4f} -> {r['holdout_nll_after']:.4f}",
+                "mean_confidence": round(r["mean_confidence"], 4), "zero_weight": r["zero_weight"]}

@@ -1,0 +1,155 @@
+"""DIAGen: embedding noise, LLM-written class prompts (local model, HTTP endpoint, template fallback),
+classifier-confidence weights; and the LLM component's sanitising."""
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from conftest import cli, make_imagefolder, png_bytes, read_rows
+
+
+@pytest.fixture
+def src(tmp_path, digit_images):
+    return make_imagefolder(tmp_path / "src", digit_images, per_class=4, classes=("0", "1"))
+
+
+def _args(tiny_models, *extra):
+    return ["--method", "diagen", "-n", 2, f"model={tiny_models['sd15']}", "steps=4", "resolution=32", "ti_steps=3",
+            "weight_epochs=2", "prompts_per_class=4", *extra]
+
+
+def test_embedding_noise_has_the_configured_std_and_is_seeded():
+    import torch
+
+    from genaug.methods.diagen import add_embedding_noise
+
+    base = {"text_encoder": torch.full((200_000,), 0.3), "text_encoder_2": torch.zeros(200_000)}
+    for std in (0.005, 0.01, 0.025):
+        noisy = add_embedding_noise(base, std, seed=7)
+        for name, v in noisy.items():
+            d = v - base[name]
+            assert d.std().item() == pytest.approx(std, rel=0.01) and abs(d.mean().item()) < std / 100
+        assert not torch.equal(noisy["text_encoder"] - 0.3, noisy["text_encoder_2"])  # independent per encoder
+    assert all(torch.equal(a, b) for a, b in zip(add_embedding_noise(base, 0.01, 3).values(),
+                                                 add_embedding_noise(base, 0.01, 3).values()))
+    assert torch.equal(add_embedding_noise(base, 0.0, 3)["text_encoder"], base["text_encoder"])
+
+
+def test_sanitise_bounds_and_cleans_completions():
+    from genaug.components.llm import sanitise
+
+    text = ('1. "a photo of a red cat in the rain"\n2) a photo of a cat\x07 at night\n\n- a photo of a cat\x1b[31m\n'
+            "* a photo of a cat at night\n" + "word " * 100 + "\n\ufffd\ufffd\n   \n3. a photo of a red cat in the rain")
+    lines = sanitise(text, max_chars=60)
+    assert lines[:3] == ["a photo of a red cat in the rain", "a photo of a cat at night", "a photo of a cat [31m"]
+    assert all(len(line) <= 60 and line == line.strip() and line.isprintable() for line in lines)
+    assert len(lines) == len(set(lines)) == 4  # duplicates and blank / replacement-only lines dropped
+
+
+def test_diagen_end_to_end_with_a_local_llm(src, tmp_path, tiny_models, monkeypatch):
+    import genaug.components.llm as llm
+    import genaug.components.textual_inversion as ti
+
+    out = tmp_path / "a"
+    res = cli("augment", src, "--out", out, *_args(tiny_models, f"llm={tiny_models['llm']}"))
+    rows = read_rows(out)
+    assert len(rows) == 16 and "weighting: diagen" in res.output
+    for r in rows:
+        p = r["params"]
+        assert p["token"] in p["prompt"] and r["label"] not in p["prompt"].replace(p["token"], "")
+        assert p["noise_std"] in (0.005, 0.01, 0.025) and isinstance(p["noise_seed"], int)
+        assert p["strength"] == 0.7 and p["guidance_scale"] == 15 and p["prompt_source"] in ("llm", "template")
+        assert 0 <= r["scores"]["confidence"] <= 1 and 0 <= r["weight"] <= 2
+    assert rows[0]["models"]["llm"]["id"] == str(tiny_models["llm"])
+    w = json.loads((out / "weighting.json").read_text())
+    assert w["n_synthetic"] == 16 and w["holdout_nll_after"] <= w["holdout_nll_before"] + 1e-6
+    by_source = {}
+    for r in rows:
+        by_source.setdefault(r["source_id"], []).append(r["weight"])
+    assert all(sum(ws) / len(ws) == pytest.approx(1.0, abs=1e-5) or sum(ws) == 0 for ws in by_source.values())
+
+    # Same seed elsewhere: identical bytes; no second textual inversion, no second LLM call.
+    monkeypatch.setattr(ti, "learn_token", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    monkeypatch.setattr(llm.LLM, "_local", lambda *a, **k: (_ for _ in ()).throw(AssertionError("asked again")))
+    cli("augment", src, "--out", tmp_path / "b", *_args(tiny_models, f"llm={tiny_models['llm']}"))
+    assert png_bytes(out) == png_bytes(tmp_path / "b")
+    assert [r["params"] for r in rows] == [r["params"] for r in read_rows(tmp_path / "b")]
+    # A rerun of the finished run writes nothing and does not weigh again.
+    res = cli("augment", src, "--out", out, *_args(tiny_models, f"llm={tiny_models['llm']}"))
+    assert "wrote 0 image(s)" in res.output and "unchanged" in res.output
+
+
+class _ChatServer(BaseHTTPRequestHandler):
+    answer = ""
+    requests: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append((self.path, body, self.headers.get("Authorization")))
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": type(self).answer}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def chat_server():
+    server = HTTPServer(("127.0.0.1", 0), _ChatServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _ChatServer.requests = []
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+
+
+def test_diagen_prompts_from_an_openai_compatible_endpoint(src, tmp_path, tiny_models, chat_server, monkeypatch):
+    from genaug.methods.diagen import DIAGen
+
+    monkeypatch.setenv("MY_KEY", "sk-test")
+    _ChatServer.answer = ("Here are your prompts:\n1. a photo of a large 0 on a beach at night\n"
+                          "2. A photo of a shiny 0 in the rain\n3. a photo of a 1 and a 0\n4. a photo of a dog\n"
+                          "5. \"a photo of a 0 in a kitchen\"\n")
+    out = tmp_path / "o"
+    cli("augment", src, "--out", out, *_args(tiny_models, f"llm={chat_server}", "llm_model=my-model",
+                                             "llm_api_key_env=MY_KEY", "weighting=none"))
+    path, body, auth = _ChatServer.requests[0]
+    assert path == "/v1/chat/completions" and body["model"] == "my-model" and auth == "Bearer sk-test"
+    assert "exactly once" in body["messages"][0]["content"] and len(_ChatServer.requests) == 2  # one per class
+    rows = read_rows(out)
+    llm_prompts = {r["params"]["prompt"].replace(r["params"]["token"], "<t>") for r in rows
+                   if r["params"]["prompt_source"] == "llm" and r["label"] == "0"}
+    assert llm_prompts and llm_prompts <= {"a photo of a large <t> on a beach at night",
+                                           "A photo of a shiny <t> in the rain", "a photo of a <t> in a kitchen"}
+    assert not (out / "weighting.json").exists()
+    # Lines that do not name the class exactly once, or that name another class, are dropped; the class is
+    # filled from the templates.
+    method = DIAGen(DIAGen.Config(model=str(tiny_models["sd15"]), resolution=32, llm=chat_server,
+                                  prompts_per_class=4))
+    assert [p for p, s in method.write_prompts("1") if s == "llm"] == ["a photo of a {token} and a 0"]
+    prompts = method.write_prompts("1", ("0", "1"))
+    assert [s for _, s in prompts] == ["template"] * 4
+    _ChatServer.answer = "\x00\x01 garbage without any class"
+    assert all(s == "template" for _, s in DIAGen(DIAGen.Config(
+        model=str(tiny_models["sd15"]), resolution=32, llm=chat_server, prompt_seed=1)).write_prompts("0"))
+
+
+def test_unreachable_endpoint_is_a_clear_error(src, tmp_path, tiny_models):
+    res = cli("augment", src, "--out", tmp_path / "o", *_args(tiny_models, "llm=http://127.0.0.1:9/v1"), expect=2)
+    assert "cannot be reached" in res.output and "Traceback" not in res.output
+
+
+def test_template_prompts_are_deterministic_and_use_the_slots(tiny_models):
+    from genaug.methods.diagen import DIAGen
+
+    cfg = dict(model=str(tiny_models["sd15"]), resolution=32, prompts_per_class=20)
+    a = DIAGen(DIAGen.Config(**cfg)).write_prompts("cat")
+    assert a == DIAGen(DIAGen.Config(**cfg)).write_prompts("cat") and len(a) == 20
+    assert all(p.startswith("a photo of a ") and p.count("{token}") == 1 and s == "template" for p, s in a)
+    assert len({p for p, _ in a}) > 10  # the slots vary
+    bare = DIAGen(DIAGen.Config(**cfg, slots=())).write_prompts("cat")
+    assert {p for p, _ in bare} == {"a photo of a {token}"}
