@@ -83,12 +83,20 @@ def test_models_dir_redirects_every_component(tmp_path, tiny, digit_images):
     src = make_imagefolder(tmp_path / "src", digit_images, per_class=2, classes=("0", "1"))
     for method, extra in [("real_guidance", ["steps=2", "resolution=32"]),
                           ("sgid", ["n_beam=1", "n_nucleus=1", "steps=4", "resolution=32"]),
-                          ("semantic_flow", ["mode=sdedit", "steps=4"])]:
+                          ("semantic_flow", ["mode=sdedit", "steps=4"]),
+                          ("diagen", ["-n", "1", "llm=local", "steps=4", "resolution=32", "ti_steps=2",
+                                      "weighting=none", "prompts_per_class=2"]),
+                          ("da_fusion", ["-n", "1", "model=stabilityai/stable-diffusion-xl-base-1.0", "steps=4",
+                                         "ti_steps=2", "strengths=[0.5]"])]:
         out = tmp_path / method
         cli("augment", src, "--method", method, "--out", out, "--models", tiny, *extra)
         rows = read_rows(out)
         assert len(rows) == 4
         ids = [m["id"] for m in rows[0]["models"].values()]
         assert all(str(tiny) in i for i in ids), ids  # default hub ids were redirected to the local folder
+        if method == "diagen":
+            assert rows[0]["models"]["llm"]["id"] == str(tiny / "llm")
+        if method == "da_fusion":
+            assert rows[0]["models"]["diffusion"]["id"] == str(tiny / "sdxl")
     assert "not a directory" in cli("augment", src, "--method", "sgid", "--out", tmp_path / "x", "--models",
                                     tmp_path / "none", expect=2).output

@@ -83,6 +83,7 @@ class DIAGen(DAFusion):
         llm_api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding an endpoint's API key
         llm_instruction: str = INSTRUCTION
         llm_temperature: float = Field(0.8, ge=0)
+        llm_trust_remote_code: bool = False  # a local model's own modelling code runs only when this is on
         prompt_seed: int = 0
         weighting: Literal["diagen", "confidence", "none"] = "diagen"
         weight_holdout: float = Field(0.2, gt=0, lt=1)
@@ -100,7 +101,7 @@ class DIAGen(DAFusion):
             if key not in c.llm_instruction:
                 raise ConfigError(f"diagen: llm_instruction must contain {key}")
         self.llm = LLM(c.llm, c.llm_revision, c.llm_model, api_key_env=c.llm_api_key_env,
-                       temperature=c.llm_temperature, device=c.device)
+                       temperature=c.llm_temperature, device=c.device, trust_remote_code=c.llm_trust_remote_code)
         self.class_prompts: dict[str, list[tuple[str, str]]] = {}  # label -> [(prompt with {token}, source)]
         self.vectors: dict[str, dict[str, torch.Tensor]] = {}
 
