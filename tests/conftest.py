@@ -7,6 +7,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -74,13 +76,18 @@ def tiny_models(tmp_path_factory):
 @pytest.fixture(scope="session")
 def method_options(tiny_flow, tiny_models):
     """Options that make every registered method runnable offline in tests (models point at tiny ones)."""
+    segment = {"detector": str(tiny_models["grounding-dino"]), "segmenter": str(tiny_models["sam"]),
+               "box_threshold": 0.0, "text_threshold": 0.0}
     return {"semantic_flow": {"model": str(tiny_flow), "steps": 4},
             "real_guidance": {"model": str(tiny_models["sd15"]), "steps": 2, "resolution": 32},
             "sgid": {"model": str(tiny_models["sd15"]), "captioner": str(tiny_models["blip"]),
                      "clip": str(tiny_models["clip"]), "n_beam": 2, "n_nucleus": 2, "steps": 4, "resolution": 32},
             "da_fusion": {"model": str(tiny_models["sd15"]), "steps": 4, "resolution": 32, "ti_steps": 3},
             "diagen": {"model": str(tiny_models["sd15"]), "steps": 4, "resolution": 32, "ti_steps": 3,
-                       "weight_epochs": 2}}
+                       "weight_epochs": 2},
+            "aga": {"model": str(tiny_models["sd15"]), "steps": 2, "resolution": 32, **segment},
+            "inpaint": {"model": str(tiny_models["sd15-inpaint"]), "steps": 2, "mode": "foreground",
+                        "dilation": 1, **segment}}
 
 
 def overrides(options: dict) -> list[str]:
@@ -104,3 +111,32 @@ def png_bytes(out: Path) -> dict[str, bytes]:
     """The synthetic images of an output folder (not the plots of work folders such as `.weighting/`)."""
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))
             if not any(part.startswith(".") for part in p.relative_to(out).parts)}
+
+
+class ChatServer(BaseHTTPRequestHandler):
+    """A loopback OpenAI-compatible chat endpoint answering `answer` to every request, recording them."""
+
+    answer = ""
+    requests: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append((self.path, body, self.headers.get("Authorization")))
+        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": type(self).answer}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def chat_server():
+    server = HTTPServer(("127.0.0.1", 0), ChatServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ChatServer.requests = []
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()

@@ -1,12 +1,10 @@
 """DIAGen: embedding noise, LLM-written class prompts (local model, HTTP endpoint, template fallback),
 classifier-confidence weights; and the LLM component's sanitising."""
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from conftest import cli, make_imagefolder, png_bytes, read_rows
+from conftest import ChatServer, cli, make_imagefolder, png_bytes, read_rows
 
 
 @pytest.fixture
@@ -80,46 +78,19 @@ def test_diagen_end_to_end_with_a_local_llm(src, tmp_path, tiny_models, monkeypa
     assert "wrote 0 image(s)" in res.output and "unchanged" in res.output
 
 
-class _ChatServer(BaseHTTPRequestHandler):
-    answer = ""
-    requests: list = []
-
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append((self.path, body, self.headers.get("Authorization")))
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": type(self).answer}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def chat_server():
-    server = HTTPServer(("127.0.0.1", 0), _ChatServer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _ChatServer.requests = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-
-
 def test_diagen_prompts_from_an_openai_compatible_endpoint(src, tmp_path, tiny_models, chat_server, monkeypatch):
     from genaug.methods.diagen import DIAGen
 
     monkeypatch.setenv("MY_KEY", "sk-test")
-    _ChatServer.answer = ("Here are your prompts:\n1. a photo of a large 0 on a beach at night\n"
+    ChatServer.answer = ("Here are your prompts:\n1. a photo of a large 0 on a beach at night\n"
                           "2. A photo of a shiny 0 in the rain\n3. a photo of a 1 and a 0\n4. a photo of a dog\n"
                           "5. \"a photo of a 0 in a kitchen\"\n")
     out = tmp_path / "o"
     cli("augment", src, "--out", out, *_args(tiny_models, f"llm={chat_server}", "llm_model=my-model",
                                              "llm_api_key_env=MY_KEY", "weighting=none"))
-    path, body, auth = _ChatServer.requests[0]
+    path, body, auth = ChatServer.requests[0]
     assert path == "/v1/chat/completions" and body["model"] == "my-model" and auth == "Bearer sk-test"
-    assert "exactly once" in body["messages"][0]["content"] and len(_ChatServer.requests) == 2  # one per class
+    assert "exactly once" in body["messages"][0]["content"] and len(ChatServer.requests) == 2  # one per class
     rows = read_rows(out)
     llm_prompts = {r["params"]["prompt"].replace(r["params"]["token"], "<t>") for r in rows
                    if r["params"]["prompt_source"] == "llm" and r["label"] == "0"}
@@ -133,7 +104,7 @@ def test_diagen_prompts_from_an_openai_compatible_endpoint(src, tmp_path, tiny_m
     assert [p for p, s in method.write_prompts("1") if s == "llm"] == ["a photo of a {token} and a 0"]
     prompts = method.write_prompts("1", ("0", "1"))
     assert [s for _, s in prompts] == ["template"] * 4
-    _ChatServer.answer = "\x00\x01 garbage without any class"
+    ChatServer.answer = "\x00\x01 garbage without any class"
     assert all(s == "template" for _, s in DIAGen(DIAGen.Config(
         model=str(tiny_models["sd15"]), resolution=32, llm=chat_server, prompt_seed=1)).write_prompts("0"))
 

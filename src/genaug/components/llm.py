@@ -70,9 +70,8 @@ class LLM:
         elif self.kind == "local":
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            model = LOCAL_LLM if llm == "local" else llm
+            model = local_override("llm", LOCAL_LLM if llm == "local" else llm)
             self.revision = revision or (LOCAL_LLM_REVISION if model == LOCAL_LLM else None)
-            model = local_override("llm", model)
             self.id = model
             self.device = resolve_device(device)
             self.tokenizer = load_pretrained(AutoTokenizer, model, self.revision, role="llm tokenizer", weights=False,

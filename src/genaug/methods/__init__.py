@@ -1,5 +1,5 @@
 """Built-in methods. Adding one = a new module here + one import line below."""
-from . import classical, da_fusion, diagen, real_guidance, semantic_flow, sgid  # noqa: F401
+from . import aga, classical, da_fusion, diagen, inpaint, real_guidance, semantic_flow, sgid  # noqa: F401
 from .base import Method
 
 __all__ = ["Method"]

@@ -199,6 +199,46 @@ def make_blip(image_size: int = 64, seed: int = 0):
     return BlipForConditionalGeneration(cfg).eval(), proc
 
 
+def make_sam(image_size: int = 64, seed: int = 0):
+    """A tiny Segment Anything (box / point prompts -> masks) with its processor."""
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    torch.manual_seed(seed)
+    cfg = SamConfig(
+        vision_config=dict(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=image_size, patch_size=8, window_size=4, global_attn_indexes=[1], mlp_dim=64,
+                           num_pos_feats=16),
+        prompt_encoder_config=dict(hidden_size=32, image_size=image_size, patch_size=8, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                                 iou_head_hidden_dim=32))
+    proc = SamProcessor(image_processor=SamImageProcessor(
+        size={"longest_edge": image_size}, pad_size={"height": image_size, "width": image_size},
+        mask_size={"longest_edge": image_size // 4},
+        mask_pad_size={"height": image_size // 4, "width": image_size // 4}))
+    return SamModel(cfg).eval(), proc
+
+
+def make_grounding_dino(image_size: int = 64, seed: int = 0):
+    """A tiny GroundingDINO (text phrases -> boxes) with its processor (Swin patch 2: 64 px keeps 4 levels)."""
+    from transformers import (BertConfig, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoImageProcessor, GroundingDinoProcessor, SwinConfig)
+
+    tok = make_bert_tokenizer(model_max_length=256)
+    torch.manual_seed(seed)
+    cfg = GroundingDinoConfig(
+        backbone_config=SwinConfig(image_size=image_size, patch_size=2, embed_dim=8, depths=[1, 1, 1, 1],
+                                   num_heads=[1, 1, 1, 1], window_size=4, out_features=["stage2", "stage3", "stage4"],
+                                   out_indices=[2, 3, 4]),
+        text_config=BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                               intermediate_size=37, max_position_embeddings=256),
+        d_model=32, num_queries=10, encoder_layers=1, decoder_layers=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        encoder_attention_heads=2, decoder_attention_heads=2, num_feature_levels=4, encoder_n_points=2,
+        decoder_n_points=2, max_text_len=256)
+    proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessor(
+        size={"shortest_edge": image_size, "longest_edge": image_size}), tokenizer=tok)
+    return GroundingDinoForObjectDetection(cfg).eval(), proc
+
+
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
 
@@ -234,7 +274,7 @@ def make_llm(seed: int = 0):
 
 
 BUILDERS = {"clip": make_clip, "blip": make_blip, "sd15": make_sd15, "sd15-inpaint": make_sd15_inpaint,
-            "sdxl": make_sdxl, "sd3": make_sd3, "llm": make_llm}
+            "sdxl": make_sdxl, "sd3": make_sd3, "llm": make_llm, "sam": make_sam, "grounding-dino": make_grounding_dino}
 
 
 def write_tiny_models(out: str | Path, which: list[str] | None = None) -> dict[str, Path]:

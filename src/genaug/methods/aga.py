@@ -1,0 +1,298 @@
+"""AGA — automated generative data augmentation (arXiv 2409.00547): keep the subject, change the world.
+
+1. Subject mask: the dataset's own (manifest `mask` column or alpha channel), else GroundingDINO → SAM
+   (`genaug.components.segment`, cached); an image with no subject is rejected or, with
+   `on_missing=whole_image`, used whole.
+2. Background caption: an instruction × a background × a temporal phrase are sampled from their sets; the
+   language model (`llm`, as in DIAGen: local chat model, OpenAI-compatible URL, or templates) writes a
+   caption of that empty scene. Words naming any class of the dataset (the label, its words and plurals,
+   and `class_words`) are removed from the caption, which is recorded as used.
+3. Background image: SDXL text-to-image from the caption (SD 1.5 or any checkpoint selectable; the class
+   names in the negative prompt), or — offline copy-paste mode — an image drawn from `backgrounds_dir`.
+4. Subject: flipped, scaled, rotated and placed (`flip_p`, `scale`, `rotation`, `position`), then pasted
+   with a feathered edge that only grows outward: every pixel under the mask keeps the source's value.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image, ImageChops, ImageFilter, ImageOps
+from pydantic import Field
+
+from ..components.diffusion import SDXL_MODEL, Diffusion
+from ..components.llm import LLM
+from ..components.segment import GDINO_MODEL, SAM_MODEL, SubjectMasks
+from ..config import ConfigError, config_dataclass
+from ..data.images import Rejected, is_image_name
+from ..registry import register_method
+from ..seeding import derive_seed
+from ..types import Example, Synthetic
+from .base import Method
+
+INSTRUCTIONS = ("Write a one-sentence caption for a realistic photo of",
+                "Describe in one sentence a photograph of",
+                "Write a short, vivid description of a scenic photo of",
+                "Write a caption for a wide-angle background photo of")
+BACKGROUNDS = ("a forest clearing", "a sandy beach", "a busy city street", "a snowy mountain slope", "a green meadow",
+               "a desert with dunes", "a lake shore", "a cosy living room", "a modern kitchen", "a wooden dock",
+               "a rocky canyon", "a flower garden", "an empty parking lot", "a library", "a farm field")
+TEMPORAL = ("at sunrise", "at noon", "at sunset", "at night", "in spring", "in summer", "in autumn", "in winter",
+            "on a rainy day", "on a foggy morning", "after snowfall")
+CAPTION_REQUEST = ("{instruction} {background} {temporal}. The scene is empty: do not mention any person, animal "
+                   "or object in the foreground. Reply with the caption only, at most 40 words.")
+TEMPLATE_CAPTION = "a photo of {background} {temporal}, empty scene, highly detailed"
+
+
+def class_words(labels: list[str], extra: dict[str, list[str]] | None = None) -> list[str]:
+    """Words that name a class: each label, its words (3+ letters), their plurals, and the user's synonyms."""
+    words: set[str] = set()
+    for label in labels:
+        parts = [w for w in re.split(r"[^0-9A-Za-z]+", label) if w]
+        words.add(" ".join(parts).lower())
+        words.update(w.lower() for w in parts if len(w) >= 3)
+        words.update(w.lower() for w in (extra or {}).get(label, []))
+    plurals = {w + ("es" if w.endswith(("s", "x", "ch", "sh")) else "s") for w in words}
+    plurals |= {w[:-1] + "ies" for w in words if w.endswith("y") and len(w) > 2 and w[-2] not in "aeiou"}
+    return sorted(w for w in words | plurals if w)
+
+
+_DETERMINER = r"(?:(?:a|an|the|one|two|three|four|five|some|several|many|few|\d+)\s+)?"
+_DANGLING = re.compile(r"\b(?:with|and|or|of|near|beside|next to|a|an|the)\s*(?=[,.;:!?]|$)", re.IGNORECASE)
+
+
+def scrub(caption: str, words: list[str]) -> tuple[str, list[str]]:
+    """`caption` without any of `words` (whole words, any case, with their article or number), the
+    punctuation and connectors left dangling tidied away; and the words removed."""
+    removed = []
+    for w in sorted(words, key=len, reverse=True):
+        body = re.escape(w).replace(r"\ ", r"[\s_-]+")
+        pattern = re.compile(r"(?<![\w-])" + _DETERMINER + body + r"(?![\w-])", re.IGNORECASE)
+        if pattern.search(caption):
+            removed.append(w)
+            caption = pattern.sub(" ", caption)
+    previous = None
+    while previous != caption:
+        previous = caption
+        caption = " ".join(caption.split())
+        caption = re.sub(r"\s+([,.;:!?])", r"\1", caption)
+        caption = re.sub(r"([,;:])\s*(?=[,.;:!?])", "", caption)
+        caption = _DANGLING.sub("", caption)
+        caption = caption.strip(" ,;:")
+    return caption, removed
+
+
+def transformed_size(w: int, h: int, scale: float, angle: float) -> tuple[int, int]:
+    sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
+    if angle == 0:
+        return sw, sh
+    a = np.deg2rad(angle)
+    return (int(np.ceil(abs(sw * np.cos(a)) + abs(sh * np.sin(a)))),
+            int(np.ceil(abs(sw * np.sin(a)) + abs(sh * np.cos(a)))))
+
+
+def paste_subject(image: Image.Image, mask: Image.Image, background: Image.Image, flip: bool, scale: float,
+                  angle: float, center: tuple[float, float], feather: float) -> Image.Image:
+    """The masked subject of `image`, mirrored (flip), scaled, rotated (degrees, counter-clockwise) and
+    centred at `center` on `background` (same size as `image`). The edge is feathered outward only —
+    alpha = max(mask, blurred mask), the halo coloured by the nearest subject pixel — so every pixel under
+    the mask is the subject's own."""
+    from scipy import ndimage
+
+    subject = image.convert("RGBA")
+    subject.putalpha(mask.convert("L"))
+    subject = subject.crop(mask.getbbox())
+    if flip:
+        subject = ImageOps.mirror(subject)
+    if scale != 1:
+        subject = subject.resize((max(1, round(subject.width * scale)), max(1, round(subject.height * scale))),
+                                 Image.LANCZOS)
+    if angle:
+        subject = subject.rotate(angle, resample=Image.BICUBIC, expand=True)
+    pad = int(np.ceil(3 * feather))
+    rgba = np.pad(np.asarray(subject), ((pad, pad), (pad, pad), (0, 0)))
+    alpha = Image.fromarray(rgba[..., 3])
+    if feather > 0:
+        alpha = ImageChops.lighter(alpha, alpha.filter(ImageFilter.GaussianBlur(feather)))
+    outside = rgba[..., 3] < 128
+    if outside.any() and not outside.all():  # colour the halo with the nearest subject pixel, not black
+        iy, ix = ndimage.distance_transform_edt(outside, return_distances=False, return_indices=True)
+        rgb = np.where(outside[..., None], rgba[iy, ix, :3], rgba[..., :3])
+    else:
+        rgb = rgba[..., :3]
+    x0 = int(round(center[0] - subject.width / 2)) - pad
+    y0 = int(round(center[1] - subject.height / 2)) - pad
+    out = background.convert("RGB").copy()
+    out.paste(Image.fromarray(np.ascontiguousarray(rgb)), (x0, y0), alpha)
+    return out
+
+
+@register_method("aga")
+class AGA(Method):
+    description = "AGA (2024): subject kept (dataset mask or GroundingDINO+SAM), LLM-captioned SDXL background, affine paste"
+    default_batch_size = 4
+
+    @config_dataclass
+    class Config:
+        model: str = SDXL_MODEL  # the background generator (text-to-image)
+        revision: str | None = None
+        backgrounds_dir: str | None = None  # copy-paste mode: backgrounds drawn from this folder, no diffusion
+        steps: int = Field(30, ge=1)
+        guidance_scale: float = Field(7.5, ge=0)
+        scheduler: str | None = None
+        resolution: int | None = None
+        negative_prompt: str = "{classes}, person, people, animal, text, watermark"
+        instructions: tuple[str, ...] = INSTRUCTIONS
+        backgrounds: tuple[str, ...] = BACKGROUNDS
+        temporal: tuple[str, ...] = TEMPORAL
+        caption_variants: int = Field(3, ge=1)  # captions written per (instruction, background, temporal)
+        caption_request: str = CAPTION_REQUEST
+        template_caption: str = TEMPLATE_CAPTION
+        class_words: dict[str, list[str]] = Field(default_factory=dict)  # extra words / synonyms per class
+        llm: str = "template"
+        llm_model: str | None = None
+        llm_revision: str | None = None
+        llm_api_key_env: str = "OPENAI_API_KEY"
+        llm_temperature: float = Field(0.8, ge=0)
+        flip_p: float = Field(0.5, ge=0, le=1)
+        rotation: tuple[float, float] = (-15.0, 15.0)  # degrees
+        scale: tuple[float, float] = (0.6, 1.0)
+        position: Literal["random", "keep"] = "random"  # keep: the subject's centre stays where it was
+        feather: float = Field(2.0, ge=0)  # Gaussian sigma (px) of the outward soft edge
+        masks: Literal["auto", "dataset"] = "auto"  # dataset: never run a segmentation model
+        detector: str = GDINO_MODEL
+        detector_revision: str | None = None
+        segmenter: str = SAM_MODEL
+        segmenter_revision: str | None = None
+        phrase: str = "{label}"
+        box_threshold: float = Field(0.35, ge=0, le=1)
+        text_threshold: float = Field(0.25, ge=0, le=1)
+        on_missing: Literal["reject", "whole_image"] = "reject"
+        device: str | None = None
+
+    def __init__(self, config, components=None):
+        super().__init__(config, components)
+        c = self.config
+        for name, (lo, hi) in (("rotation", c.rotation), ("scale", c.scale)):
+            if lo > hi:
+                raise ConfigError(f"aga: {name} must be [low, high], got {[lo, hi]}")
+        if c.scale[0] <= 0:
+            raise ConfigError(f"aga: scale must be positive, got {c.scale}")
+        if not (c.instructions and c.backgrounds and c.temporal):
+            raise ConfigError("aga: instructions, backgrounds and temporal must each have at least one entry")
+        self.sd = self.background_files = None
+        if c.backgrounds_dir:
+            root = Path(c.backgrounds_dir)
+            if not root.is_dir():
+                raise ConfigError(f"aga: backgrounds_dir {root} is not a directory")
+            self.background_files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
+            if not self.background_files:
+                raise ConfigError(f"aga: no images in backgrounds_dir {root}")
+        else:
+            self.sd = Diffusion(c.model, c.revision, c.scheduler, c.device, resolution=c.resolution, task="text2img")
+            self.llm = LLM(c.llm, c.llm_revision, c.llm_model, api_key_env=c.llm_api_key_env,
+                           temperature=c.llm_temperature, device=c.device)
+        self.masker = SubjectMasks(c.detector, c.detector_revision, c.segmenter, c.segmenter_revision, c.phrase,
+                                   c.box_threshold, c.text_threshold, c.device)
+        self.words: list[str] = []
+        self.negative = ""
+
+    def models(self) -> dict[str, dict[str, str]]:
+        out = {}
+        if self.sd is not None:
+            out["diffusion"] = {"id": self.sd.id, "revision": self.sd.revision or "local"}
+            if self.llm.kind != "template":
+                out["llm"] = self.llm.describe()
+        if self.config.masks == "auto":
+            out |= self.masker.describe()
+        return out
+
+    def prepare(self, source) -> None:
+        labels = sorted({rec.label for rec in source.records() if rec.error is None})
+        self.words = class_words(labels, self.config.class_words)
+        self.negative = self.config.negative_prompt.replace("{classes}", ", ".join(labels))
+
+    # ---- parameters ------------------------------------------------------------------------------
+    def caption(self, instruction: str, background: str, temporal: str, variant: int) -> tuple[str, str, list[str]]:
+        """(caption, source, removed class words) for one combination; LLM answers cached by the component."""
+        c = self.config
+        text, source = "", "template"
+        if self.llm.kind != "template":
+            request = (c.caption_request.replace("{instruction}", instruction).replace("{background}", background)
+                       .replace("{temporal}", temporal))
+            lines = self.llm.complete(request, seed=derive_seed(0, f"aga/{instruction}/{background}/{temporal}", variant))
+            text, source = (lines[0], "llm") if lines else ("", "template")
+        text, removed = scrub(text, self.words)
+        if not text:
+            text, source = c.template_caption.replace("{background}", background).replace("{temporal}", temporal), \
+                "template"
+            text, more = scrub(text, self.words)
+            removed += more
+        return text, source, removed
+
+    def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
+        c = self.config
+        if c.masks == "dataset":
+            mask, info = example.mask, {"mask_source": "dataset" if example.mask is not None else "none"}
+            if mask is None:
+                info["reason"] = "the dataset gives no mask for this image (masks=dataset)"
+        else:
+            mask, info = self.masker(example.image, example.label, example.mask)
+        if mask is not None and mask.getbbox() is None:
+            mask, info = None, {**info, "mask_source": "none", "reason": "the mask is empty"}
+        if mask is None:
+            if c.on_missing == "reject":
+                raise Rejected(f"aga: no subject: {info.get('reason', 'no mask')}")
+            info["mask_source"] = "whole_image"
+            box = (0, 0) + example.image.size
+        else:
+            box = mask.getbbox()
+        w, h = example.image.size
+        bw, bh = box[2] - box[0], box[3] - box[1]
+        flip = bool(rng.random() < c.flip_p)
+        scale = float(rng.uniform(*c.scale)) if c.scale[0] != c.scale[1] else float(c.scale[0])
+        angle = float(rng.uniform(*c.rotation)) if c.rotation[0] != c.rotation[1] else float(c.rotation[0])
+        tw, th = transformed_size(bw, bh, scale, angle)
+        if c.position == "keep":
+            center = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        else:
+            center = tuple(float(rng.uniform(t / 2, size - t / 2)) if t < size else size / 2
+                           for t, size in ((tw, w), (th, h)))
+        p: dict[str, Any] = {**{k: v for k, v in info.items() if k != "reason"}, "subject_box": list(box),
+                             "flip": flip, "scale": round(scale, 6), "rotation": round(angle, 6),
+                             "center": [round(center[0], 3), round(center[1], 3)], "feather": c.feather}
+        if self.background_files is not None:
+            i = int(rng.integers(len(self.background_files)))
+            p["background_file"] = self.background_files[i].name
+            p["background_index"] = i
+        else:
+            ins, bg, tmp = (str(x[rng.integers(len(x))]) for x in (c.instructions, c.backgrounds, c.temporal))
+            variant = int(rng.integers(c.caption_variants))
+            caption, source, removed = self.caption(ins, bg, tmp, variant)
+            p |= {"instruction": ins, "background": bg, "temporal": tmp, "caption_variant": variant,
+                  "caption": caption, "caption_source": source, "caption_removed": removed,
+                  "negative_prompt": self.negative, "guidance_scale": c.guidance_scale, "steps": c.steps}
+        return p
+
+    # ---- generation ------------------------------------------------------------------------------
+    def __call__(self, batch: list[Example], params: list[dict[str, Any]]) -> list[Synthetic]:
+        c = self.config
+        if self.background_files is not None:
+            backgrounds = [Image.open(self.background_files[p["background_index"]]).convert("RGB") for p in params]
+        else:
+            backgrounds = self.sd.text2img([p["caption"] for p in params], [p["seed"] for p in params],
+                                           guidance_scale=c.guidance_scale, steps=c.steps,
+                                           negative_prompt=self.negative)
+        out = []
+        for ex, p, bg in zip(batch, params, backgrounds):
+            bg = ImageOps.fit(bg, ex.image.size, Image.BICUBIC)  # centre crop to the aspect, then resize
+            if p["mask_source"] == "whole_image":
+                mask = Image.new("L", ex.image.size, 255)
+            else:
+                mask = ex.mask if p["mask_source"] == "dataset" else self.masker(ex.image, ex.label)[0]
+            image = paste_subject(ex.image, mask, bg, p["flip"], p["scale"], p["rotation"], tuple(p["center"]),
+                                  c.feather)
+            out.append(Synthetic(image=image, label=ex.label, source_id=ex.id, params=self.recorded(p)))
+        return out

@@ -1,0 +1,204 @@
+"""Segmentation-guided augmentation: subject masks (dataset first, GroundingDINO -> SAM otherwise), `aga`
+(captioned backgrounds, affine paste) and object-centric `inpaint`."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ChatServer, cli, png_bytes, read_rows
+
+
+@pytest.fixture(scope="module")
+def cutouts(tmp_path_factory, digit_images):
+    """Real handwritten digits as RGBA cut-outs (alpha = the ink), 40x40, two classes named like words."""
+    images, labels, names = digit_images
+    root = tmp_path_factory.mktemp("cutouts")
+    for c, name in (("0", "cat"), ("1", "dog")):
+        (root / name).mkdir()
+        for j, i in enumerate(np.flatnonzero(labels == names.index(c))[:3]):
+            g = np.asarray(images[i].convert("L").resize((40, 40), Image.NEAREST))
+            rgba = np.dstack([g, 255 - g, np.full_like(g, 90), np.where(g > 60, 255, 0).astype(np.uint8)])
+            Image.fromarray(rgba, "RGBA").save(root / name / f"{j}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def backgrounds(tmp_path_factory):
+    """Real photos bundled with scikit-image."""
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("backgrounds")
+    for name in ("astronaut", "coffee", "rocket", "chelsea"):
+        Image.fromarray(getattr(data, name)()).save(root / f"{name}.jpg")
+    return root
+
+
+def _mask(path) -> np.ndarray:
+    return np.asarray(Image.open(path).getchannel("A")) == 255
+
+
+def test_dilation_radius_and_window():
+    from genaug.components.segment import dilate
+
+    m = np.zeros((21, 21), bool)
+    m[10, 10] = True
+    disk = dilate(m, 3, "radius")
+    assert disk.sum() == 29 and disk[10, 13] and disk[12, 12] and not disk[13, 12]  # x^2 + y^2 <= 9
+    square = dilate(m, 4, "window")
+    ys, xs = np.nonzero(square)
+    # a 4-px window: -1 / +2 px around the pixel (scipy centres even windows so, as in DA-Fusion)
+    assert square.sum() == 16 and (ys.min(), ys.max(), xs.min(), xs.max()) == (9, 12, 9, 12)
+    assert np.array_equal(dilate(m, 0), m)
+
+
+def test_captions_never_name_a_class():
+    from genaug.methods.aga import class_words, scrub
+
+    words = class_words(["cat", "sports_car", "butterfly"], {"cat": ["kitten"]})
+    assert {"cat", "cats", "sports car", "car", "cars", "butterflies", "kitten"} <= set(words)
+    caption, removed = scrub("A Cat and two CATS near a sports-car, a kitten, butterflies and a catalogue", words)
+    assert caption == "and a catalogue"  # the words, their articles, and the connectors left dangling
+    assert scrub("the cat", words)[0] == ""  # nothing left: the caller falls back to its template
+    assert {"cat", "cats", "kitten", "butterflies"} <= set(removed)
+
+
+def test_aga_identity_keeps_the_subject_pixels_and_records_everything(cutouts, backgrounds, tmp_path):
+    out = tmp_path / "aga"
+    cli("augment", cutouts, "--method", "aga", "--out", out, "-n", 2, f"backgrounds_dir={backgrounds}",
+        "flip_p=0", "rotation=[0,0]", "scale=[1,1]", "position=keep", "feather=2")
+    rows = read_rows(out)
+    assert len(rows) == 12
+    for r in rows:
+        p = r["params"]
+        assert p["mask_source"] == "dataset" and p["flip"] is False and p["scale"] == 1 and p["rotation"] == 0
+        assert p["background_file"].endswith(".jpg") and len(p["subject_box"]) == 4
+        src = Image.open(cutouts / r["source_id"])
+        made = np.asarray(Image.open(out / r["file_name"]))
+        under = _mask(cutouts / r["source_id"])
+        assert made.shape[:2] == under.shape
+        assert np.array_equal(made[under], np.asarray(src.convert("RGB"))[under])  # the subject, untouched
+        # away from the subject and its feather band (3 sigma), the pixels are the background photo's
+        from scipy import ndimage
+
+        far = ndimage.distance_transform_edt(~under) > 7
+        bg = Image.open(backgrounds / p["background_file"]).convert("RGB")
+        from PIL import ImageOps
+
+        fitted = np.asarray(ImageOps.fit(bg, src.size, Image.BICUBIC))
+        assert np.array_equal(made[far], fitted[far])
+
+
+def test_aga_offline_copy_paste_composites_are_plausible(cutouts, backgrounds, tmp_path):
+    """The real-data check: real digits pasted onto real photos, with the default transforms."""
+    from genaug.viz import save_grid
+
+    out = tmp_path / "aga"
+    cli("augment", cutouts, "--method", "aga", "--out", out, "-n", 4, f"backgrounds_dir={backgrounds}")
+    rows = read_rows(out)
+    images = [Image.open(out / r["file_name"]).convert("RGB") for r in rows]
+    grid = tmp_path / "grid.png"
+    save_grid(out, grid)  # per class: the source, then its variants
+    g = np.asarray(Image.open(grid).convert("RGB"))
+    assert g.shape[0] > 40 and g.shape[1] > 40 and g.std() > 20
+    for r, im in zip(rows, images):
+        p = r["params"]
+        a = np.asarray(im).astype(float)
+        assert im.size == (40, 40) and a.std() > 10  # a composite, not a flat image
+        assert 0.6 <= p["scale"] <= 1.0 and -15 <= p["rotation"] <= 15 and 0 <= p["center"][0] <= 40
+    assert len({r["params"]["background_file"] for r in rows}) >= 3  # the backgrounds vary
+    by_source = {}
+    for r, im in zip(rows, images):
+        by_source.setdefault(r["source_id"], []).append(np.asarray(im))
+    assert all(not np.array_equal(v[0], v[1]) for v in by_source.values())  # variants differ
+    # the subject's colours survive: each composite holds the cut-out's own ink colour (g, 255 - g, 90)
+    assert all(np.any(np.all(np.asarray(im)[..., 2:3] == 90, axis=-1)) for im in images)
+
+
+def test_aga_with_models_captions_and_determinism(cutouts, tmp_path, tiny_models, chat_server):
+    ChatServer.answer = "A quiet farm field at dawn with a Cat, two dogs and a fence, a soft light"
+    args = ["--method", "aga", "-n", 2, f"model={tiny_models['sd15']}", "steps=2", "resolution=32",
+            f"llm={chat_server}", "caption_variants=1", f"detector={tiny_models['grounding-dino']}",
+            f"segmenter={tiny_models['sam']}", "box_threshold=0.0", "text_threshold=0.0"]
+    cli("augment", cutouts, "--out", tmp_path / "a", *args)
+    rows = read_rows(tmp_path / "a")
+    assert len(rows) == 12
+    for r in rows:
+        p = r["params"]
+        assert p["caption_source"] == "llm" and p["caption"] == "A quiet farm field at dawn, and a fence, a soft light"
+        assert not any(w in p["caption"].lower() for w in ("cat", "dog")) and set(p["caption_removed"]) == {"cat", "dogs"}
+        assert {"instruction", "background", "temporal", "negative_prompt", "flip", "scale", "rotation",
+                "center", "subject_box"} <= set(p)
+        assert "cat" in p["negative_prompt"] and r["models"]["detector"]["id"] == str(tiny_models["grounding-dino"])
+    # The same run elsewhere: the same bytes; a rerun in place: nothing new.
+    cli("augment", cutouts, "--out", tmp_path / "b", *args)
+    assert png_bytes(tmp_path / "a") == png_bytes(tmp_path / "b")
+    assert "wrote 0 image(s)" in cli("augment", cutouts, "--out", tmp_path / "a", *args).output
+    # Without dataset masks, GroundingDINO -> SAM find the subject (cached per image).
+    flat = tmp_path / "flat"
+    for r in rows[::2]:
+        (flat / r["label"]).mkdir(parents=True, exist_ok=True)
+        Image.open(cutouts / r["source_id"]).convert("RGB").save(flat / r["source_id"])
+    cli("augment", flat, "--out", tmp_path / "c", *args)
+    params = [r["params"] for r in read_rows(tmp_path / "c")]
+    assert params and all(p["mask_source"] == "model" and 0 <= p["box_score"] <= 1 for p in params)
+
+
+def test_images_without_a_subject_are_rejected_or_used_whole(cutouts, backgrounds, tmp_path, tiny_models):
+    flat = tmp_path / "flat"
+    (flat / "cat").mkdir(parents=True)
+    Image.open(cutouts / "cat" / "0.png").convert("RGB").save(flat / "cat" / "0.png")
+    common = ["--method", "aga", "-n", 2, f"backgrounds_dir={backgrounds}", f"detector={tiny_models['grounding-dino']}",
+              f"segmenter={tiny_models['sam']}", "box_threshold=1.0"]
+    res = cli("augment", flat, "--out", tmp_path / "r", *common)
+    assert "1 rejected" in res.output and not read_rows(tmp_path / "r")
+    reason = json.loads((tmp_path / "r" / "rejected.jsonl").read_text().splitlines()[0])["reason"]
+    assert "no subject" in reason and "box_threshold" in reason
+    cli("augment", flat, "--out", tmp_path / "w", *common, "on_missing=whole_image")
+    assert [r["params"]["mask_source"] for r in read_rows(tmp_path / "w")] == ["whole_image"] * 2
+    res = cli("augment", flat, "--out", tmp_path / "d", "--method", "inpaint", "masks=dataset",
+              f"model={tiny_models['sd15-inpaint']}", "steps=2")
+    assert "1 rejected" in res.output
+    res = cli("augment", cutouts, "--out", tmp_path / "all", "--method", "inpaint", "dilation=100",
+              f"model={tiny_models['sd15-inpaint']}", "steps=2")  # the grown subject leaves no background
+    assert "6 rejected" in res.output and "nothing to repaint" in (tmp_path / "all" / "rejected.jsonl").read_text()
+
+
+@pytest.mark.parametrize("mode", ["background", "foreground", "both"])
+def test_inpaint_repaints_only_its_region(cutouts, tmp_path, tiny_models, mode):
+    from scipy import ndimage
+
+    out = tmp_path / mode
+    args = ["--method", "inpaint", "-n", 1, f"model={tiny_models['sd15-inpaint']}", "steps=2", f"mode={mode}",
+            "dilation=4", "dilation_kind=radius"]
+    cli("augment", cutouts, "--out", out, *args)
+    rows = read_rows(out)
+    assert len(rows) == 6
+    for r in rows:
+        p = r["params"]
+        assert p["mode"] == mode and p["dilation"] == 4 and p["prompt"] == f"a photo of a {r['label']}"
+        src = np.asarray(Image.open(cutouts / r["source_id"]).convert("RGB"))
+        made = np.asarray(Image.open(out / r["file_name"]))
+        subject = _mask(cutouts / r["source_id"])
+        grown = ndimage.distance_transform_edt(~subject) <= 4
+        if mode == "background":  # the subject is preserved exactly
+            assert np.array_equal(made[subject], src[subject]) and not np.array_equal(made[~grown], src[~grown])
+        elif mode == "foreground":  # everything outside the dilated subject is preserved exactly
+            assert np.array_equal(made[~grown], src[~grown]) and not np.array_equal(made[subject], src[subject])
+        else:
+            assert p["repainted_fraction"] == 1.0
+    cli("augment", cutouts, "--out", tmp_path / "again", *args)
+    assert png_bytes(out) == png_bytes(tmp_path / "again")
+
+
+def test_inpaint_with_textual_inversion_tokens(cutouts, tmp_path, tiny_models):
+    out = tmp_path / "ti"
+    cli("augment", cutouts, "--out", out, "--method", "inpaint", "-n", 1, f"model={tiny_models['sd15-inpaint']}",
+        "steps=2", f"tokens_from={tiny_models['sd15']}", "ti_steps=2", "resolution=32", "mode=foreground")
+    rows = read_rows(out)
+    tokens = {r["label"]: r["params"]["prompt"].removeprefix("a photo of a ") for r in rows}
+    assert set(tokens.values()) == {"<genaug-class-0>", "<genaug-class-1>"}
+    assert rows[0]["models"]["tokens_from"]["id"] == str(tiny_models["sd15"])
+    res = cli("augment", cutouts, "--out", tmp_path / "x", "--method", "inpaint", f"model={tiny_models['sd15-inpaint']}",
+              "prompt=a photo of a {token}", expect=2)
+    assert "tokens_from" in res.output
