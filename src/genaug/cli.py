@@ -53,6 +53,10 @@ def augment(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with the same keys (method, n, seed, batch_size, options, input, models)")] = None,
     models: Annotated[Optional[Path], typer.Option("--models", help="folder of local models: components load from DIR/<component> (clip, blip, sd15, sd15-inpaint, sdxl, sd3, llm, flow; `genaug tiny-models DIR` writes one)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the run summary as JSON")] = None,
+    executor: Annotated[str, typer.Option("--executor", help="local (this process) or ray (a Ray Data actor pool)")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one")] = None,
+    workers: Annotated[Optional[str], typer.Option("--workers", help="Ray actors: N, or MIN,MAX to autoscale [1]")] = None,
+    num_gpus_per_worker: Annotated[Optional[float], typer.Option("--num-gpus-per-worker", help="GPUs per Ray actor (fractions share a GPU) [0]")] = None,
 ) -> None:
     """Write N new labelled images per source image, with provenance; resumes where a previous run stopped."""
     from .engine import augment as run_augment
@@ -65,7 +69,9 @@ def augment(
         unknown = set(cfg) - {"method", "n", "seed", "batch_size", "options", "input", "models"}
         if unknown:
             _fail(f"unknown top-level key(s) in config: {sorted(unknown)}")
-        summary = run_augment(src, out, **cfg)
+        ray_flags = {k: v for k, v in dict(ray_address=ray_address, workers=workers,
+                                           num_gpus_per_worker=num_gpus_per_worker).items() if v is not None}
+        summary = run_augment(src, out, **cfg, executor=executor, **ray_flags)
     except ConfigError as e:
         _fail(str(e))
     typer.echo(str(summary))

@@ -41,6 +41,15 @@ def synthetic_file_name(label: str, source_id: str, variant: int) -> str:
     return f"{label_folder(label)}/{stem}_{digest}_v{variant}.png"
 
 
+def encode_png(image) -> bytes:
+    """The PNG bytes genaug writes for an image (every executor encodes the same way)."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -126,10 +135,11 @@ class OutputDir:
 
     # ---- writing -------------------------------------------------------------------------------
     def write(self, image, row: dict[str, Any]) -> None:
+        """One image (a PIL image, or PNG bytes from `encode_png`) and its metadata row."""
         final = self.root / row["file_name"]
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.tmp / f"{uuid.uuid4().hex}.png"
-        image.save(tmp, format="PNG", compress_level=6)
+        tmp.write_bytes(image if isinstance(image, bytes) else encode_png(image))
         os.replace(tmp, final)
         self._meta.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
         self._meta.flush()

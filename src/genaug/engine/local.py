@@ -79,10 +79,24 @@ def _versions() -> dict[str, str]:
             "torchvision": str(torchvision.__version__), "pillow": PIL.__version__, "numpy": np.__version__}
 
 
-def augment(source: str | Path, out: str | Path, method: str, n: int | None = None, seed: int = 0, batch_size: int | None = None,
-            options: dict[str, Any] | None = None, input: dict[str, Any] | None = None,
-            progress: bool | None = None, models: str | Path | None = None) -> RunSummary:
-    """Write `n` synthetic variants of every usable image in `source` to `out` (resuming if it exists)."""
+@dataclass
+class Plan:
+    """A run made ready: its config, the built method, the source and the opened output folder."""
+
+    run: RunConfig
+    method: Any
+    source: Source
+    input_cfg: InputConfig
+    resolved: dict[str, Any]
+    outdir: OutputDir
+    row_base: dict[str, Any]
+    batch_size: int
+
+
+def plan(source: str | Path, out: str | Path, method: str, n: int | None = None, seed: int = 0,
+         batch_size: int | None = None, options: dict[str, Any] | None = None, input: dict[str, Any] | None = None,
+         models: str | Path | None = None) -> Plan:
+    """Validate everything, build the method, open (or resume) the output folder."""
     run = build_config(RunConfig, dict(method=method, n=n, seed=seed, batch_size=batch_size,
                                        options=options or {}, input=input or {},
                                        models=str(models) if models else None), where="run")
@@ -96,7 +110,6 @@ def augment(source: str | Path, out: str | Path, method: str, n: int | None = No
         m = create_method(run.method, run.options)
     batch_size = run.batch_size or cls.default_batch_size
     run.n = run.n or cls.default_n
-
     resolved = {
         "method": run.method, "method_version": cls.version, "options": to_dict(m.config), "seed": run.seed,
         "input": to_dict(input_cfg), "n": run.n, "batch_size": batch_size,
@@ -106,43 +119,97 @@ def augment(source: str | Path, out: str | Path, method: str, n: int | None = No
     }
     resolved["config_hash"] = config_hash({k: resolved[k] for k in IDENTITY_KEYS})
     outdir = OutputDir(out, resolved, IDENTITY_KEYS)
-    summary = RunSummary(out=Path(out), warnings=list(src.warnings))
     row_base = {"method": run.method, "method_version": cls.version, "config_hash": resolved["config_hash"],
                 "genaug_version": __version__}
     if resolved["models"]:
         row_base["models"] = resolved["models"]
-    t0 = time.perf_counter()
-    m.prepare(src)
+    return Plan(run, m, src, input_cfg, resolved, outdir, row_base, batch_size)
 
-    total = src.count() * run.n
+
+def generate(m, items: list[tuple[Example, int, int]], row_base: dict[str, Any]
+             ) -> tuple[list[tuple[dict[str, Any], Any]], dict[str, tuple[Example, str]]]:
+    """One method call over `items` (example, variant, seed): `([(metadata row, image)], refused)`, where
+    `refused` maps the id of every example the method declined (e.g. no subject found) to (example, reason).
+    Shared by every executor, so they write the same rows and the same pixels."""
+    drawn, refused = [], {}
+    for e, _, s in items:
+        if e.id in refused:
+            drawn.append(None)
+            continue
+        try:
+            drawn.append({"seed": s, **m.sample_params(e, np.random.default_rng(s))})
+        except Rejected as err:
+            refused[e.id] = (e, str(err))
+            drawn.append(None)
+    keep = [i for i, item in enumerate(items) if item[0].id not in refused]
+    items, params = [items[i] for i in keep], [drawn[i] for i in keep]
+    if not items:
+        return [], refused
+    outputs = m([e for e, _, _ in items], params)
+    if len(outputs) != len(items):
+        raise RuntimeError(f"method {m.name!r} returned {len(outputs)} images for {len(items)} inputs")
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results = []
+    for (ex, k, s), syn in zip(items, outputs):
+        row = {"file_name": synthetic_file_name(ex.label, ex.id, k), "label": ex.label, "source_id": ex.id,
+               "source_path": ex.path, "variant": k, "seed": s, **row_base, "params": syn.params,
+               "weight": float(syn.weight), "created_at": now}
+        if syn.scores:
+            row["scores"] = syn.scores
+        results.append((row, syn.image))
+    return results, refused
+
+
+def augment(source: str | Path, out: str | Path, method: str, n: int | None = None, seed: int = 0,
+            batch_size: int | None = None, options: dict[str, Any] | None = None, input: dict[str, Any] | None = None,
+            progress: bool | None = None, models: str | Path | None = None, executor: str = "local",
+            **executor_options: Any) -> RunSummary:
+    """Write `n` synthetic variants of every usable image in `source` to `out` (resuming if it exists).
+    `executor="ray"` runs the method in a Ray Data actor pool (see `genaug.engine.ray`)."""
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"unknown executor {executor!r}: local or ray")
+    if executor == "local" and executor_options:
+        raise ConfigError(f"options {sorted(executor_options)} need --executor ray")
+    p = plan(source, out, method, n, seed, batch_size, options, input, models)
+    summary = RunSummary(out=Path(out), warnings=list(p.source.warnings))
+    t0 = time.perf_counter()
+    p.method.prepare(p.source)
+    if executor == "ray":
+        from .ray import run_ray
+
+        run_ray(p, summary, progress=progress, **executor_options)
+    else:
+        run_local(p, summary, progress=progress)
+    p.outdir.close()
+    summary.finished = p.method.finish(Path(out), p.source)
+    summary.rejected = p.outdir.n_rejected
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def run_local(p: Plan, summary: RunSummary, progress: bool | None = None) -> None:
+    run, outdir = p.run, p.outdir
     # progress=None: a bar when stderr is a terminal (tqdm's own rule); True / False force it.
-    bar = tqdm(total=total, desc=f"genaug {run.method}", unit="img", dynamic_ncols=True,
+    bar = tqdm(total=p.source.count() * run.n, desc=f"genaug {run.method}", unit="img", dynamic_ncols=True,
                disable=None if progress is None else not progress)
     pending: list[tuple[Example, int, int]] = []
 
     def flush() -> None:
         if not pending:
             return
-        examples = [e for e, _, _ in pending]
-        params = [{"seed": s, **m.sample_params(e, np.random.default_rng(s))} for e, _, s in pending]
-        outputs = m(examples, params)
-        if len(outputs) != len(pending):
-            raise RuntimeError(f"method {run.method!r} returned {len(outputs)} images for {len(pending)} inputs")
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        for (ex, k, s), syn in zip(pending, outputs):
-            row = {"file_name": synthetic_file_name(ex.label, ex.id, k), "label": ex.label, "source_id": ex.id,
-                   "source_path": ex.path, "variant": k, "seed": s, **row_base, "params": syn.params,
-                   "weight": float(syn.weight), "created_at": now}
-            if syn.scores:
-                row["scores"] = syn.scores
-            outdir.write(syn.image, row)
+        results, refused = generate(p.method, pending, p.row_base)
+        for e, reason in refused.values():
+            outdir.reject(e.path, e.id, reason)
+        bar.total -= len(pending) - len(results)
+        for row, image in results:
+            outdir.write(image, row)
         outdir.sync()
-        summary.generated += len(pending)
-        bar.update(len(pending))
+        summary.generated += len(results)
+        bar.update(len(results))
         pending.clear()
 
     try:
-        for rec in src.records():
+        for rec in p.source.records():
             todo = [k for k in range(run.n) if not outdir.is_done(rec.id, k)]
             summary.already_done += run.n - len(todo)
             if len(todo) < run.n:
@@ -151,7 +218,7 @@ def augment(source: str | Path, out: str | Path, method: str, n: int | None = No
                 summary.sources += 1
                 continue
             try:
-                ex = load_example(rec, input_cfg)
+                ex = load_example(rec, p.input_cfg)
             except Rejected as e:
                 outdir.reject(rec.path, rec.id, str(e))
                 bar.total -= len(todo)
@@ -159,13 +226,8 @@ def augment(source: str | Path, out: str | Path, method: str, n: int | None = No
             summary.sources += 1
             for k in todo:
                 pending.append((ex, k, derive_seed(run.seed, ex.id, k)))
-                if len(pending) >= batch_size:
+                if len(pending) >= p.batch_size:
                     flush()
         flush()
     finally:
         bar.close()
-    outdir.close()
-    summary.finished = m.finish(Path(out), src)
-    summary.rejected = outdir.n_rejected
-    summary.seconds = time.perf_counter() - t0
-    return summary

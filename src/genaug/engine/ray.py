@@ -1,0 +1,178 @@
+"""The Ray Data executor: the method runs as a callable class in an actor pool (models loaded once per
+actor), the driver streams the results into the same output folder the local executor writes.
+
+- The driver plans the run exactly as the local executor does (same config, same identity check, same
+  resume: only (source, variant) pairs missing from `metadata.jsonl` are sent), runs the method's
+  `prepare` once (textual inversion, captions, masks… land in `GENAUG_CACHE`, where the actors find them),
+  and derives every seed. Rows travel as (record, variant, seed).
+- Each actor builds the method once, loads its examples, and calls the executor-independent
+  `generate` (the same code the local executor calls): same params, same pixels, same rows; images are
+  PNG-encoded in the actor with the writer's own encoder, so files are byte-identical.
+- The driver writes each result as it arrives (PNG, then its row, synced per batch), so a run killed at
+  any moment, driver or workers, loses at most the batches in flight; a rerun sends only what is missing.
+  `preserve_order` keeps `metadata.jsonl` in source order, as locally.
+
+On a cluster, `GENAUG_CACHE` and the output folder must be on storage every node sees (the driver writes
+the outputs; actors read the sources and the cache).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from ..config import ConfigError
+from ..logging import get_logger
+from ..seeding import derive_seed
+
+log = get_logger(__name__)
+# Environment the actors need to behave like the driver (offline mode, caches, verbosity).
+_FORWARD_ENV = ("GENAUG_CACHE", "GENAUG_VERBOSITY", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+                "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TORCH_HOME")
+
+
+def parse_workers(workers: int | str | tuple[int, int] | None) -> tuple[int, int]:
+    """`N` (a fixed pool) or `MIN,MAX` (autoscaling) → (min, max)."""
+    if workers is None:
+        return 1, 1
+    if isinstance(workers, int):
+        lo = hi = workers
+    elif isinstance(workers, (tuple, list)):
+        lo, hi = (int(x) for x in workers)
+    else:
+        try:
+            parts = [int(x) for x in str(workers).split(",")]
+        except ValueError:
+            raise ConfigError(f"--workers takes N or MIN,MAX, got {workers!r}") from None
+        if len(parts) not in (1, 2):
+            raise ConfigError(f"--workers takes N or MIN,MAX, got {workers!r}")
+        lo, hi = parts[0], parts[-1]
+    if lo < 1 or hi < lo:
+        raise ConfigError(f"--workers needs 1 <= MIN <= MAX, got {workers!r}")
+    return lo, hi
+
+
+class GenaugWorker:
+    """One actor: the method built once; `__call__` turns a batch of (record, variant, seed) rows into
+    written-ready results (kind, metadata row as JSON, PNG bytes)."""
+
+    def __init__(self, method: str, options: dict[str, Any], models: str | None, source: str,
+                 input_cfg: dict[str, Any], row_base: dict[str, Any], threads: int | None = None):
+        import torch
+
+        from ..components.hub import models_dir
+        from ..config import build_config
+        from ..data.images import InputConfig
+        from ..data.sources import Source
+        from ..registry import create_method
+
+        if threads:
+            torch.set_num_threads(threads)  # actors are reused processes: set it explicitly
+        with models_dir(models):
+            self.method = create_method(method, options)
+        self.source = Source(source)
+        self.method.prepare(self.source)  # cache hits: the driver prepared already
+        self.input_cfg = build_config(InputConfig, input_cfg, where="input")
+        self.row_base = row_base
+
+    def __call__(self, batch: dict) -> dict[str, list]:
+        from ..data.images import Rejected
+        from ..data.sources import Record, load_example
+        from ..data.writer import _json_default, encode_png
+        from .local import generate
+
+        out: dict[str, list] = {"kind": [], "row": [], "png": []}
+
+        def emit(kind: str, row: dict, png: bytes = b"") -> None:
+            out["kind"].append(kind)
+            out["row"].append(json.dumps(row, ensure_ascii=False, default=_json_default))
+            out["png"].append(png)
+
+        loaded: dict[str, Any] = {}
+        items = []
+        for i in range(len(batch["id"])):
+            rid = str(batch["id"][i])
+            if rid not in loaded:
+                rec = Record(id=rid, path=str(batch["path"][i]), label=str(batch["label"][i]),
+                             mask_path=str(batch["mask_path"][i]) or None, error=str(batch["error"][i]) or None)
+                try:
+                    loaded[rid] = load_example(rec, self.input_cfg)
+                except Rejected as e:
+                    loaded[rid] = None
+                    emit("reject", {"path": rec.path, "id": rid, "reason": str(e), "unreadable": True})
+            if loaded[rid] is not None:
+                items.append((loaded[rid], int(batch["variant"][i]), int(batch["seed"][i])))
+        results, refused = generate(self.method, items, self.row_base)
+        for e, reason in refused.values():
+            emit("reject", {"path": e.path, "id": e.id, "reason": reason})
+        for row, image in results:
+            emit("image", row, encode_png(image))
+        return out
+
+
+def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = None,
+            workers: int | str | tuple[int, int] | None = None, num_gpus_per_worker: float = 0.0,
+            num_cpus_per_worker: float = 1.0) -> None:
+    """Generate every missing (source, variant) of plan `p` on a Ray Data actor pool; write as results come."""
+    # Ray Data's per-run notes and Ray core's C++ notes: genaug reports progress itself (set these to see them)
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--executor ray needs Ray Data: pip install 'genaug[ray]'") from None
+    lo, hi = parse_workers(workers)
+    if num_gpus_per_worker < 0 or num_cpus_per_worker <= 0:
+        raise ConfigError("--num-gpus-per-worker must be >= 0 and CPUs per worker > 0")
+    run, outdir = p.run, p.outdir
+
+    rows = []
+    for rec in p.source.records():
+        todo = [k for k in range(run.n) if not outdir.is_done(rec.id, k)]
+        summary.already_done += run.n - len(todo)
+        summary.sources += 1
+        rows += [{"id": rec.id, "path": rec.path, "label": rec.label or "", "mask_path": rec.mask_path or "",
+                  "error": rec.error or "", "variant": k, "seed": derive_seed(run.seed, rec.id, k)} for k in todo]
+    if not rows:
+        return
+
+    if not ray.is_initialized():
+        env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
+        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": env} if env else None,
+                 **({} if ray_address else {"num_cpus": max(int(hi * num_cpus_per_worker), os.cpu_count() or 1)}))
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # metadata.jsonl in source order, as the local executor
+    ctx.enable_progress_bars = False  # genaug's own bar below
+    threads = max(1, int(num_cpus_per_worker))
+    batches = -(-len(rows) // p.batch_size)
+    ds = ray.data.from_items(rows, override_num_blocks=min(batches, max(hi, min(batches, 4 * hi))))
+    ds = ds.map_batches(
+        GenaugWorker, batch_size=p.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
+            min_size=lo, max_size=hi), num_gpus=num_gpus_per_worker or None, num_cpus=num_cpus_per_worker,
+        fn_constructor_kwargs=dict(method=run.method, options=run.options, models=run.models,
+                                   source=str(p.source.root.resolve()), input_cfg=run.input, row_base=p.row_base,
+                                   threads=threads))
+    bar = tqdm(total=len(rows), desc=f"genaug {run.method} (ray x{hi})", unit="img", dynamic_ncols=True,
+               disable=None if progress is None else not progress)
+    rejected: set[str] = set()
+    try:
+        warnings.filterwarnings("ignore", message=".*minimum number of concurrent actors.*")  # few blocks: fine
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for kind, row_json, png in zip(batch["kind"], batch["row"], batch["png"]):
+                row = json.loads(str(row_json))
+                if kind == "image":
+                    outdir.write(bytes(png), row)
+                    summary.generated += 1
+                    bar.update(1)
+                elif row["id"] not in rejected:  # an image's variants may come in several batches
+                    rejected.add(row["id"])
+                    outdir.reject(row["path"], row["id"], row["reason"])
+                    summary.sources -= bool(row.get("unreadable"))  # as locally: sources read = images loaded
+            outdir.sync()
+    finally:
+        bar.close()
