@@ -21,7 +21,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..config import ConfigError
+from pydantic import Field
+
+from ..config import ConfigError, config_dataclass
 from ..devices import model_dtype, resolve_device
 from .hub import absent_components, load_pretrained, local_override
 
@@ -90,7 +92,8 @@ class Diffusion:
     """One loaded checkpoint; `img2img`, `text2img` and `inpaint` each return one image per input."""
 
     def __init__(self, model: str = SD15_MODEL, revision: str | None = None, scheduler: str | None = None,
-                 device=None, micro_batch: int = 4, resolution: int | None = None, task: str = "img2img"):
+                 device=None, micro_batch: int = 4, resolution: int | None = None, task: str = "img2img",
+                 compile: bool = False):
         import diffusers
 
         logging.getLogger("diffusers.models.modeling_utils").addFilter(_fp32_note_filter)  # idempotent
@@ -114,6 +117,8 @@ class Diffusion:
                 raise ConfigError(f"unknown scheduler {scheduler!r}; choose from {sorted(SCHEDULERS)}")
             cls = getattr(diffusers, SCHEDULERS[scheduler])
             self.pipe.scheduler = cls.from_config(self.pipe.scheduler.config)
+        if compile:  # shared by every task's pipeline (from_pipe reuses the module)
+            self.pipe.unet = torch.compile(self.pipe.unet)
         self.is_xl = getattr(self.pipe, "text_encoder_2", None) is not None
         vae_scale = 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
         self.resolution = resolution or self.pipe.unet.config.sample_size * vae_scale
@@ -216,3 +221,19 @@ class Diffusion:
                         strength=strength, guidance_scale=guidance_scale, num_inference_steps=steps,
                         height=self.resolution, width=self.resolution)
         return [o.resize(src.size, Image.BICUBIC) for o, src in zip(out, images)]
+
+
+@config_dataclass
+class PipelineOptions:
+    """How a method runs its diffusion pipeline (a base of the methods' Configs)."""
+
+    scheduler: str | None = None  # ddim, euler, euler_a, dpm++, pndm, lms, lcm; None: the checkpoint's own
+    resolution: int | None = None  # working size; None: the model's native size
+    micro_batch: int = Field(4, ge=1)  # images per pipeline call (fixed: outputs never depend on the batch)
+    compile: bool = False  # torch.compile the UNet (GPU: faster after a warm-up; may change the last bits)
+    device: str | None = None
+
+    def diffusion(self, model: str, revision: str | None, task: str = "img2img", **overrides) -> Diffusion:
+        kw = dict(scheduler=self.scheduler, device=self.device, micro_batch=self.micro_batch,
+                  resolution=self.resolution, task=task, compile=self.compile) | overrides
+        return Diffusion(model, revision, **kw)

@@ -10,12 +10,15 @@ ViT-B at pinned revisions; `--models DIR` reads `DIR/grounding-dino` and `DIR/sa
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
+from pydantic import Field
+
+from ..config import config_dataclass
 from ..devices import resolve_device
 from .captioner import cache_root, image_key
 from .hub import load_pretrained, local_override
@@ -126,3 +129,34 @@ class SubjectMasks:
         if not mask.any():
             return None, {**info, "mask_source": "none", "reason": "SAM returned an empty mask"}
         return Image.fromarray(mask.astype(np.uint8) * 255, "L"), info
+
+
+@config_dataclass
+class MaskOptions:
+    """Where a method's subject masks come from (a base of the methods' Configs)."""
+
+    masks: Literal["auto", "dataset"] = "auto"  # dataset: never run a segmentation model
+    detector: str = GDINO_MODEL
+    detector_revision: str | None = None
+    segmenter: str = SAM_MODEL
+    segmenter_revision: str | None = None
+    phrase: str = "{label}"
+    box_threshold: float = Field(0.35, ge=0, le=1)
+    text_threshold: float = Field(0.25, ge=0, le=1)
+    on_missing: Literal["reject", "whole_image"] = "reject"  # an image without a subject
+
+    def masker(self, device=None) -> SubjectMasks:
+        return SubjectMasks(self.detector, self.detector_revision, self.segmenter, self.segmenter_revision,
+                            self.phrase, self.box_threshold, self.text_threshold, device)
+
+    def subject(self, masker: SubjectMasks, example) -> tuple[Image.Image | None, dict[str, Any]]:
+        """The example's subject mask (None when there is none, with the reason in the info)."""
+        if self.masks == "dataset":
+            if example.mask is None:
+                return None, {"mask_source": "none", "reason": "the dataset gives no mask for this image (masks=dataset)"}
+            mask, info = example.mask, {"mask_source": "dataset"}
+        else:
+            mask, info = masker(example.image, example.label, example.mask)
+        if mask is not None and mask.getbbox() is None:
+            return None, {**info, "mask_source": "none", "reason": "the mask is empty"}
+        return mask, info

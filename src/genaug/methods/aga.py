@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image, ImageChops, ImageFilter, ImageOps
 from pydantic import Field
 
-from ..components.diffusion import SDXL_MODEL, Diffusion
+from ..components.diffusion import SDXL_MODEL, PipelineOptions
 from ..components.llm import LLM
-from ..components.segment import GDINO_MODEL, SAM_MODEL, SubjectMasks
+from ..components.segment import MaskOptions
 from ..config import ConfigError, config_dataclass
 from ..data.images import Rejected, is_image_name
 from ..registry import register_method
@@ -135,14 +135,12 @@ class AGA(Method):
     default_batch_size = 4
 
     @config_dataclass
-    class Config:
+    class Config(PipelineOptions, MaskOptions):
         model: str = SDXL_MODEL  # the background generator (text-to-image)
         revision: str | None = None
         backgrounds_dir: str | None = None  # copy-paste mode: backgrounds drawn from this folder, no diffusion
         steps: int = Field(30, ge=1)
         guidance_scale: float = Field(7.5, ge=0)
-        scheduler: str | None = None
-        resolution: int | None = None
         negative_prompt: str = "{classes}, person, people, animal, text, watermark"
         instructions: tuple[str, ...] = INSTRUCTIONS
         backgrounds: tuple[str, ...] = BACKGROUNDS
@@ -161,16 +159,6 @@ class AGA(Method):
         scale: tuple[float, float] = (0.6, 1.0)
         position: Literal["random", "keep"] = "random"  # keep: the subject's centre stays where it was
         feather: float = Field(2.0, ge=0)  # Gaussian sigma (px) of the outward soft edge
-        masks: Literal["auto", "dataset"] = "auto"  # dataset: never run a segmentation model
-        detector: str = GDINO_MODEL
-        detector_revision: str | None = None
-        segmenter: str = SAM_MODEL
-        segmenter_revision: str | None = None
-        phrase: str = "{label}"
-        box_threshold: float = Field(0.35, ge=0, le=1)
-        text_threshold: float = Field(0.25, ge=0, le=1)
-        on_missing: Literal["reject", "whole_image"] = "reject"
-        device: str | None = None
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
@@ -191,11 +179,10 @@ class AGA(Method):
             if not self.background_files:
                 raise ConfigError(f"aga: no images in backgrounds_dir {root}")
         else:
-            self.sd = Diffusion(c.model, c.revision, c.scheduler, c.device, resolution=c.resolution, task="text2img")
+            self.sd = c.diffusion(c.model, c.revision, task="text2img")
             self.llm = LLM(c.llm, c.llm_revision, c.llm_model, api_key_env=c.llm_api_key_env,
                            temperature=c.llm_temperature, device=c.device)
-        self.masker = SubjectMasks(c.detector, c.detector_revision, c.segmenter, c.segmenter_revision, c.phrase,
-                                   c.box_threshold, c.text_threshold, c.device)
+        self.masker = c.masker(c.device)
         self.words: list[str] = []
         self.negative = ""
 
@@ -234,14 +221,7 @@ class AGA(Method):
 
     def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
         c = self.config
-        if c.masks == "dataset":
-            mask, info = example.mask, {"mask_source": "dataset" if example.mask is not None else "none"}
-            if mask is None:
-                info["reason"] = "the dataset gives no mask for this image (masks=dataset)"
-        else:
-            mask, info = self.masker(example.image, example.label, example.mask)
-        if mask is not None and mask.getbbox() is None:
-            mask, info = None, {**info, "mask_source": "none", "reason": "the mask is empty"}
+        mask, info = c.subject(self.masker, example)
         if mask is None:
             if c.on_missing == "reject":
                 raise Rejected(f"aga: no subject: {info.get('reason', 'no mask')}")

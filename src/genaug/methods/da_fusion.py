@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from ..components.diffusion import SD15_MODEL, Diffusion
+from ..components.diffusion import SD15_MODEL, PipelineOptions
 from ..components.textual_inversion import learned_tokens
 from ..config import ConfigError, config_dataclass
 from ..data.images import InputConfig, Rejected
@@ -26,19 +26,16 @@ class DAFusion(Method):
     default_n = 10  # the paper's M
 
     @config_dataclass
-    class Config:
+    class Config(PipelineOptions):
         model: str = SD15_MODEL
         revision: str | None = None
         prompt: str = "a photo of a {token}"
         strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # DA-Fusion's randomised insertion t0
         guidance_scale: float = Field(7.5, ge=0)
         steps: int = Field(50, ge=4)
-        scheduler: str | None = None
-        resolution: int | None = None
         ti_steps: int = Field(1000, ge=1)  # textual-inversion optimisation steps per class
         ti_lr: float = Field(5e-3, gt=0)
         ti_batch_size: int = Field(4, ge=1)
-        device: str | None = None
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
@@ -47,7 +44,7 @@ class DAFusion(Method):
             raise ConfigError(f"da_fusion: strengths must be in (0, 1], got {c.strengths}")
         if "{token}" not in c.prompt:
             raise ConfigError("da_fusion: prompt must contain {token}")
-        self.sd = Diffusion(c.model, c.revision, c.scheduler, c.device, resolution=c.resolution)
+        self.sd = c.diffusion(c.model, c.revision)
         self.tokens: dict[str, str] = {}
 
     def models(self) -> dict[str, dict[str, str]]:

@@ -25,8 +25,8 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
-from ..components.diffusion import SD15_INPAINT_MODEL, Diffusion, text_encoders
-from ..components.segment import GDINO_MODEL, SAM_MODEL, SubjectMasks, dilate, to_bool
+from ..components.diffusion import SD15_INPAINT_MODEL, PipelineOptions, text_encoders
+from ..components.segment import MaskOptions, dilate, to_bool
 from ..components.textual_inversion import learned_tokens, token_vectors
 from ..config import ConfigError, config_dataclass
 from ..data.images import InputConfig, Rejected
@@ -42,7 +42,7 @@ class Inpaint(Method):
     default_batch_size = 8
 
     @config_dataclass
-    class Config:
+    class Config(PipelineOptions, MaskOptions):
         model: str = SD15_INPAINT_MODEL
         revision: str | None = None
         mode: Literal["background", "foreground", "both"] = "background"
@@ -53,24 +53,12 @@ class Inpaint(Method):
         strength: float = Field(1.0, gt=0, le=1)
         guidance_scale: float = Field(7.5, ge=0)
         steps: int = Field(50, ge=1)
-        scheduler: str | None = None
-        resolution: int | None = None
         composite: bool = True
         tokens_from: str | None = None  # a base model whose textual-inversion class tokens the prompt uses
         tokens_revision: str | None = None
         ti_steps: int = Field(1000, ge=1)
         ti_lr: float = Field(5e-3, gt=0)
         ti_batch_size: int = Field(4, ge=1)
-        masks: Literal["auto", "dataset"] = "auto"
-        detector: str = GDINO_MODEL
-        detector_revision: str | None = None
-        segmenter: str = SAM_MODEL
-        segmenter_revision: str | None = None
-        phrase: str = "{label}"
-        box_threshold: float = Field(0.35, ge=0, le=1)
-        text_threshold: float = Field(0.25, ge=0, le=1)
-        on_missing: Literal["reject", "whole_image"] = "reject"  # whole_image: mode both for that image
-        device: str | None = None
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
@@ -81,13 +69,11 @@ class Inpaint(Method):
             raise ConfigError("inpaint: a prompt with {token} needs tokens_from (the base model of the tokens)")
         if int(c.steps * c.strength) < 1:
             raise ConfigError(f"inpaint: steps x strength must be at least 1 (got {c.steps} x {c.strength})")
-        self.sd = Diffusion(c.model, c.revision, c.scheduler, c.device, resolution=c.resolution, task="inpaint")
-        self.masker = SubjectMasks(c.detector, c.detector_revision, c.segmenter, c.segmenter_revision, c.phrase,
-                                   c.box_threshold, c.text_threshold, c.device)
+        self.sd = c.diffusion(c.model, c.revision, task="inpaint")
+        self.masker = c.masker(c.device)
         self.tokens: dict[str, str] = {}
         # the base model of the tokens, loaded now: models resolve against --models while the method is built
-        self.base = (Diffusion(c.tokens_from, c.tokens_revision, None, c.device, resolution=c.resolution)
-                     if c.tokens_from else None)
+        self.base = c.diffusion(c.tokens_from, c.tokens_revision, scheduler=None) if c.tokens_from else None
 
     def models(self) -> dict[str, dict[str, str]]:
         out = {"diffusion": {"id": self.sd.id, "revision": self.sd.revision or "local"}}
@@ -129,17 +115,13 @@ class Inpaint(Method):
                                                     text_encoder=te)
 
     def subject(self, example: Example) -> tuple[Image.Image | None, dict[str, Any]]:
-        if self.config.masks == "dataset":
-            if example.mask is None:
-                return None, {"mask_source": "none", "reason": "the dataset gives no mask for this image (masks=dataset)"}
-            return example.mask, {"mask_source": "dataset"}
-        return self.masker(example.image, example.label, example.mask)
+        return self.config.subject(self.masker, example)
 
     def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
         c = self.config
         mask, info = self.subject(example)
         mode = c.mode
-        if mask is None or mask.getbbox() is None:
+        if mask is None:
             if c.on_missing == "reject":
                 raise Rejected(f"inpaint: no subject: {info.get('reason', 'the mask is empty')}")
             info, mode = {**info, "mask_source": "whole_image"}, "both"

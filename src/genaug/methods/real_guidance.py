@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from ..components.diffusion import SD15_MODEL, Diffusion
+from ..components.diffusion import SD15_MODEL, PipelineOptions
 from ..config import ConfigError, config_dataclass
 from ..registry import register_method
 from ..types import Example, Synthetic
@@ -22,7 +22,7 @@ class RealGuidance(Method):
     default_batch_size = 8
 
     @config_dataclass
-    class Config:
+    class Config(PipelineOptions):
         model: str = SD15_MODEL  # hub id or local directory of a diffusers checkpoint
         revision: str | None = None  # None: the pinned revision of the default model
         prompt: str = "a photo of a {label}"
@@ -30,16 +30,13 @@ class RealGuidance(Method):
         strength: float = Field(0.5, gt=0, le=1)  # DA-Fusion's Real Guidance setting
         guidance_scale: float = Field(7.5, ge=0)
         steps: int = Field(50, ge=1)
-        scheduler: str | None = None  # ddim, euler, euler_a, dpm++, pndm, lms; None: the checkpoint's own
-        resolution: int | None = None  # working size; None: the model's native size
-        device: str | None = None
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
         c = self.config
         if int(c.steps * c.strength) < 1:
             raise ConfigError(f"real_guidance: steps x strength must be at least 1 (got {c.steps} x {c.strength})")
-        self.sd = Diffusion(c.model, c.revision, c.scheduler, c.device, resolution=c.resolution)
+        self.sd = c.diffusion(c.model, c.revision)
 
     def models(self) -> dict[str, dict[str, str]]:
         return {"diffusion": {"id": self.sd.id, "revision": self.sd.revision or "local"}}
