@@ -12,8 +12,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from pydantic import Field
 from tqdm.auto import tqdm
 
+from ..config import config_dataclass
 from .captioner import cache_root
 
 TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
@@ -170,3 +172,29 @@ def learned_tokens(pipe, model_id: str, revision: str | None, images_by_class: d
                 hf_logging.set_verbosity(level)
         tokens[label] = token
     return tokens
+
+
+@config_dataclass
+class TextualInversionOptions:
+    """How a method learns its class tokens (a base of the methods' Configs)."""
+
+    ti_steps: int = Field(1000, ge=1)  # textual-inversion optimisation steps per class
+    ti_lr: float = Field(5e-3, gt=0)
+    ti_batch_size: int = Field(4, ge=1)
+
+    def class_tokens(self, diffusion, source) -> dict[str, str]:
+        """`{label: token}` learned (or taken from the cache) from each class's images in `source`, and loaded
+        into `diffusion`'s pipeline. Unreadable images are skipped (the engine lists them as rejected)."""
+        from ..data.images import InputConfig, Rejected
+        from ..data.sources import load_example
+
+        by_class: dict[str, list[Image.Image]] = {}
+        for rec in source.records():
+            try:
+                ex = load_example(rec, InputConfig())
+            except Rejected:
+                continue
+            by_class.setdefault(ex.label, []).append(ex.image)
+        return learned_tokens(diffusion.pipe, diffusion.id, diffusion.revision, by_class,
+                              {"steps": self.ti_steps, "lr": self.ti_lr, "batch_size": self.ti_batch_size,
+                               "resolution": diffusion.resolution})

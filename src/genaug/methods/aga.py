@@ -213,9 +213,9 @@ class AGA(Method):
             text, source = (lines[0], "llm") if lines else ("", "template")
         text, removed = scrub(text, self.words)
         if not text:
-            text, source = c.template_caption.replace("{background}", background).replace("{temporal}", temporal), \
-                "template"
-            text, more = scrub(text, self.words)
+            source = "template"
+            text, more = scrub(c.template_caption.replace("{background}", background).replace("{temporal}", temporal),
+                               self.words)
             removed += more
         return text, source, removed
 

@@ -9,10 +9,8 @@ import numpy as np
 from pydantic import Field
 
 from ..components.diffusion import SD15_MODEL, PipelineOptions
-from ..components.textual_inversion import learned_tokens
+from ..components.textual_inversion import TextualInversionOptions
 from ..config import ConfigError, config_dataclass
-from ..data.images import InputConfig, Rejected
-from ..data.sources import load_example
 from ..registry import register_method
 from ..types import Example, Synthetic
 from .base import Method
@@ -26,16 +24,13 @@ class DAFusion(Method):
     default_n = 10  # the paper's M
 
     @config_dataclass
-    class Config(PipelineOptions):
+    class Config(PipelineOptions, TextualInversionOptions):
         model: str = SD15_MODEL
         revision: str | None = None
         prompt: str = "a photo of a {token}"
         strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # DA-Fusion's randomised insertion t0
         guidance_scale: float = Field(7.5, ge=0)
         steps: int = Field(50, ge=4)
-        ti_steps: int = Field(1000, ge=1)  # textual-inversion optimisation steps per class
-        ti_lr: float = Field(5e-3, gt=0)
-        ti_batch_size: int = Field(4, ge=1)
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
@@ -52,17 +47,7 @@ class DAFusion(Method):
 
     def prepare(self, source) -> None:
         """Learn (or load from the cache) one token per class from that class's images."""
-        c = self.config
-        by_class: dict[str, list] = {}
-        for rec in source.records():
-            try:
-                ex = load_example(rec, InputConfig())
-            except Rejected:
-                continue  # the engine lists it in rejected.jsonl
-            by_class.setdefault(ex.label, []).append(ex.image)
-        self.tokens = learned_tokens(self.sd.pipe, self.sd.id, self.sd.revision, by_class,
-                                     {"steps": c.ti_steps, "lr": c.ti_lr, "batch_size": c.ti_batch_size,
-                                      "resolution": self.sd.resolution})
+        self.tokens = self.config.class_tokens(self.sd, source)
 
     def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
         c = self.config

@@ -27,10 +27,9 @@ from pydantic import Field
 
 from ..components.diffusion import SD15_INPAINT_MODEL, PipelineOptions, text_encoders
 from ..components.segment import MaskOptions, dilate, to_bool
-from ..components.textual_inversion import learned_tokens, token_vectors
+from ..components.textual_inversion import TextualInversionOptions, token_vectors
 from ..config import ConfigError, config_dataclass
-from ..data.images import InputConfig, Rejected
-from ..data.sources import load_example
+from ..data.images import Rejected
 from ..registry import register_method
 from ..types import Example, Synthetic
 from .base import Method
@@ -42,7 +41,7 @@ class Inpaint(Method):
     default_batch_size = 8
 
     @config_dataclass
-    class Config(PipelineOptions, MaskOptions):
+    class Config(PipelineOptions, MaskOptions, TextualInversionOptions):
         model: str = SD15_INPAINT_MODEL
         revision: str | None = None
         mode: Literal["background", "foreground", "both"] = "background"
@@ -56,9 +55,6 @@ class Inpaint(Method):
         composite: bool = True
         tokens_from: str | None = None  # a base model whose textual-inversion class tokens the prompt uses
         tokens_revision: str | None = None
-        ti_steps: int = Field(1000, ge=1)
-        ti_lr: float = Field(5e-3, gt=0)
-        ti_batch_size: int = Field(4, ge=1)
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
@@ -89,17 +85,8 @@ class Inpaint(Method):
         c = self.config
         if not c.tokens_from:
             return
-        by_class: dict[str, list] = {}
-        for rec in source.records():
-            try:
-                ex = load_example(rec, InputConfig())
-            except Rejected:
-                continue
-            by_class.setdefault(ex.label, []).append(ex.image)
         base = self.base
-        self.tokens = learned_tokens(base.pipe, base.id, base.revision, by_class,
-                                     {"steps": c.ti_steps, "lr": c.ti_lr, "batch_size": c.ti_batch_size,
-                                      "resolution": base.resolution})
+        self.tokens = c.class_tokens(base, source)
         encoders = text_encoders(self.sd.pipe)
         for token in self.tokens.values():
             if token in self.sd.pipe.tokenizer.get_vocab():
