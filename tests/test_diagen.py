@@ -73,7 +73,10 @@ def test_diagen_end_to_end_with_a_local_llm(src, tmp_path, tiny_models, monkeypa
     cli("augment", src, "--out", tmp_path / "b", *_args(tiny_models, f"llm={tiny_models['llm']}"))
     assert png_bytes(out) == png_bytes(tmp_path / "b")
     assert [r["params"] for r in rows] == [r["params"] for r in read_rows(tmp_path / "b")]
-    # A rerun of the finished run writes nothing and does not weigh again.
+    # A rerun of the finished run prepares nothing, writes nothing and does not weigh again.
+    from genaug.methods.diagen import DIAGen
+
+    monkeypatch.setattr(DIAGen, "prepare", lambda *a: (_ for _ in ()).throw(AssertionError("prepared again")))
     res = cli("augment", src, "--out", out, *_args(tiny_models, f"llm={tiny_models['llm']}"))
     assert "wrote 0 image(s)" in res.output and "unchanged" in res.output
 

@@ -91,6 +91,14 @@ class Plan:
     outdir: OutputDir
     row_base: dict[str, Any]
     batch_size: int
+    prepared: bool = False
+
+    def prepare(self) -> None:
+        """The method's per-dataset work, once, and only when there is something to generate: a rerun of a
+        finished run loads no token, caption or prompt."""
+        if not self.prepared:
+            self.method.prepare(self.source)
+            self.prepared = True
 
 
 def plan(source: str | Path, out: str | Path, method: str, n: int | None = None, seed: int = 0,
@@ -173,7 +181,6 @@ def augment(source: str | Path, out: str | Path, method: str, n: int | None = No
     p = plan(source, out, method, n, seed, batch_size, options, input, models)
     summary = RunSummary(out=Path(out), warnings=list(p.source.warnings))
     t0 = time.perf_counter()
-    p.method.prepare(p.source)
     if executor == "ray":
         from .ray import run_ray
 
@@ -197,6 +204,7 @@ def run_local(p: Plan, summary: RunSummary, progress: bool | None = None) -> Non
     def flush() -> None:
         if not pending:
             return
+        p.prepare()
         results, refused = generate(p.method, pending, p.row_base)
         for e, reason in refused.values():
             outdir.reject(e.path, e.id, reason)

@@ -3,7 +3,7 @@ actor), the driver streams the results into the same output folder the local exe
 
 - The driver plans the run exactly as the local executor does (same config, same identity check, same
   resume: only (source, variant) pairs missing from `metadata.jsonl` are sent), runs the method's
-  `prepare` once (textual inversion, captions, masks… land in `GENAUG_CACHE`, where the actors find them),
+  `prepare` once when there is work (textual inversion, prompts… land in `GENAUG_CACHE`, where the actors find them),
   and derives every seed. Rows travel as (record, variant, seed).
 - Each actor builds the method once, loads its examples, and calls the executor-independent
   `generate` (the same code the local executor calls): same params, same pixels, same rows; images are
@@ -139,6 +139,7 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
                   "error": rec.error or "", "variant": k, "seed": derive_seed(run.seed, rec.id, k)} for k in todo]
     if not rows:
         return
+    p.prepare()  # once, on the driver: its caches are what the actors' own prepare finds
 
     if not ray.is_initialized():
         env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
