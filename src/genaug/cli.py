@@ -51,7 +51,7 @@ def augment(
     seed: Annotated[Optional[int], typer.Option("--seed", help="global seed [0]")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="images per method call [the method's default]")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with the same keys (method, n, seed, batch_size, options, input, models)")] = None,
-    models: Annotated[Optional[Path], typer.Option("--models", help="folder of local models: components load from DIR/<component> (clip, blip, sd15, sd15-inpaint, sdxl, sd3, llm, flow; `genaug tiny-models DIR` writes one)")] = None,
+    models: Annotated[Optional[Path], typer.Option("--models", help="folder of local models: components load from DIR/<component> (clip, blip, sd15, sd15-inpaint, sdxl, sd3, llm, grounding-dino, sam, flow; `genaug tiny-models DIR` writes one)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the run summary as JSON")] = None,
     executor: Annotated[str, typer.Option("--executor", help="local (this process) or ray (a Ray Data actor pool)")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one")] = None,

@@ -198,8 +198,12 @@ class DIAGen(DAFusion):
             previous = json.loads(done.read_text())
             if previous.get("n_synthetic") == n_rows and previous.get("rule") == c.weighting:
                 return {"weighting": f"unchanged ({n_rows} images already weighted)"}
-        r = weight_synthetic(out, source.root, rule=c.weighting, holdout=c.weight_holdout,
-                             classifier={"epochs": c.weight_epochs}, seed=c.weight_seed)
+        try:
+            r = weight_synthetic(out, source.root, rule=c.weighting, holdout=c.weight_holdout,
+                                 classifier={"epochs": c.weight_epochs}, seed=c.weight_seed)
+        except ConfigError as e:  # the images are written; say why they are unweighted and how to weigh them
+            return {"weighting": f"skipped ({e}); every image keeps weight 1 — fix that and rerun, or use "
+                                 f"`genaug weight {out} --real <real images>`"}
         return {"weighting": c.weighting, "temperature": round(r["temperature"], 4),
                 "holdout_nll": f"{r['holdout_nll_before']:.4f} -> {r['holdout_nll_after']:.4f}",
                 "mean_confidence": round(r["mean_confidence"], 4), "zero_weight": r["zero_weight"]}
