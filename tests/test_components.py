@@ -100,3 +100,11 @@ def test_models_dir_redirects_every_component(tmp_path, tiny, digit_images):
             assert rows[0]["models"]["diffusion"]["id"] == str(tiny / "sdxl")
     assert "not a directory" in cli("augment", src, "--method", "sgid", "--out", tmp_path / "x", "--models",
                                     tmp_path / "none", expect=2).output
+
+
+def test_models_dir_folder_of_a_diffusion_hub_id():
+    from genaug.components.diffusion import SD15_MODEL, SDXL_MODEL, models_dir_name
+
+    assert [models_dir_name(m) for m in (SD15_MODEL, SDXL_MODEL, "someone/my-sdxl-finetune",
+                                         "runwayml/stable-diffusion-inpainting", "CompVis/stable-diffusion-v1-4")] \
+        == ["sd15", "sdxl", "sdxl", "sd15-inpaint", "sd15"]

@@ -42,6 +42,14 @@ TASKS = ("img2img", "text2img", "inpaint")
 Embeds = dict[str, torch.Tensor]  # one prompt's conditioning: the pipeline's *_embeds keyword arguments
 
 
+def models_dir_name(model: str) -> str:
+    """The `--models DIR/<name>` folder standing in for a hub id: the known defaults' own, else by family."""
+    if model in KNOWN:
+        return KNOWN[model][1]
+    name = model.lower()
+    return "sd15-inpaint" if "inpaint" in name else "sdxl" if "xl" in name else "sd15"
+
+
 def default_revision(model: str, revision: str | None) -> str | None:
     return revision or KNOWN.get(model, (None, None))[0]
 
@@ -98,7 +106,7 @@ class Diffusion:
 
         logging.getLogger("diffusers.models.modeling_utils").addFilter(_fp32_note_filter)  # idempotent
         self.device = resolve_device(device)
-        model = local_override(KNOWN.get(model, (None, "sd15"))[1], model)
+        model = local_override(models_dir_name(model), model)
         self.id, self.revision = model, default_revision(model, revision)
         auto = {"img2img": diffusers.AutoPipelineForImage2Image, "text2img": diffusers.AutoPipelineForText2Image,
                 "inpaint": diffusers.AutoPipelineForInpainting}
