@@ -10,6 +10,7 @@ one set for training augmentation, a disjoint set for the out-of-distribution te
 - OOD test:       the same test garments pasted (identity transform) onto the held-out photos
 - arms:           real only; real + randaugment (classical, n = 2); real + aga (n = 2, default transforms)
 - classifier:     the demo's small CNN (28 px, 6 epochs x 100 steps, synthetic = half of each batch), 3 seeds
+- SIC:            the softmax information curve score (AGA's explainability metric) on 100 ID test images
 
     .venv/bin/python benchmarks/aga_ood.py [--out runs/aga-ood] [--seeds 0 1 2]
 """
@@ -81,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/aga-ood")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--sic", type=int, default=100, help="test images scored for SIC (AGA's explainability score)")
     args = ap.parse_args()
     from genaug.bench.run import train_cached
     from genaug.data.builtin import fashion_mnist_available, load_builtin, stratified_subset
@@ -114,14 +116,16 @@ def main() -> None:
                          ("real + aga", [synthetic["aga"]])):
         for seed in args.seeds:
             row = train_cached(out / "runs" / arm.replace(" + ", "+") / f"seed-{seed}", real, sources, None, test,
-                               {"photos": str(ood)}, {**TRAIN_CFG, "seed": seed}, {"arm": arm, "seed": seed})
-            results.setdefault(arm, []).append((row["test_acc"], row["ood_photos_acc"]))
+                               {"photos": str(ood)}, {**TRAIN_CFG, "seed": seed, "sic_images": args.sic},
+                               {"arm": arm, "seed": seed})
+            results.setdefault(arm, []).append((row["test_acc"], row["ood_photos_acc"], row["test_sic"] or np.nan))
     print(f"{dataset}: 3,000 real cut-outs (300 per class); ID test = 2,000 test images on black; OOD test = the "
           f"same images pasted onto {len(TEST_PHOTOS)} held-out photos; {len(args.seeds)} seeds")
-    print(f"{'arm':<22}{'ID test %':>16}{'OOD test %':>16}")
+    print(f"{'arm':<22}{'ID test %':>16}{'OOD test %':>16}{'ID SIC':>16}")
     for arm, accs in results.items():
-        a = np.array(accs) * 100
-        print(f"{arm:<22}{a[:, 0].mean():>9.2f} ± {a[:, 0].std():.2f}{a[:, 1].mean():>9.2f} ± {a[:, 1].std():.2f}")
+        a = np.array(accs, dtype=float)
+        print(f"{arm:<22}{100 * a[:, 0].mean():>9.2f} ± {100 * a[:, 0].std():.2f}"
+              f"{100 * a[:, 1].mean():>9.2f} ± {100 * a[:, 1].std():.2f}{a[:, 2].mean():>9.3f} ± {a[:, 2].std():.3f}")
     print(f"generation {gen_s:.1f} s; total {time.perf_counter() - t0:.0f} s")
 
 
