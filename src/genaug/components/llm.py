@@ -22,8 +22,9 @@ import re
 import unicodedata
 
 import torch
+from pydantic import Field
 
-from ..config import ConfigError
+from ..config import ConfigError, config_dataclass
 from ..devices import model_dtype, resolve_device
 from .captioner import JsonCache
 from .hub import load_pretrained, local_override
@@ -125,3 +126,19 @@ class LLM:
             return str(r.json()["choices"][0]["message"]["content"] or "")
         except (ValueError, KeyError, IndexError, TypeError):
             return ""  # a malformed answer is a bad completion: the caller falls back to its templates
+
+
+@config_dataclass
+class LLMOptions:
+    """Which language model writes a method's prompts (a base of the methods' Configs)."""
+
+    llm: str = "template"  # template | local | a hub id or folder of a chat model | an OpenAI-compatible URL
+    llm_model: str | None = None  # the model name sent to an HTTP endpoint
+    llm_revision: str | None = None
+    llm_api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding an endpoint's API key
+    llm_temperature: float = Field(0.8, ge=0)
+    llm_trust_remote_code: bool = False  # a local model's own modelling code runs only when this is on
+
+    def language_model(self, device=None) -> LLM:
+        return LLM(self.llm, self.llm_revision, self.llm_model, api_key_env=self.llm_api_key_env,
+                   temperature=self.llm_temperature, device=device, trust_remote_code=self.llm_trust_remote_code)

@@ -23,7 +23,7 @@ from PIL import Image, ImageChops, ImageFilter, ImageOps
 from pydantic import Field
 
 from ..components.diffusion import SDXL_MODEL, PipelineOptions
-from ..components.llm import LLM
+from ..components.llm import LLMOptions
 from ..components.segment import MaskOptions
 from ..config import ConfigError, config_dataclass
 from ..data.images import Rejected, is_image_name
@@ -135,7 +135,7 @@ class AGA(Method):
     default_batch_size = 4
 
     @config_dataclass
-    class Config(PipelineOptions, MaskOptions):
+    class Config(PipelineOptions, MaskOptions, LLMOptions):
         model: str = SDXL_MODEL  # the background generator (text-to-image)
         revision: str | None = None
         backgrounds_dir: str | None = None  # copy-paste mode: backgrounds drawn from this folder, no diffusion
@@ -149,11 +149,6 @@ class AGA(Method):
         caption_request: str = CAPTION_REQUEST
         template_caption: str = TEMPLATE_CAPTION
         class_words: dict[str, list[str]] = Field(default_factory=dict)  # extra words / synonyms per class
-        llm: str = "template"
-        llm_model: str | None = None
-        llm_revision: str | None = None
-        llm_api_key_env: str = "OPENAI_API_KEY"
-        llm_temperature: float = Field(0.8, ge=0)
         flip_p: float = Field(0.5, ge=0, le=1)
         rotation: tuple[float, float] = (-15.0, 15.0)  # degrees
         scale: tuple[float, float] = (0.6, 1.0)
@@ -180,8 +175,7 @@ class AGA(Method):
                 raise ConfigError(f"aga: no images in backgrounds_dir {root}")
         else:
             self.sd = c.diffusion(c.model, c.revision, task="text2img")
-            self.llm = LLM(c.llm, c.llm_revision, c.llm_model, api_key_env=c.llm_api_key_env,
-                           temperature=c.llm_temperature, device=c.device)
+            self.llm = c.language_model(c.device)
         self.masker = c.masker(c.device)
         self.words: list[str] = []
         self.negative = ""
@@ -268,10 +262,8 @@ class AGA(Method):
         out = []
         for ex, p, bg in zip(batch, params, backgrounds):
             bg = ImageOps.fit(bg, ex.image.size, Image.BICUBIC)  # centre crop to the aspect, then resize
-            if p["mask_source"] == "whole_image":
-                mask = Image.new("L", ex.image.size, 255)
-            else:
-                mask = ex.mask if p["mask_source"] == "dataset" else self.masker(ex.image, ex.label)[0]
+            mask = (Image.new("L", ex.image.size, 255) if p["mask_source"] == "whole_image"
+                    else c.subject(self.masker, ex)[0])  # the mask sample_params found (cached)
             image = paste_subject(ex.image, mask, bg, p["flip"], p["scale"], p["rotation"], tuple(p["center"]),
                                   c.feather)
             out.append(Synthetic(image=image, label=ex.label, source_id=ex.id, params=self.recorded(p)))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..components.llm import LLM
+from ..components.llm import LLMOptions
 from ..components.textual_inversion import token_vectors
 from ..config import ConfigError, config_dataclass
 from ..registry import register_method
@@ -66,7 +66,7 @@ class DIAGen(DAFusion):
     default_n = 10
 
     @config_dataclass
-    class Config(DAFusion.Config):
+    class Config(DAFusion.Config, LLMOptions):
         prompt: str = "a photo of a {token}"  # used as is for template prompts with no slot drawn
         strengths: tuple[float, ...] = (0.7,)  # DIAGen's t0
         guidance_scale: float = Field(15.0, ge=0)
@@ -77,13 +77,7 @@ class DIAGen(DAFusion):
         locations: tuple[str, ...] = LOCATIONS
         weather: tuple[str, ...] = WEATHER
         times_of_day: tuple[str, ...] = TIMES
-        llm: str = "template"  # template | local | a hub id or folder of a chat model | an OpenAI-compatible URL
-        llm_model: str | None = None  # the model name sent to an HTTP endpoint
-        llm_revision: str | None = None
-        llm_api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding an endpoint's API key
         llm_instruction: str = INSTRUCTION
-        llm_temperature: float = Field(0.8, ge=0)
-        llm_trust_remote_code: bool = False  # a local model's own modelling code runs only when this is on
         prompt_seed: int = 0
         weighting: Literal["diagen", "confidence", "none"] = "diagen"
         weight_holdout: float = Field(0.2, gt=0, lt=1)
@@ -100,8 +94,7 @@ class DIAGen(DAFusion):
         for key in ("{n}", "{name}"):
             if key not in c.llm_instruction:
                 raise ConfigError(f"diagen: llm_instruction must contain {key}")
-        self.llm = LLM(c.llm, c.llm_revision, c.llm_model, api_key_env=c.llm_api_key_env,
-                       temperature=c.llm_temperature, device=c.device, trust_remote_code=c.llm_trust_remote_code)
+        self.llm = c.language_model(c.device)
         self.class_prompts: dict[str, list[tuple[str, str]]] = {}  # label -> [(prompt with {token}, source)]
         self.vectors: dict[str, dict[str, torch.Tensor]] = {}
 
