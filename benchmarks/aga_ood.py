@@ -86,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     from genaug.bench.run import train_cached
     from genaug.data.builtin import fashion_mnist_available, load_builtin, stratified_subset
-    from genaug.engine import augment
+    from genaug.pipeline import augment
 
     t0 = time.perf_counter()
     out = Path(args.out)

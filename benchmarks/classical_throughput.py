@@ -21,7 +21,7 @@ CHILD = """
 import json, resource, sys, time
 t = time.perf_counter()
 import genaug.methods
-from genaug.engine import augment
+from genaug.pipeline import augment
 imports = time.perf_counter() - t
 t = time.perf_counter()
 s = augment(sys.argv[1], sys.argv[2], method=sys.argv[3], n=1, batch_size=32, progress=False)

@@ -70,7 +70,7 @@ def plain_loop(model: str, manifest: Path, out: Path, steps: int, strength: floa
 
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    from genaug.devices import model_dtype, resolve_device
+    from genaug.core.devices import model_dtype, resolve_device
 
     device = resolve_device(None)
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False,
@@ -101,7 +101,7 @@ def main() -> None:
     ap.add_argument("--ray", action="store_true", help="also time --executor ray with 1 and 2 workers")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from genaug.engine import augment
+    from genaug.pipeline import augment
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

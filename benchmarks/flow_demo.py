@@ -18,7 +18,7 @@ from genaug.demo import format_table, run_demo
 from genaug.flow.model import FlowModel
 from genaug.flow.train import reconstruction_error
 from genaug.scoring import synthetic_metrics
-from genaug.train.data import load_real
+from genaug.data.imageset import load_real
 
 
 def main() -> None:

@@ -174,7 +174,7 @@ def test_text2img_and_inpaint_shapes_masks_and_batch_invariance(tiny_models, dig
     from PIL import Image
 
     from genaug.components.diffusion import Diffusion
-    from genaug.config import ConfigError
+    from genaug.core.config import ConfigError
 
     images = [im.convert("RGB").resize((24, 20)) for im in digit_images[0][:3]]
     mask = Image.fromarray(np.pad(np.full((10, 12), 255, np.uint8), ((5, 5), (6, 6))))

@@ -11,7 +11,7 @@ from conftest import TINY_FLOW, cli, make_imagefolder, read_rows
 from genaug import Example, create_method
 from genaug.flow.model import FlowModel
 from genaug.flow.train import fit_flow
-from genaug.train.data import load_real
+from genaug.data.imageset import load_real
 
 UNET = "unet/diffusion_pytorch_model.safetensors"
 

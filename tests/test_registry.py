@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from genaug import Example, create_method, get_method_class, list_methods, register_method
-from genaug.config import ConfigError, parse_overrides
+from genaug.core.config import ConfigError, parse_overrides
 from genaug.methods import Method
 
 

@@ -91,7 +91,7 @@ def test_aga_identity_keeps_the_subject_pixels_and_records_everything(cutouts, b
 
 def test_aga_offline_copy_paste_composites_are_plausible(cutouts, backgrounds, tmp_path):
     """The real-data check: real digits pasted onto real photos, with the default transforms."""
-    from genaug.viz import save_grid
+    from genaug.bench.grids import save_grid
 
     out = tmp_path / "aga"
     cli("augment", cutouts, "--method", "aga", "--out", out, "-n", 4, f"backgrounds_dir={backgrounds}")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .config import ConfigError, load_yaml, merge, parse_overrides
+from .core.config import ConfigError, load_yaml, merge, parse_overrides
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Generative data augmentation for image classification.")
@@ -22,7 +22,7 @@ def _fail(msg: str) -> None:
 @app.command()
 def methods() -> None:
     """List every registered method: its name, then a one-line description."""
-    from .registry import get_method_class, list_methods
+    from .methods.registry import get_method_class, list_methods
 
     names = list_methods()
     width = max(map(len, names))
@@ -59,7 +59,7 @@ def augment(
     num_gpus_per_worker: Annotated[Optional[float], typer.Option("--num-gpus-per-worker", help="GPUs per Ray actor (fractions share a GPU) [0]")] = None,
 ) -> None:
     """Write N new labelled images per source image, with provenance; resumes where a previous run stopped."""
-    from .engine import augment as run_augment
+    from .pipeline import augment as run_augment
 
     try:
         cfg = _run_config(config, overrides or [], method=method, n=n, seed=seed, batch_size=batch_size,
@@ -199,7 +199,7 @@ def metrics(
             clip_model = Clip(clip)
         extractor = clip_model.as_feature_extractor() if features == "clip" else None
         if features == "inception":
-            from .train.models import InceptionFeatures
+            from .features import InceptionFeatures
 
             extractor = InceptionFeatures(str(inception_weights) if inception_weights else None)
         r = synthetic_metrics(real, synthetic, extractor=extractor, k=k, feature_size=feature_size,

@@ -26,9 +26,9 @@ from .bench.report import summarize, write_report, write_results
 from .bench.run import train_cached
 from .data.builtin import export_builtin, fashion_mnist_available
 from .data.splits import make_splits
-from .engine import augment
+from .pipeline import augment
 from .flow.train import fit_flow
-from .viz import save_grid
+from .bench.grids import save_grid
 
 ARMS = ("real", "classical", "semantic_flow", "both")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from markupsafe import Markup
 
-from ..config import ConfigError
+from ..core.config import ConfigError
 
 GROUP = ["arm", "kind", "split", "synthetic_prob"]
 
@@ -80,7 +80,7 @@ def _proportion_plot(summary: pd.DataFrame, path: Path) -> Path | None:
 
 
 def _grids(root: Path) -> dict[str, Path]:
-    from ..viz import save_grid
+    from .grids import save_grid
 
     grids = {}
     syn_root = root / "synthetic"

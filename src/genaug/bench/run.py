@@ -23,12 +23,12 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from ..config import ConfigError, build_config, config_dataclass, config_hash, to_dict
+from ..core.config import ConfigError, build_config, config_dataclass, config_hash, to_dict
 from ..data.builtin import BUILTIN, export_builtin
 from ..data.splits import make_splits, split_name
-from ..engine import augment
-from ..logging import get_logger
-from ..registry import get_method_class
+from ..pipeline import augment
+from ..core.log import get_logger
+from ..methods.registry import get_method_class
 from ..train import TrainConfig, train
 
 log = get_logger(__name__)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..devices import model_dtype, resolve_device
+from ..core.devices import model_dtype, resolve_device
 from .hub import load_pretrained, local_override
 
 BLIP_MODEL = "Salesforce/blip-image-captioning-base"

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..devices import model_dtype, resolve_device
+from ..core.devices import model_dtype, resolve_device
 from .hub import load_pretrained, local_override
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"

@@ -23,8 +23,8 @@ from PIL import Image
 
 from pydantic import Field
 
-from ..config import ConfigError, config_dataclass
-from ..devices import model_dtype, resolve_device
+from ..core.config import ConfigError, config_dataclass
+from ..core.devices import model_dtype, resolve_device
 from .hub import absent_components, load_pretrained, local_override
 
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ..config import ConfigError
-from ..logging import get_logger
+from ..core.config import ConfigError
+from ..core.log import get_logger
 
 log = get_logger(__name__)
 

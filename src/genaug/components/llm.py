@@ -24,8 +24,8 @@ import unicodedata
 import torch
 from pydantic import Field
 
-from ..config import ConfigError, config_dataclass
-from ..devices import model_dtype, resolve_device
+from ..core.config import ConfigError, config_dataclass
+from ..core.devices import model_dtype, resolve_device
 from .captioner import JsonCache
 from .hub import load_pretrained, local_override
 

@@ -18,8 +18,8 @@ from PIL import Image
 
 from pydantic import Field
 
-from ..config import config_dataclass
-from ..devices import resolve_device
+from ..core.config import config_dataclass
+from ..core.devices import resolve_device
 from .captioner import cache_root, image_key
 from .hub import load_pretrained, local_override
 

@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from ..config import config_dataclass
+from ..core.config import config_dataclass
 from .captioner import cache_root
 
 TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",

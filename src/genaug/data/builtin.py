@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..config import ConfigError
+from ..core.config import ConfigError
 from .labels import label_folder
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError
-from ..logging import get_logger
-from ..types import Example
+from ..core.config import ConfigError
+from ..core.log import get_logger
+from ..core.records import Example
 from .images import InputConfig, Rejected, is_image_name, load_image, load_mask
 
 log = get_logger(__name__)

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..config import ConfigError
-from ..seeding import derive_seed
+from ..core.config import ConfigError
+from ..core.seeding import derive_seed
 from .sources import Record, Source
 
 

@@ -21,16 +21,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from ..config import ConfigError
-from ..logging import get_logger
+from ..core.config import ConfigError
+from ..core.log import get_logger
+from ..core.files import atomic_write
 from .labels import label_folder
+from .metadata import CONFIG, MANIFEST, METADATA, REJECTED, dumps_row, iter_lines, write_manifest_parquet
 
 log = get_logger(__name__)
 TMP_DIR = ".genaug-tmp"
-METADATA = "metadata.jsonl"
-MANIFEST = "manifest.parquet"
-CONFIG = "config.yaml"
-REJECTED = "rejected.jsonl"
 _OUR_PNG = re.compile(r"_[0-9a-f]{8}_v\d+\.png$")
 
 
@@ -50,22 +48,6 @@ def encode_png(image) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _json_default(o: Any):
-    if hasattr(o, "item"):  # numpy / torch scalars
-        return o.item()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    raise TypeError(f"cannot record {type(o).__name__} in the manifest")
-
-
 class OutputDir:
     def __init__(self, root: str | Path, config: dict[str, Any], identity_keys: Iterable[str]):
         self.root = Path(root)
@@ -76,7 +58,7 @@ class OutputDir:
         self.tmp = self.root / TMP_DIR
         shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of a killed run
         self.tmp.mkdir()
-        _atomic_write_text(self.root / CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+        atomic_write(self.root / CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
         self.done, rows_dropped = self._load_rows()
         self._meta = open(self.root / METADATA, "a", encoding="utf-8")
         self._rejected_tmp = open(self.tmp / REJECTED, "w", encoding="utf-8")
@@ -105,22 +87,20 @@ class OutputDir:
         if not path.exists():
             return done, False
         kept, dropped = [], 0
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                    key = (row["source_id"], int(row["variant"]))
-                    ok = key not in done and (self.root / row["file_name"]).is_file()
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    ok = False  # a row torn by a kill mid-write
-                if ok:
-                    done[key] = row["file_name"]
-                    kept.append(line if line.endswith("\n") else line + "\n")
-                else:
-                    dropped += 1
+        for line, row in iter_lines(self.root):
+            try:
+                key = (row["source_id"], int(row["variant"]))
+                ok = key not in done and (self.root / row["file_name"]).is_file()
+            except (KeyError, TypeError, ValueError):
+                ok = False  # a row torn by a kill mid-write
+            if ok:
+                done[key] = row["file_name"]
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
         if dropped:
             log.info("dropped %d incomplete metadata row(s) from an interrupted run", dropped)
-            _atomic_write_text(path, "".join(kept))
+            atomic_write(path, "".join(kept))
         return done, dropped > 0
 
     def _manifest_matches(self) -> bool:
@@ -141,7 +121,7 @@ class OutputDir:
         tmp = self.tmp / f"{uuid.uuid4().hex}.png"
         tmp.write_bytes(image if isinstance(image, bytes) else encode_png(image))
         os.replace(tmp, final)
-        self._meta.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+        self._meta.write(dumps_row(row) + "\n")
         self._meta.flush()
         self.done[(row["source_id"], int(row["variant"]))] = row["file_name"]
         self._changed = True
@@ -176,17 +156,3 @@ class OutputDir:
 
     def _write_manifest(self) -> None:
         write_manifest_parquet(self.root)
-
-
-def write_manifest_parquet(root: Path) -> None:
-    """`manifest.parquet` = the rows of `metadata.jsonl`, sorted by file_name, written atomically."""
-    path = root / MANIFEST
-    with open(root / METADATA, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    if not rows:
-        path.unlink(missing_ok=True)
-        return
-    rows.sort(key=lambda r: r["file_name"])
-    tmp = root / f".{MANIFEST}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(pa.Table.from_pylist(rows), tmp)
-    os.replace(tmp, path)

@@ -1,3 +1,3 @@
-from .local import RunConfig, RunSummary, augment
+from .core import Plan, RunConfig, RunSummary, generate, plan
 
-__all__ = ["RunConfig", "RunSummary", "augment"]
+__all__ = ["Plan", "RunConfig", "RunSummary", "generate", "plan"]

@@ -25,9 +25,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..config import ConfigError
-from ..logging import get_logger
-from ..seeding import derive_seed
+from ..core.config import ConfigError
+from ..core.log import get_logger
 
 log = get_logger(__name__)
 # Environment the actors need to behave like the driver (offline mode, caches, verbosity).
@@ -65,10 +64,10 @@ class GenaugWorker:
         import torch
 
         from ..components.hub import models_dir
-        from ..config import build_config
+        from ..core.config import build_config
         from ..data.images import InputConfig
         from ..data.sources import Source
-        from ..registry import create_method
+        from ..methods.registry import create_method
 
         if threads:
             torch.set_num_threads(threads)  # actors are reused processes: set it explicitly
@@ -82,14 +81,15 @@ class GenaugWorker:
     def __call__(self, batch: dict) -> dict[str, list]:
         from ..data.images import Rejected
         from ..data.sources import Record, load_example
-        from ..data.writer import _json_default, encode_png
-        from .local import generate
+        from ..data.metadata import dumps_row
+        from ..data.writer import encode_png
+        from .core import generate
 
         out: dict[str, list] = {"kind": [], "row": [], "png": []}
 
         def emit(kind: str, row: dict, png: bytes = b"") -> None:
             out["kind"].append(kind)
-            out["row"].append(json.dumps(row, ensure_ascii=False, default=_json_default))
+            out["row"].append(dumps_row(row))
             out["png"].append(png)
 
         loaded: dict[str, Any] = {}
@@ -131,12 +131,10 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
     run, outdir = p.run, p.outdir
 
     rows = []
-    for rec in p.source.records():
-        todo = [k for k in range(run.n) if not outdir.is_done(rec.id, k)]
-        summary.already_done += run.n - len(todo)
+    for rec, todo in p.pending(summary):
         summary.sources += 1
         rows += [{"id": rec.id, "path": rec.path, "label": rec.label or "", "mask_path": rec.mask_path or "",
-                  "error": rec.error or "", "variant": k, "seed": derive_seed(run.seed, rec.id, k)} for k in todo]
+                  "error": rec.error or "", "variant": k, "seed": s} for k, s in todo]
     if not rows:
         return
     p.prepare()  # once, on the driver: its caches are what the actors' own prepare finds

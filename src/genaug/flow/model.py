@@ -155,7 +155,7 @@ class FlowModel(nn.Module, FlowODE):
 
         directory = Path(directory)
         if not (directory / FLOW_CONFIG).is_file():
-            from ..config import ConfigError
+            from ..core.config import ConfigError
 
             raise ConfigError(f"{directory} is not a genaug flow model (no {FLOW_CONFIG}); train one with genaug fit-flow")
         unet = UNet2DModel.from_pretrained(directory / "unet", use_safetensors=True)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..components.hub import absent_components, load_pretrained, local_override
-from ..devices import model_dtype, resolve_device
+from ..core.devices import model_dtype, resolve_device
 from .model import FlowODE, run_fixed
 
 
@@ -29,7 +29,7 @@ class PipelineFlow(FlowODE):
                                     dtype=dtype, **absent_components(model)).to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         if not hasattr(self.pipe, "transformer") or "FlowMatch" not in type(self.pipe.scheduler).__name__:
-            from ..config import ConfigError
+            from ..core.config import ConfigError
 
             raise ConfigError(f"{model} is a {type(self.pipe).__name__} with a {type(self.pipe.scheduler).__name__}; "
                               "semantic_flow needs a rectified-flow pipeline (SD3 family, FlowMatchEulerDiscreteScheduler)")
@@ -98,7 +98,7 @@ class PipelineFlow(FlowODE):
         if t_from == t_to:
             return x
         if solver != "euler":
-            from ..config import ConfigError
+            from ..core.config import ConfigError
 
             raise ConfigError("with a diffusers pipeline, semantic_flow integrates on the scheduler's grid: solver=euler")
         s_from, s_to = 1 - t_from, 1 - t_to

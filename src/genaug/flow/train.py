@@ -18,10 +18,10 @@ import yaml
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, build_config, config_dataclass, to_dict
-from ..devices import resolve_device
-from ..logging import get_logger
-from ..train.data import load_real
+from ..core.config import ConfigError, build_config, config_dataclass, to_dict
+from ..core.devices import resolve_device
+from ..core.log import get_logger
+from ..data.imageset import load_real
 from .model import FlowModel, FlowSpec, make_unet
 
 log = get_logger(__name__)

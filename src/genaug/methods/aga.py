@@ -25,11 +25,11 @@ from pydantic import Field
 from ..components.diffusion import SDXL_MODEL, PipelineOptions
 from ..components.llm import LLMOptions
 from ..components.segment import MaskOptions
-from ..config import ConfigError, config_dataclass
+from ..core.config import ConfigError, config_dataclass
 from ..data.images import Rejected, is_image_name
-from ..registry import register_method
-from ..seeding import derive_seed
-from ..types import Example, Synthetic
+from .registry import register_method
+from ..core.seeding import derive_seed
+from ..core.records import Example, Synthetic
 from .base import Method
 
 INSTRUCTIONS = ("Write a one-sentence caption for a realistic photo of",

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..types import Example, Synthetic
+from ..core.records import Example, Synthetic
 
 
 class Method(ABC):
@@ -43,10 +43,11 @@ class Method(ABC):
         plus whatever the method learned while applying them."""
         return {**{k: v for k, v in params.items() if k != "seed"}, **applied}
 
-    def finish(self, out, source) -> dict[str, Any] | None:
-        """After every image of a run is written (and again on a rerun of a finished run: make it cheap
-        then): whole-output work such as DIAGen's weighting. Returns a summary to report, or None."""
-        return None
+    def stages(self) -> list[tuple[str, dict[str, Any]]]:
+        """Post-generation stages the paper puts after generation, as `(stage, options)`: run by the pipeline on
+        the finished output folder (and again on a rerun, where they must be cheap), e.g. DIAGen's
+        `("weight", {...})`. A method never opens its output folder itself."""
+        return []
 
     def models(self) -> dict[str, dict[str, str]]:
         """The pretrained models used, as `{role: {"id": ..., "revision": ...}}`, for provenance."""

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torchvision.transforms import v2
 
-from ..config import config_dataclass
-from ..registry import register_method
-from ..types import Example, Synthetic
+from ..core.config import config_dataclass
+from .registry import register_method
+from ..core.records import Example, Synthetic
 from .base import Method
 
 Interpolation = Literal["nearest", "bilinear", "bicubic"]

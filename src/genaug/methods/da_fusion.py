@@ -10,9 +10,9 @@ from pydantic import Field
 
 from ..components.diffusion import SD15_MODEL, PipelineOptions
 from ..components.textual_inversion import TextualInversionOptions
-from ..config import ConfigError, config_dataclass
-from ..registry import register_method
-from ..types import Example, Synthetic
+from ..core.config import ConfigError, config_dataclass
+from .registry import register_method
+from ..core.records import Example, Synthetic
 from .base import Method
 
 

@@ -9,15 +9,13 @@ Few-Shot Learning", GCPR 2024), built on DA-Fusion:
    model did not write (no model configured, or a bad completion) come from a deterministic template over
    the same slots, and every image records which source its prompt came from;
 4. Stable Diffusion img2img at strength 0.7, guidance 15, M = 10 images per real image;
-5. weighting (`finish`): a classifier trained on the real images, calibrated by temperature scaling on
+5. weighting (the `weight` stage, run by the pipeline after generation): a classifier trained on the real images, calibrated by temperature scaling on
    held-out real images, scores each synthetic image; weight 1 if p >= 0.5 else 2p, normalised per source
    (see `genaug.scoring.weighting`), written to the manifest's `weight` column.
 """
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -26,10 +24,10 @@ from pydantic import Field
 
 from ..components.llm import LLMOptions
 from ..components.textual_inversion import token_vectors
-from ..config import ConfigError, config_dataclass
-from ..registry import register_method
-from ..seeding import derive_seed
-from ..types import Example, Synthetic
+from ..core.config import ConfigError, config_dataclass
+from .registry import register_method
+from ..core.seeding import derive_seed
+from ..core.records import Example, Synthetic
 from .da_fusion import DAFusion
 
 SLOTS = ("adjective", "location", "weather", "time")
@@ -175,28 +173,10 @@ class DIAGen(DAFusion):
         return [Synthetic(image=im, label=ex.label, source_id=ex.id, params=self.recorded(p))
                 for im, ex, p in zip(images, batch, params)]
 
-    # ---- weighting -------------------------------------------------------------------------------
-    def finish(self, out, source) -> dict[str, Any] | None:
+    # ---- weighting ------------------------------------------------------------------------------
+    def stages(self) -> list[tuple[str, dict[str, Any]]]:
         c = self.config
         if c.weighting == "none":
-            return None
-        from ..data.writer import METADATA
-        from ..scoring.weighting import weight_synthetic
-
-        out = Path(out)
-        with open(out / METADATA, encoding="utf-8") as f:
-            n_rows = sum(1 for line in f if line.strip())
-        done = out / "weighting.json"
-        if done.is_file():  # a rerun of a finished, weighted run: nothing new to weigh
-            previous = json.loads(done.read_text())
-            if previous.get("n_synthetic") == n_rows and previous.get("rule") == c.weighting:
-                return {"weighting": f"unchanged ({n_rows} images already weighted)"}
-        try:
-            r = weight_synthetic(out, source.root, rule=c.weighting, holdout=c.weight_holdout,
-                                 classifier={"epochs": c.weight_epochs}, seed=c.weight_seed)
-        except ConfigError as e:  # the images are written; say why they are unweighted and how to weigh them
-            return {"weighting": f"skipped ({e}); every image keeps weight 1 — fix that and rerun, or use "
-                                 f"`genaug weight {out} --real <real images>`"}
-        return {"weighting": c.weighting, "temperature": round(r["temperature"], 4),
-                "holdout_nll": f"{r['holdout_nll_before']:.4f} -> {r['holdout_nll_after']:.4f}",
-                "mean_confidence": round(r["mean_confidence"], 4), "zero_weight": r["zero_weight"]}
+            return []
+        return [("weight", {"rule": c.weighting, "holdout": c.weight_holdout,
+                            "classifier": {"epochs": c.weight_epochs}, "seed": c.weight_seed})]

@@ -28,10 +28,10 @@ from pydantic import Field
 from ..components.diffusion import SD15_INPAINT_MODEL, PipelineOptions, text_encoders
 from ..components.segment import MaskOptions, dilate, to_bool
 from ..components.textual_inversion import TextualInversionOptions, token_vectors
-from ..config import ConfigError, config_dataclass
+from ..core.config import ConfigError, config_dataclass
 from ..data.images import Rejected
-from ..registry import register_method
-from ..types import Example, Synthetic
+from .registry import register_method
+from ..core.records import Example, Synthetic
 from .base import Method
 
 

@@ -9,9 +9,9 @@ import numpy as np
 from pydantic import Field
 
 from ..components.diffusion import SD15_MODEL, PipelineOptions
-from ..config import ConfigError, config_dataclass
-from ..registry import register_method
-from ..types import Example, Synthetic
+from ..core.config import ConfigError, config_dataclass
+from .registry import register_method
+from ..core.records import Example, Synthetic
 from .base import Method
 
 

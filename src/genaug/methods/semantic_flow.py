@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..config import ConfigError, config_dataclass
-from ..devices import resolve_device
+from ..core.config import ConfigError, config_dataclass
+from ..core.devices import resolve_device
 from ..flow.model import take
-from ..registry import register_method
-from ..types import Example, Synthetic
+from .registry import register_method
+from ..core.records import Example, Synthetic
 from .base import Method
 
 

@@ -22,9 +22,9 @@ from pydantic import Field
 from ..components.captioner import BLIP_MODEL, Captioner, JsonCache, image_key
 from ..components.clip import Clip
 from ..components.diffusion import SD15_MODEL, Diffusion
-from ..config import ConfigError, config_dataclass
-from ..registry import register_method
-from ..types import Example, Synthetic
+from ..core.config import ConfigError, config_dataclass
+from .registry import register_method
+from ..core.records import Example, Synthetic
 from .base import Method
 
 CLIP_B32 = "openai/clip-vit-base-patch32"

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..config import ConfigError
-from ..train.data import ImageSet, load_any
+from ..core.config import ConfigError
+from ..data.imageset import ImageSet, load_any
 
 
 class _Precomputed(nn.Module):
@@ -81,7 +81,7 @@ def synthetic_metrics(real: str | Path, synthetic: str | Path, extractor: nn.Mod
     `prompt` filled with its label.
     """
     if extractor is None:
-        from ..train.models import ImageFeatures
+        from ..features import ImageFeatures
 
         extractor = ImageFeatures(size=feature_size)
     real_set, syn_set = load_any(real, image_size, "real"), load_any(synthetic, image_size, "synthetic")

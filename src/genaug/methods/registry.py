@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import ConfigError, build_config
+from ..core.config import ConfigError, build_config
 
 _METHODS: dict[str, type] = {}
 KINDS = ("generator", "batch")
@@ -32,7 +32,7 @@ def register_method(name: str):
 
 
 def _ensure_builtin() -> None:
-    from . import methods  # noqa: F401  (importing registers the built-in methods)
+    from . import aga, classical, da_fusion, diagen, inpaint, real_guidance, semantic_flow, sgid  # noqa: F401
 
 
 def list_methods(kind: str | None = None) -> list[str]:

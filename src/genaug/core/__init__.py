@@ -1,0 +1,1 @@
+"""The bottom layer: records, configuration, seeding, devices, logging, file helpers. Imports nothing of genaug."""

