@@ -139,7 +139,8 @@ def test_online_augmentations_train(digits_folder, tmp_path, augment):
 
 @pytest.mark.parametrize("cfg, message", [
     ({"mode": "linear"}, "needs pretrained"), ({"pretrained": "x.pth"}, "mode=scratch"),
-    ({"model": "no_such_model"}, "unknown model"), ({"epochs": 0}, "epochs"), ({"synthetic_prob": 2}, "synthetic_prob")])
+    ({"model": "no_such_model"}, "unknown model"), ({"epochs": 0}, "epochs"), ({"synthetic_prob": 2}, "synthetic_prob"),
+    ({"augment": "real_guidance"}, "not a training transform")])
 def test_bad_training_options(digits_folder, tmp_path, cfg, message):
     res = cli("train", "--real", digits_folder, "--out", tmp_path / "r", *[f"{k}={v}" for k, v in cfg.items()], expect=2)
     assert message in res.output

@@ -33,6 +33,11 @@ def augment(source: str | Path, out: str | Path, method: str, n: int | None = No
         raise ConfigError(f"unknown executor {executor!r}: local or ray")
     if executor == "local" and executor_options:
         raise ConfigError(f"options {sorted(executor_options)} need --executor ray")
+    from .train.transforms import BATCH_TRANSFORMS
+
+    if method in BATCH_TRANSFORMS:
+        raise ConfigError(f"{method!r} is a batch-level augmentation applied while training (genaug train "
+                          f"augment={method}); it writes no images. Generators: see `genaug methods`.")
     p = plan(source, out, method, n, seed, batch_size, options, input, models)
     summary = RunSummary(out=Path(out), warnings=list(p.source.warnings))
     t0 = time.perf_counter()

@@ -30,6 +30,7 @@ from ..pipeline import augment
 from ..core.log import get_logger
 from ..methods.registry import get_method_class
 from ..train import TrainConfig, train
+from ..train.transforms import BATCH_TRANSFORMS
 
 log = get_logger(__name__)
 REAL = "real"
@@ -81,6 +82,16 @@ def _resolve_data(spec: DataSpec, root: Path) -> tuple[str, str | None]:
     return train_src, test
 
 
+def _kind(method: str) -> str:
+    """`real`, `generator` (a registered method: offline images) or `batch` (CutMix / MixUp while training)."""
+    if method == REAL:
+        return REAL
+    if method in BATCH_TRANSFORMS:
+        return "batch"
+    get_method_class(method)  # a clear error for an unknown name
+    return "generator"
+
+
 def _arm_name(arm: ArmSpec) -> str:
     return arm.name or arm.method
 
@@ -106,8 +117,7 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
     cfg = config if isinstance(config, BenchConfig) else build_config(BenchConfig, config, where="bench")
     base_train = build_config(TrainConfig, cfg.train, where="bench train")
     for arm in cfg.methods:
-        if arm.method != REAL:
-            get_method_class(arm.method)  # an unknown method fails now, not after an hour of training
+        _kind(arm.method)  # an unknown method fails now, not after an hour of training
     arms = [ArmSpec(method=REAL)] + [a for a in cfg.methods if a.method != REAL]
     names = [_arm_name(a) for a in arms]
     if len(set(names)) != len(names):
@@ -125,7 +135,7 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
             sdir = root / "splits" / split / f"seed-{seed}"
             val = sdir / "val.csv" if cfg.splits.val else None
             for arm in arms:
-                kind = REAL if arm.method == REAL else get_method_class(arm.method).kind
+                kind = _kind(arm.method)
                 name = _arm_name(arm)
                 tcfg = {**to_dict(base_train), "seed": seed}
                 synthetic, gen_seconds, probs = [], 0.0, [None]

@@ -119,9 +119,6 @@ def plan(source: str | Path, out: str | Path, method: str, n: int | None = None,
                                        options=options or {}, input=input or {},
                                        models=str(models) if models else None), where="run")
     cls = get_method_class(run.method)
-    if cls.kind != "generator":
-        raise ConfigError(f"{run.method!r} is a batch-level augmentation applied while training; it writes no images. "
-                          f"Generators: see `genaug methods`.")
     input_cfg = build_config(InputConfig, run.input, where="input")
     src = Source(source)  # a bad source fails before any model is loaded
     with models_dir(run.models):

@@ -12,7 +12,6 @@ from ..core.records import Example, Synthetic
 
 class Method(ABC):
     name: ClassVar[str]  # set by @register_method
-    kind: ClassVar[str] = "generator"
     version: ClassVar[str] = "1"  # bump when the same params would give other pixels
     description: ClassVar[str] = ""
     default_batch_size: ClassVar[int] = 16  # images per call when the user does not say (--batch-size)

@@ -2,8 +2,9 @@
 
 As offline generators (`genaug augment`), each output image is drawn with torch's RNG seeded by its own
 variant seed, so it is reproducible in any batch and order; what was applied (ops and magnitudes, crop
-and erase boxes) is recorded in the manifest. CutMix and MixUp mix pairs of images inside a training
-batch, so they are registered as kind "batch" and used by training, not by `augment`.
+and erase boxes) is recorded in the manifest. Training applies the same classes online
+(`genaug.train.transforms`); CutMix and MixUp mix pairs of images inside a training batch, so they live
+there, not in the method registry.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torchvision.transforms import v2
 
@@ -171,54 +171,3 @@ class FlipCrop(_SeededTorchvision):
         if flip:
             image = v2.functional.horizontal_flip(image)
         return image, {"crop": _box(p["top"], p["left"], p["height"], p["width"]), "flip": flip}
-
-
-class _BatchMix(ABC):
-    """Batch-level mixing for training: `make_transform(num_classes)` returns a callable taking
-    `(images, int labels)` and returning `(images, soft labels)`; with probability `1 - p` the batch is
-    left unmixed (one-hot labels), so the output type never depends on the draw."""
-
-    kind = "batch"
-
-    def __init__(self, config, components=None):
-        self.config = config
-
-    @abstractmethod
-    def mixer(self, num_classes: int):
-        """The torchvision v2 mixing transform."""
-
-    def make_transform(self, num_classes: int):
-        mix, p = self.mixer(num_classes), self.config.p
-
-        def transform(images: torch.Tensor, labels: torch.Tensor):
-            if torch.rand(()) < p:
-                return mix(images, labels)
-            return images, F.one_hot(labels, num_classes).to(torch.float32)
-
-        return transform
-
-
-@register_method("cutmix")
-class CutMix(_BatchMix):
-    description = "CutMix (Yun et al. 2019), batch-level at training time: alpha=1, applied with p=0.5"
-
-    @config_dataclass
-    class Config:
-        alpha: float = Field(1.0, gt=0)
-        p: float = Field(0.5, ge=0, le=1)
-
-    def mixer(self, num_classes: int):
-        return v2.CutMix(num_classes=num_classes, alpha=self.config.alpha)
-
-
-@register_method("mixup")
-class MixUp(_BatchMix):
-    description = "MixUp (Zhang et al. 2018), batch-level at training time: alpha=0.2, applied with p=1"
-
-    @config_dataclass
-    class Config:
-        alpha: float = Field(0.2, gt=0)
-        p: float = Field(1.0, ge=0, le=1)
-
-    def mixer(self, num_classes: int):
-        return v2.MixUp(num_classes=num_classes, alpha=self.config.alpha)

@@ -1,8 +1,7 @@
 """Method registry: plain dicts, a decorator, and `create_method` (timm's `_registry.py` pattern).
 
-Two kinds of method share one vocabulary:
-- "generator": writes new images offline (`genaug augment`), one per (source image, variant).
-- "batch": mixes images of a training batch (CutMix, MixUp); used by training, not by `augment`.
+Every registered method is a generator: it writes new images offline (`genaug augment`), one per (source
+image, variant). Training-time transforms (CutMix, MixUp, online RandAugment, …) are `genaug.train.transforms`.
 """
 from __future__ import annotations
 
@@ -11,17 +10,14 @@ from typing import Any
 from ..core.config import ConfigError, build_config
 
 _METHODS: dict[str, type] = {}
-KINDS = ("generator", "batch")
 
 
 def register_method(name: str):
-    """Class decorator: `@register_method("randaugment")`. The class needs `Config`, `description`, `kind`."""
+    """Class decorator: `@register_method("randaugment")`. The class needs `Config` and `description`."""
 
     def wrap(cls):
         if name in _METHODS and _METHODS[name] is not cls:
             raise ValueError(f"method {name!r} is already registered by {_METHODS[name].__qualname__}")
-        if getattr(cls, "kind", None) not in KINDS:
-            raise ValueError(f"method {name!r}: kind must be one of {KINDS}")
         if not getattr(cls, "description", ""):
             raise ValueError(f"method {name!r} needs a one-line description")
         cls.name = name
@@ -35,9 +31,9 @@ def _ensure_builtin() -> None:
     from . import aga, classical, da_fusion, diagen, inpaint, real_guidance, semantic_flow, sgid  # noqa: F401
 
 
-def list_methods(kind: str | None = None) -> list[str]:
+def list_methods() -> list[str]:
     _ensure_builtin()
-    return sorted(n for n, c in _METHODS.items() if kind is None or c.kind == kind)
+    return sorted(_METHODS)
 
 
 def get_method_class(name: str) -> type:

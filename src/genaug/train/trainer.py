@@ -27,12 +27,11 @@ from tqdm.auto import tqdm
 from ..core.config import ConfigError, build_config, config_dataclass, to_dict
 from ..core.devices import resolve_device
 from ..core.log import get_logger
-from ..methods.registry import create_method, get_method_class
 from ..core.seeding import derive_seed
-from ..core.records import Example
 from ..data.imageset import ImageSet, concat, load_any, load_real, load_synthetic
 from ..features import normalize
 from .models import create_classifier
+from .transforms import OnlineAugment
 
 log = get_logger(__name__)
 
@@ -56,7 +55,7 @@ class TrainConfig:
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     synthetic_prob: float | None = Field(None, ge=0, le=1)
     use_weights: bool = True
-    augment: str | None = None  # online augmentation: any registered method (randaugment, cutmix, mixup, …)
+    augment: str | None = None  # online augmentation: a classical transform (randaugment, cutout, …) or cutmix / mixup
     augment_options: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
@@ -82,26 +81,6 @@ def batch_indices(n_real: int, n_syn: int, batch_size: int, steps: int, syntheti
             syn = torch.rand(len(idx), generator=generator) < synthetic_prob
             idx[syn] = n_real + torch.randint(n_syn, (int(syn.sum()),), generator=generator)
         yield idx
-
-
-class _OnlineAugment:
-    """Online augmentation with a registered method: generators run per image (seeded per sample, the same
-    code path as `genaug augment`), batch methods (CutMix, MixUp) mix the batch."""
-
-    def __init__(self, name: str, options: dict, num_classes: int, seed: int):
-        self.kind = get_method_class(name).kind
-        self.method = create_method(name, options)
-        self.mix = self.method.make_transform(num_classes) if self.kind == "batch" else None
-        self.seed = seed
-
-    def images(self, x: torch.Tensor, step: int) -> torch.Tensor:
-        if self.kind != "generator":
-            return x
-        from torchvision.transforms.v2.functional import pil_to_tensor, to_pil_image
-
-        examples = [Example(id=str(i), image=to_pil_image(img), label="", path="") for i, img in enumerate(x)]
-        params = [{"seed": derive_seed(self.seed, f"online/{step}", i)} for i in range(len(x))]
-        return torch.stack([pil_to_tensor(s.image) for s in self.method(examples, params)])
 
 
 def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, batch_size: int = 256) -> dict:
@@ -195,7 +174,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     total = steps * cfg.epochs
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
-    online = _OnlineAugment(cfg.augment, cfg.augment_options, len(classes), cfg.seed) if cfg.augment else None
+    online = OnlineAugment(cfg.augment, cfg.augment_options, len(classes), cfg.seed) if cfg.augment else None
     gen = torch.Generator().manual_seed(cfg.seed)
 
     resolved = {"real": str(real), "synthetic": [str(s) for s in synthetic], "val": str(val) if val else None,
