@@ -1,6 +1,6 @@
 """genaug: generative data augmentation for image classification."""
 from .core.version import __version__  # noqa: E402
-from .methods.registry import create_method, get_method_class, list_methods, register_method  # noqa: E402
+from .methods import create_method, get_method_class, list_methods, register_method  # noqa: E402
 from .core.records import Example, Synthetic  # noqa: E402
 
 

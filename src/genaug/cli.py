@@ -22,7 +22,7 @@ def _fail(msg: str) -> None:
 @app.command()
 def methods() -> None:
     """List every registered method: its name, then a one-line description."""
-    from .methods.registry import get_method_class, list_methods
+    from .methods import get_method_class, list_methods
 
     names = list_methods()
     width = max(map(len, names))

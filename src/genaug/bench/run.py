@@ -28,7 +28,7 @@ from ..data.builtin import BUILTIN, export_builtin
 from ..data.splits import make_splits, split_name
 from ..pipeline import augment
 from ..core.log import get_logger
-from ..methods.registry import get_method_class
+from ..methods import get_method_class
 from ..train import TrainConfig, train
 from ..train.transforms import BATCH_TRANSFORMS
 

@@ -25,7 +25,7 @@ from ..core.version import __version__
 from ..data.images import InputConfig, Rejected
 from ..data.sources import Record, Source
 from ..data.writer import OutputDir, synthetic_file_name
-from ..methods.registry import create_method, get_method_class
+from ..methods import create_method, get_method_class
 
 log = get_logger(__name__)
 # Changing any of these changes which images a run makes, so a directory refuses to resume under others.

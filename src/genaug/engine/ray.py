@@ -67,7 +67,7 @@ class GenaugWorker:
         from ..core.config import build_config
         from ..data.images import InputConfig
         from ..data.sources import Source
-        from ..methods.registry import create_method
+        from ..methods import create_method
 
         if threads:
             torch.set_num_threads(threads)  # actors are reused processes: set it explicitly
