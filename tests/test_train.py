@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli, make_imagefolder
-from genaug.train import batch_indices, create_classifier, train
+from genaug.train import SyntheticShareSampler, create_classifier, train
 
 FAST = {"epochs": 2, "batch_size": 16, "image_size": 16}
 
@@ -58,17 +58,24 @@ def test_bad_split_requests(digits_folder, tmp_path, args, message):
     assert message in cli("split", digits_folder, "--out", tmp_path / "s", *args, expect=2).output
 
 
-def test_synthetic_proportion_is_honoured():
-    g = torch.Generator().manual_seed(0)
-    idx = torch.cat(list(batch_indices(100, 500, 32, 200, 0.3, g)))
-    share = (idx >= 100).float().mean().item()
-    assert abs(share - 0.3) < 0.02
-    real = idx[idx < 100]
+def test_synthetic_share_is_exact_in_every_batch():
+    sampler = SyntheticShareSampler(batch_size=32, synthetic_share=0.3, num_batches=200, n_real=100, n_synthetic=500)
+    batches = [torch.tensor(b) for b in sampler]
+    assert len(batches) == 200 and all(len(b) == 32 for b in batches)
+    assert {int((b >= 100).sum()) for b in batches} == {round(0.3 * 32)}  # the share of every batch, not on average
+    idx = torch.cat(batches)
+    real, syn = idx[idx < 100], idx[idx >= 100]
     assert np.bincount(real.numpy(), minlength=100).min() > 0  # real images are cycled, not sampled with holes
-    g = torch.Generator().manual_seed(0)
-    pooled = torch.cat(list(batch_indices(100, 50, 10, 15, None, g)))
-    assert sorted(pooled.tolist()) == list(range(150))  # pooled: one permutation of everything per epoch
-    assert (torch.cat(list(batch_indices(100, 50, 10, 10, 0.0, torch.Generator()))) < 100).all()
+    counts = np.bincount(syn.numpy() - 100, minlength=500)
+    assert counts.max() - counts.min() <= 1  # synthetic images too: each as often as the batch count allows
+    pooled = SyntheticShareSampler(batch_size=10, synthetic_share=None, n_real=100, n_synthetic=50)
+    assert len(pooled) == 15 and sorted(i for b in pooled for i in b) == list(range(150))  # one permutation
+    none = SyntheticShareSampler(batch_size=10, synthetic_share=0.0, num_batches=10, n_real=100, n_synthetic=50)
+    assert all(i < 100 for b in none for i in b)
+    first = list(sampler)
+    assert first == list(sampler)  # seeded: the same batches again
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # and another order the next epoch
 
 
 def _fake_synthetic(src_dir, out_dir, weights):

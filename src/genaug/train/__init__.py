@@ -1,6 +1,7 @@
 from ..data.imageset import ImageSet, load_any, load_real, load_synthetic
+from .dataset import AugmentedDataset, SyntheticShareSampler
 from .models import create_classifier
-from .trainer import TrainConfig, batch_indices, evaluate, train
+from .trainer import TrainConfig, evaluate, train
 
-__all__ = ["ImageSet", "TrainConfig", "batch_indices", "create_classifier", "evaluate", "load_any",
-           "load_real", "load_synthetic", "train"]
+__all__ = ["AugmentedDataset", "ImageSet", "SyntheticShareSampler", "TrainConfig", "create_classifier", "evaluate",
+           "load_any", "load_real", "load_synthetic", "train"]

@@ -2,9 +2,12 @@
 
 Mixing real and synthetic images, as the papers do:
 - `synthetic_prob: null` (default) pools real and synthetic images and shuffles them (SGID's "added").
-- `synthetic_prob: p` draws each sample of a batch from the synthetic set with probability p, else
-  the next real image (DA-Fusion / DIAGen's synthetic probability). An epoch is one pass over the real
-  images either way, unless `steps_per_epoch` says otherwise.
+- `synthetic_prob: p` makes synthetic images a fixed share of every batch: round(p × batch_size) of them
+  (DA-Fusion / DIAGen's synthetic probability, without its batch-to-batch noise). An epoch is
+  ceil(images / batch_size) steps (real images, or the pool when pooled), unless `steps_per_epoch` says
+  otherwise.
+The data and the batches come from `AugmentedDataset` and `SyntheticShareSampler` (train/dataset.py), the
+same pieces a user can put into a training loop of their own.
 - Per-image weights from the synthetic manifest (`weight`, e.g. DIAGen's confidence weights) scale each
   sample's loss: loss = mean_i(w_i * CE_i), real images have weight 1. Weight-0 images are never drawn.
 """
@@ -28,7 +31,8 @@ from ..core.config import ConfigError, build_config, config_dataclass, to_dict
 from ..core.devices import resolve_device
 from ..core.log import get_logger
 from ..core.seeding import derive_seed
-from ..data.imageset import ImageSet, concat, load_any, load_real, load_synthetic
+from ..data.imageset import ImageSet, load_any
+from .dataset import AugmentedDataset, SyntheticShareSampler
 from ..features import normalize
 from .models import create_classifier
 from .transforms import OnlineAugment
@@ -62,25 +66,6 @@ class TrainConfig:
     eval_batch_size: int = Field(256, ge=1)
     sic_images: int = Field(0, ge=0)  # > 0: SIC explainability score (AGA) on this many test images
     sic_saliency: Literal["integrated_gradients", "saliency"] = "integrated_gradients"
-
-
-def batch_indices(n_real: int, n_syn: int, batch_size: int, steps: int, synthetic_prob: float | None,
-                  generator: torch.Generator):
-    """Indices into `concat(real, synthetic)` for `steps` batches of one epoch."""
-    if synthetic_prob is None:
-        n = n_real + n_syn
-        order = torch.randperm(n, generator=generator)
-        order = order.repeat(math.ceil(steps * batch_size / n))
-        for s in range(steps):
-            yield order[s * batch_size:(s + 1) * batch_size]
-        return
-    order = torch.randperm(n_real, generator=generator).repeat(math.ceil(steps * batch_size / max(n_real, 1)))
-    for s in range(steps):
-        idx = order[s * batch_size:(s + 1) * batch_size].clone()
-        if n_syn:
-            syn = torch.rand(len(idx), generator=generator) < synthetic_prob
-            idx[syn] = n_real + torch.randint(n_syn, (int(syn.sum()),), generator=generator)
-        yield idx
 
 
 def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, batch_size: int = 256) -> dict:
@@ -151,16 +136,8 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
 
-    real_set = load_real(real, cfg.image_size, "real")
-    classes = sorted(set(real_set.labels))
-    syn_sets = [load_synthetic(s, cfg.image_size) for s in synthetic]
-    syn_set = concat(syn_sets, cfg.image_size)
-    foreign = sorted(set(syn_set.labels) - set(classes))
-    if foreign:
-        raise ConfigError(f"synthetic labels {foreign[:5]} are not among the real classes {classes[:10]}")
-    pool = concat([real_set, syn_set], cfg.image_size)
-    targets = pool.targets(classes)
-    weights = pool.weights if cfg.use_weights else torch.ones(len(pool))
+    data = AugmentedDataset(real, synthetic, cfg.image_size, use_weights=cfg.use_weights)
+    classes = data.classes
     val_set = load_any(val, cfg.image_size, "val") if val else None
 
     model, mean, std = create_classifier(cfg.model, len(classes), cfg.pretrained, linear_probe=cfg.mode == "linear",
@@ -169,17 +146,17 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
            else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True))
-    n_base = len(real_set) + (len(syn_set) if cfg.synthetic_prob is None else 0)
+    n_base = data.n_real + (data.n_synthetic if cfg.synthetic_prob is None else 0)
     steps = cfg.steps_per_epoch or max(1, math.ceil(n_base / cfg.batch_size))
+    sampler = SyntheticShareSampler(data, cfg.batch_size, cfg.synthetic_prob, num_batches=steps, seed=cfg.seed)
     total = steps * cfg.epochs
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     online = OnlineAugment(cfg.augment, cfg.augment_options, len(classes), cfg.seed) if cfg.augment else None
-    gen = torch.Generator().manual_seed(cfg.seed)
 
     resolved = {"real": str(real), "synthetic": [str(s) for s in synthetic], "val": str(val) if val else None,
                 "test": str(test) if test else None, "ood": {k: str(v) for k, v in (ood or {}).items()},
-                "classes": classes, "n_real": len(real_set), "n_synthetic": len(syn_set), "steps_per_epoch": steps,
+                "classes": classes, "n_real": data.n_real, "n_synthetic": data.n_synthetic, "steps_per_epoch": steps,
                 "train": to_dict(cfg)}
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
     meta = {"classes": classes, "model": cfg.model, "image_size": cfg.image_size, "mean": mean, "std": std}
@@ -193,9 +170,11 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
             if cfg.mode == "linear":
                 model.eval()  # frozen backbone: keep its batch-norm statistics
             t0, loss_sum, correct, seen, syn_seen = time.perf_counter(), 0.0, 0, 0, 0
-            for idx in batch_indices(len(real_set), len(syn_set), cfg.batch_size, steps, cfg.synthetic_prob, gen):
-                x, y, w = pool.images[idx], targets[idx], weights[idx]
-                syn_seen += int((idx >= len(real_set)).sum())
+            sampler.set_epoch(epoch)
+            for batch in sampler:
+                idx = torch.tensor(batch)
+                x, y, w = data.batch(idx)
+                syn_seen += int(data.is_synthetic(idx).sum())
                 if online is not None:
                     x = online.images(x, step)
                 x = normalize(x.to(device), mean, std)
@@ -237,7 +216,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
 
     load_model(model, str(out / "best.safetensors"), device=str(device))
     result: dict[str, Any] = {"run_dir": str(out), "best_epoch": best[1], "classes": classes,
-                              "n_real": len(real_set), "n_synthetic": len(syn_set),
+                              "n_real": data.n_real, "n_synthetic": data.n_synthetic,
                               "train_seconds": time.perf_counter() - t_start, "history": history}
     if val_set is not None:
         result["val"] = evaluate(model, val_set, classes, mean, std, device, cfg.eval_batch_size)
