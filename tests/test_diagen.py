@@ -1,6 +1,7 @@
 """DIAGen: embedding noise, LLM-written class prompts (local model, HTTP endpoint, template fallback),
 classifier-confidence weights; and the LLM component's sanitising."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,7 @@ def test_diagen_end_to_end_with_a_local_llm(src, tmp_path, tiny_models, monkeypa
     assert rows[0]["models"]["llm"]["id"] == str(tiny_models["llm"])
     w = json.loads((out / "weighting.json").read_text())
     assert w["n_synthetic"] == 16 and w["holdout_nll_after"] <= w["holdout_nll_before"] + 1e-6
+    assert not (out / ".weighting").exists() and (Path(w["work_dir"]) / "classifier" / "best.safetensors").is_file()
     by_source = {}
     for r in rows:
         by_source.setdefault(r["source_id"], []).append(r["weight"])

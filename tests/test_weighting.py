@@ -1,5 +1,6 @@
 """Classifier-confidence weights (DIAGen's weighting) for any synthetic folder."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -40,6 +41,13 @@ def test_weight_command_rewrites_metadata_and_manifest(tmp_path, digit_images):
     assert "held-out NLL" in res.output
     summary = json.loads((tmp_path / "w.json").read_text())
     assert summary["holdout_nll_after"] <= summary["holdout_nll_before"] and summary["temperature"] > 0
+    # the classifier's run is work, kept in the cache's work folder; the output folder holds data and records
+    from genaug.data.cache import cache_root
+
+    work = Path(json.loads((syn / "weighting.json").read_text())["work_dir"])
+    assert work.parent == cache_root() / "work" / "weighting" and (work / "classifier" / "best.safetensors").is_file()
+    assert sorted(p.name for p in syn.iterdir()) == [".genaug.lock", "0", "1", "2", "config.yaml", "manifest.parquet",
+                                                     "metadata.jsonl", "rejected.jsonl", "weighting.json"]
     rows = read_rows(syn)
     assert len(rows) == 180 and all(0 <= r["scores"]["confidence"] <= 1 for r in rows)
     by_source = {}

@@ -41,14 +41,18 @@ def augment(source: str | Path, out: str | Path, method: str, n: int | None = No
     p = plan(source, out, method, n, seed, batch_size, options, input, models)
     summary = RunSummary(out=Path(out), warnings=list(p.source.warnings))
     t0 = time.perf_counter()
-    if executor == "ray":
-        from .engine.ray import run_ray
+    try:
+        if executor == "ray":
+            from .engine.ray import run_ray
 
-        run_ray(p, summary, progress=progress, **executor_options)
-    else:
-        from .engine.local import run_local
+            run_ray(p, summary, progress=progress, **executor_options)
+        else:
+            from .engine.local import run_local
 
-        run_local(p, summary, progress=progress)
+            run_local(p, summary, progress=progress)
+    except BaseException:  # what was written stays (a rerun resumes); the folder is free for that rerun at once
+        p.outdir.release()
+        raise
     p.outdir.close()
     reports = {}
     for name, stage_options in p.method.stages():

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from ..core.config import ConfigError, config_dataclass
 from ..core.devices import model_dtype, resolve_device
-from .captioner import JsonCache
+from ..data.cache import Cache
 from .hub import load_pretrained, local_override
 
 LOCAL_LLM = "Qwen/Qwen2.5-7B-Instruct"
@@ -61,7 +61,7 @@ class LLM:
                      "http" if llm.startswith(("http://", "https://")) else "local")
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.max_chars, self.timeout = max_chars, timeout
-        self.cache = JsonCache("llm")
+        self.cache = Cache("llm")
         self.id, self.revision = llm or "template", revision
         if self.kind == "http":
             self.url = llm.rstrip("/")
@@ -91,10 +91,8 @@ class LLM:
             return []
         key = hashlib.blake2b(json.dumps([self.kind, self.id, self.revision, instruction, seed, self.temperature,
                                           self.top_p, self.max_new_tokens]).encode(), digest_size=16).hexdigest()
-        text = self.cache.get(key)
-        if text is None:
-            text = self._http(instruction, seed) if self.kind == "http" else self._local(instruction, seed)
-            self.cache.put(key, text)
+        text = self.cache.get_or_put(key, lambda: self._http(instruction, seed) if self.kind == "http"
+                                     else self._local(instruction, seed))
         return sanitise(text, self.max_chars)
 
     @torch.no_grad()

@@ -9,7 +9,6 @@ ViT-B at pinned revisions; `--models DIR` reads `DIR/grounding-dino` and `DIR/sa
 """
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 import numpy as np
@@ -20,7 +19,8 @@ from pydantic import Field
 
 from ..core.config import config_dataclass
 from ..core.devices import resolve_device
-from .captioner import cache_root, image_key
+from ..core.files import atomic_path
+from ..data.cache import Cache, content_key
 from .hub import load_pretrained, local_override
 
 GDINO_MODEL = "IDEA-Research/grounding-dino-tiny"
@@ -61,7 +61,7 @@ class SubjectMasks:
         self.phrase, self.box_threshold, self.text_threshold = phrase, box_threshold, text_threshold
         self.device = resolve_device(device)
         self._models = None  # loaded on the first image without a dataset mask
-        self.dir = cache_root() / "masks"
+        self.cache = Cache("masks")
 
     def describe(self) -> dict[str, dict[str, str]]:
         return {"detector": {"id": self.detector_id, "revision": self.detector_revision or "local"},
@@ -86,22 +86,21 @@ class SubjectMasks:
         if dataset_mask is not None:
             return dataset_mask, {"mask_source": "dataset"}
         phrase = self.phrase.format(label=" ".join(label.replace("_", " ").split()))
-        key = image_key(image, phrase, self.detector_id, self.detector_revision, self.segmenter_id,
-                        self.segmenter_revision, self.box_threshold, self.text_threshold)
-        meta, png = self.dir / key[:2] / f"{key}.json", self.dir / key[:2] / f"{key}.png"
-        if meta.is_file():
-            info = json.loads(meta.read_text())
-            return (Image.open(png).convert("L") if info["mask_source"] == "model" else None), info
-        mask, info = self._segment(image, phrase)
-        meta.parent.mkdir(parents=True, exist_ok=True)
-        if mask is not None:
-            tmp = png.with_suffix(".tmp.png")
-            mask.save(tmp)
-            tmp.replace(png)
-        tmp = meta.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info))
-        tmp.replace(meta)
-        return mask, info
+        key = content_key(image, phrase, self.detector_id, self.detector_revision, self.segmenter_id,
+                          self.segmenter_revision, self.box_threshold, self.text_threshold)
+
+        def segment() -> dict[str, Any]:  # the PNG is in place before its JSON, which marks the entry complete
+            mask, info = self._segment(image, phrase)
+            if mask is not None:
+                with atomic_path(self.cache.path(key, ".png")) as tmp:
+                    mask.save(tmp)
+            return info
+
+        info = self.cache.get_or_put(key, segment)
+        if info["mask_source"] != "model":
+            return None, info
+        with Image.open(self.cache.path(key, ".png")) as png:
+            return png.convert("L"), info
 
     @torch.no_grad()
     def _segment(self, image: Image.Image, phrase: str) -> tuple[Image.Image | None, dict[str, Any]]:

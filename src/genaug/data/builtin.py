@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..core.config import ConfigError
+from ..core.files import atomic_path
+from .cache import cache_root
 from .labels import label_folder
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 _FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 BUILTIN = ("fashion-mnist", "digits")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GENAUG_CACHE", Path.home() / ".cache" / "genaug"))
 
 
 def _fashion_mnist_source() -> Path | None:
@@ -37,7 +35,6 @@ def fashion_mnist_available() -> bool:
 def fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """`(images uint8 [N, 28, 28], labels int64 [N], class names)` for split "train" (60k) or "test" (10k)."""
     from torchvision.datasets import FashionMNIST
-    from torchvision.datasets.utils import extract_archive
 
     src = _fashion_mnist_source()
     if src is None:
@@ -45,17 +42,15 @@ def fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray, list[st
             "Fashion-MNIST not found: install the Debian package (apt-get install dataset-fashion-mnist) "
             "or set GENAUG_FASHION_MNIST_DIR to a folder holding its four IDX(.gz) files"
         )
-    root = cache_dir() / "torchvision"
+    root = cache_root() / "torchvision"
     raw = Path(root) / "FashionMNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for f in _FASHION_FILES:  # torchvision reads the uncompressed IDX files from <root>/FashionMNIST/raw
         if not (raw / f).is_file():
-            with tempfile.TemporaryDirectory(dir=raw) as tmp:  # decompress aside, then rename: never half a file
-                if (src / f).is_file():
-                    shutil.copyfile(src / f, Path(tmp) / f)
-                else:
-                    extract_archive(src / f"{f}.gz", tmp)
-                os.replace(Path(tmp) / f, raw / f)
+            with atomic_path(raw / f) as tmp:  # decompressed aside, then renamed: never half a file
+                with (open(src / f, "rb") if (src / f).is_file() else gzip.open(src / f"{f}.gz")) as i, \
+                        open(tmp, "wb") as o:
+                    shutil.copyfileobj(i, o)
     ds = FashionMNIST(str(root), train=(split == "train"), download=False)
     return ds.data.numpy(), ds.targets.numpy().astype(np.int64), list(ds.classes)
 
@@ -78,23 +73,31 @@ def load_builtin(name: str, split: str = "train") -> tuple[np.ndarray, np.ndarra
 
 
 def stratified_subset(labels: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
-    """Indices of `per_class` images of every class (all of a class if it has fewer), sorted."""
-    rng = np.random.default_rng(seed)
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
-    return np.sort(np.concatenate(picked))
+    """Indices of `per_class` images of every class (all of a class if it has fewer), sorted: the first of
+    each class in genaug's one seeded per-class order (`splits.per_class_order`)."""
+    from .splits import per_class_order
+
+    order = per_class_order(range(len(labels)), lambda i: str(labels[i]), lambda i: i, seed, salt="subset")
+    return np.sort(np.array([i for idx in order.values() for i in idx[:per_class]], dtype=np.int64))
 
 
 def export_builtin(name: str, split: str, out: str | Path, per_class: int | None = None) -> Path:
     """A built-in dataset (or a stratified `per_class` subset) exported once to `out`; the manifest path.
-    Written under `<out>.partial` and renamed, so an interrupted export is redone, never half used."""
+    Written under `<out>.partial` and renamed, so an interrupted export is redone, never half used; two runs
+    exporting at once take turns (`<out>.lock`), and the second finds the first's export."""
+    from filelock import FileLock
+
     out = Path(out)
     manifest = out / "manifest.csv"
-    if not manifest.exists():
-        images, labels, classes = load_builtin(name, split)
-        idx = stratified_subset(labels, per_class) if per_class else range(len(labels))
-        partial = out.with_name(out.name + ".partial")
-        export_images(images, labels, classes, idx, partial)
-        partial.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(out.with_name(out.name + ".lock"), thread_local=False):
+        if not manifest.exists():
+            images, labels, classes = load_builtin(name, split)
+            idx = stratified_subset(labels, per_class) if per_class else range(len(labels))
+            partial = out.with_name(out.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)  # an interrupted export's leftovers
+            export_images(images, labels, classes, idx, partial)
+            os.replace(partial, out)
     return manifest
 
 

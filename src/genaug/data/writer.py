@@ -4,22 +4,32 @@
 Order of writes for one image: PNG to `.genaug-tmp/`, rename into place, then append its metadata row.
 On open, a torn last row is dropped and rows without their file are forgotten; on close, PNGs without a
 row (a kill between rename and append) are removed, the parquet manifest is rebuilt from the rows.
+
+One writer per folder: opening takes an exclusive lock (`.genaug.lock`, flock: the OS drops it when the
+process dies, so a killed run never blocks the next) before anything is read or written; a second run
+stops at once with a message naming the run that holds it (`.genaug-run.json`: pid, host, start, command).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
+import socket
+import sys
+import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+from filelock import FileLock, Timeout
 
 from ..core.config import ConfigError
 from ..core.log import get_logger
@@ -29,6 +39,8 @@ from .metadata import CONFIG, MANIFEST, METADATA, REJECTED, dumps_row, iter_line
 
 log = get_logger(__name__)
 TMP_DIR = ".genaug-tmp"
+LOCK = ".genaug.lock"
+RUN_INFO = ".genaug-run.json"
 _OUR_PNG = re.compile(r"_[0-9a-f]{8}_v\d+\.png$")
 
 
@@ -48,20 +60,63 @@ def encode_png(image) -> bytes:
     return buf.getvalue()
 
 
+def lock_folder(root: Path) -> FileLock:
+    """The exclusive, non-blocking lock of an output folder, with who holds it written beside it."""
+    lock = FileLock(root / LOCK, thread_local=False)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        raise ConfigError(f"{root} is being written by another genaug run ({_holder(root)}); wait for it to "
+                          "finish, or use another output folder") from None
+    atomic_write(root / RUN_INFO, json.dumps({
+        "pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])}))
+    return lock
+
+
+def unlock_folder(root: Path, lock: FileLock) -> None:
+    """Let the next run in. The lock file stays: unlinking a flock file lets two runs lock two different files."""
+    (root / RUN_INFO).unlink(missing_ok=True)
+    lock.release(force=True)
+
+
+@contextlib.contextmanager
+def folder_locked(root: str | Path) -> Iterator[None]:
+    """The folder lock for a writer other than `OutputDir`, e.g. re-weighting a finished folder's rows."""
+    lock = lock_folder(Path(root))
+    try:
+        yield
+    finally:
+        unlock_folder(Path(root), lock)
+
+
+def _holder(root: Path) -> str:
+    try:
+        info = json.loads((root / RUN_INFO).read_text(encoding="utf-8"))
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "it has only just started"  # the lock is taken before its details are written
+
+
 class OutputDir:
     def __init__(self, root: str | Path, config: dict[str, Any], identity_keys: Iterable[str]):
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"--out {self.root} exists and is not a directory")
         self.root.mkdir(parents=True, exist_ok=True)
-        self._check_same_run(config, tuple(identity_keys))
-        self.tmp = self.root / TMP_DIR
-        shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of a killed run
-        self.tmp.mkdir()
-        atomic_write(self.root / CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
-        self.done, rows_dropped = self._load_rows()
-        self._meta = open(self.root / METADATA, "a", encoding="utf-8")
-        self._rejected_tmp = open(self.tmp / REJECTED, "w", encoding="utf-8")
+        self._lock = lock_folder(self.root)  # before anything is read: another run may be mid-write
+        try:
+            self._check_same_run(config, tuple(identity_keys))
+            self.tmp = self.root / TMP_DIR
+            shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of a killed run
+            self.tmp.mkdir()
+            atomic_write(self.root / CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+            self.done, rows_dropped = self._load_rows()
+            self._meta = open(self.root / METADATA, "a", encoding="utf-8")
+            self._rejected_tmp = open(self.tmp / REJECTED, "w", encoding="utf-8")
+        except BaseException:
+            self.release()
+            raise
         self.n_rejected = 0
         self._changed = rows_dropped or not self._manifest_matches()
 
@@ -144,6 +199,20 @@ class OutputDir:
         if self._changed:  # a rerun that wrote nothing leaves the manifest as it is
             self._write_manifest()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        self.release()
+
+    def release(self) -> None:
+        """Let the next run in (close does it; idempotent). After a failure the rows written so far are made
+        durable first: the next run resumes from them."""
+        for f in (getattr(self, "_meta", None), getattr(self, "_rejected_tmp", None)):
+            if f is not None and not f.closed:
+                f.close()
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None and lock.is_locked:
+            unlock_folder(self.root, lock)
+
+    def __del__(self):  # a run that failed in this process (no close) must not block the next one in it
+        self.release()
 
     def _remove_orphans(self) -> None:
         known = set(self.done.values())

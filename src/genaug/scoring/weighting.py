@@ -10,9 +10,13 @@
    keeps 0), so synthetic data keeps the same total weight while its good variants count more.
 The folder's `metadata.jsonl` and `manifest.parquet` are rewritten (atomically) with `weight` and
 `scores.confidence`; `weighting.json` records T, the held-out NLL before and after, and the options.
+The output folder holds only the dataset and its records: the classifier's run (split manifests, checkpoint,
+plots) is work, kept under `GENAUG_CACHE/work/weighting/<key>/` (`work_dir`), keyed by the synthetic folder,
+the real source and the options; `weighting.json` names it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -20,12 +24,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 
 from ..core.config import ConfigError
+from ..core.files import atomic_write
+from ..data.cache import cache_root
 from ..data.sources import Source
-from ..data.splits import write_manifest
+from ..data.splits import per_class_order, write_manifest
 from ..data.metadata import read_rows, rewrite_rows
-from ..core.seeding import derive_seed
+from ..data.writer import folder_locked
 from ..features import normalize
 
 DEFAULT_CLASSIFIER = {"model": "torchvision/mobilenet_v2", "pretrained": "imagenet", "mode": "linear",
@@ -69,18 +76,14 @@ def normalise_per_source(weights: np.ndarray, sources: list[str]) -> np.ndarray:
 
 
 def _split_real(real: str | Path, holdout: float, seed: int, out: Path) -> tuple[Path, Path]:
-    recs = [r for r in Source(real).records() if r.error is None]
-    by_class: dict[str, list] = {}
-    for r in sorted(recs, key=lambda r: r.id):
-        by_class.setdefault(r.label, []).append(r)
+    recs = (r for r in Source(real).records() if r.error is None)
     train, held = [], []
-    for label, rs in sorted(by_class.items()):
+    for label, rs in per_class_order(recs, lambda r: r.label, lambda r: r.id, seed, salt="weight").items():
         if len(rs) < 2:
             raise ConfigError(f"class {label!r} has {len(rs)} real image: weighting needs 2 (one to train, one held out)")
-        order = np.random.default_rng(derive_seed(seed, f"weight/{label}", 0)).permutation(len(rs))
         k = min(len(rs) - 1, max(1, round(holdout * len(rs))))
-        held += [rs[i] for i in order[:k]]
-        train += [rs[i] for i in order[k:]]
+        held += rs[:k]
+        train += rs[k:]
     return write_manifest(train, out / "train.csv"), write_manifest(held, out / "holdout.csv")
 
 
@@ -92,9 +95,23 @@ def _logits(model, images: torch.Tensor, mean, std, batch: int = 128) -> torch.T
                       for i in range(0, len(images), batch)])
 
 
+def work_dir(synthetic: Path, real: str | Path, holdout: float, classifier: dict[str, Any]) -> Path:
+    """Where the weighting classifier of `synthetic` runs: `GENAUG_CACHE/work/weighting/<key>`."""
+    key = json.dumps([str(Path(synthetic).resolve()), str(Path(real).resolve()), holdout, classifier],
+                     sort_keys=True, default=str)
+    return cache_root() / "work" / "weighting" / hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
+
+
 def weight_synthetic(synthetic: str | Path, real: str | Path, rule: Literal["diagen", "confidence"] = "diagen",
                      holdout: float = 0.2, classifier: dict[str, Any] | None = None, seed: int = 0,
                      progress: bool | None = None) -> dict[str, Any]:
+    read_rows(synthetic)  # a clear error when it is not an output folder, before a lock file is made in it
+    with folder_locked(synthetic):  # its rows are rewritten: no run may append to them meanwhile
+        return _weight_synthetic(synthetic, real, rule, holdout, classifier, seed, progress)
+
+
+def _weight_synthetic(synthetic: str | Path, real: str | Path, rule: str, holdout: float,
+                      classifier: dict[str, Any] | None, seed: int, progress: bool | None) -> dict[str, Any]:
     from safetensors.torch import load_model
 
     from ..train import load_real, load_synthetic, train
@@ -104,13 +121,15 @@ def weight_synthetic(synthetic: str | Path, real: str | Path, rule: Literal["dia
     rows = read_rows(synthetic)  # a clear error when it is not an output folder
     if not 0 < holdout < 1:
         raise ConfigError(f"holdout must be in (0, 1), got {holdout}")
-    work = synthetic / ".weighting"
-    train_csv, held_csv = _split_real(real, holdout, seed, work)
     cfg = {**DEFAULT_CLASSIFIER, **(classifier or {}), "seed": seed}
-    result = train(train_csv, work / "classifier", config=cfg, progress=progress)
-    classes = result["classes"]
-    model, mean, std = create_classifier(cfg["model"], len(classes), None, **cfg.get("model_options", {}))
-    load_model(model, str(work / "classifier" / "best.safetensors"))
+    work = work_dir(synthetic, real, holdout, cfg)
+    work.mkdir(parents=True, exist_ok=True)
+    with FileLock(work / ".lock", thread_local=False):  # two runs weighing one folder take turns
+        train_csv, held_csv = _split_real(real, holdout, seed, work)
+        result = train(train_csv, work / "classifier", config=cfg, progress=progress)
+        classes = result["classes"]
+        model, mean, std = create_classifier(cfg["model"], len(classes), None, **cfg.get("model_options", {}))
+        load_model(model, str(work / "classifier" / "best.safetensors"))
 
     held = load_real(held_csv, cfg["image_size"], "holdout")
     t, nll_before, nll_after = fit_temperature(_logits(model, held.images, mean, std), held.targets(classes))
@@ -130,8 +149,8 @@ def weight_synthetic(synthetic: str | Path, real: str | Path, rule: Literal["dia
     summary = {"rule": rule, "temperature": t, "holdout_nll_before": nll_before, "holdout_nll_after": nll_after,
                "holdout": holdout, "n_holdout": len(held), "classifier": cfg, "n_synthetic": len(rows),
                "mean_confidence": float(p.mean()), "zero_weight": int((weights == 0).sum()),
-               "weight_min": float(weights.min()), "weight_max": float(weights.max())}
-    (synthetic / "weighting.json").write_text(json.dumps(summary, indent=2))
+               "weight_min": float(weights.min()), "weight_max": float(weights.max()), "work_dir": str(work)}
+    atomic_write(synthetic / "weighting.json", json.dumps(summary, indent=2))
     return summary
 
 
