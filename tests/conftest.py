@@ -108,7 +108,7 @@ def read_rows(out: Path) -> list[dict]:
 
 
 def png_bytes(out: Path) -> dict[str, bytes]:
-    """The synthetic images of an output folder (not the plots of work folders such as `.weighting/`)."""
+    """The synthetic images of an output folder (not what lives in its hidden folders, such as `.genaug-tmp/`)."""
     return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))
             if not any(part.startswith(".") for part in p.relative_to(out).parts)}
 

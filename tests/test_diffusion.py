@@ -65,7 +65,8 @@ def test_sgid_prompt_weights_guidance_mapping_and_filter(src, tmp_path, tiny_mod
 
 
 def test_sgid_captions_are_cached_not_recomputed(src, tmp_path, tiny_models):
-    from genaug.components.captioner import Captioner, cache_root
+    from genaug.components.captioner import Captioner
+    from genaug.data.cache import cache_root
 
     out = tmp_path / "sgid"
     cli("augment", src, "--method", "sgid", "--out", out, "-n", 1, *_sgid_args(tiny_models))

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from genaug.data.images import InputConfig, load_image
 
 from conftest import ChatServer, cli, png_bytes, read_rows
 
@@ -177,7 +178,7 @@ def test_inpaint_repaints_only_its_region(cutouts, tmp_path, tiny_models, mode):
     for r in rows:
         p = r["params"]
         assert p["mode"] == mode and p["dilation"] == 4 and p["prompt"] == f"a photo of a {r['label']}"
-        src = np.asarray(Image.open(cutouts / r["source_id"]).convert("RGB"))
+        src = np.asarray(load_image(cutouts / r["source_id"], InputConfig())[0])  # composited onto white
         made = np.asarray(Image.open(out / r["file_name"]))
         subject = _mask(cutouts / r["source_id"])
         grown = ndimage.distance_transform_edt(~subject) <= 4

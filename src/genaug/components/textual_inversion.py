@@ -6,7 +6,9 @@ options, the base model and revision), so a rerun does not train again.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +18,8 @@ from pydantic import Field
 from tqdm.auto import tqdm
 
 from ..core.config import config_dataclass
-from .captioner import cache_root
+from ..data.cache import Cache
+from ..core.log import bar_disabled, dropping
 
 TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
              "a photo of a clean {}", "a close-up photo of a {}", "a bright photo of the {}", "a good photo of a {}")
@@ -98,7 +101,7 @@ def learn_token(pipe, images: list[Image.Image], token: str, initializer: str, s
     with torch.no_grad():
         eval_before = denoising_loss(*fixed).item()
     losses = []
-    for step in tqdm(range(steps), desc=f"textual inversion {token}", disable=None if progress is None else not progress,
+    for step in tqdm(range(steps), desc=f"textual inversion {token}", disable=bar_disabled(progress),
                      leave=False):
         idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=g)
         lat = latents_all[idx]
@@ -132,10 +135,24 @@ def token_vectors(pipe, token: str) -> dict[str, torch.Tensor]:
             for name, (tok, te) in text_encoders(pipe).items()}
 
 
+def _learn_to_file(pipe, images: list[Image.Image], token: str, label: str, options: dict[str, Any],
+                   progress: bool | None, path: Path) -> None:
+    """Learn `token` (on copies: the pipeline gains tokens only through load_textual_inversion) into `path`."""
+    from safetensors.torch import save_file
+
+    vectors, losses = learn_token(pipe, images, token, label.split()[0] if label.split() else "object",
+                                  progress=progress, **options)
+    state = ({token: vectors["text_encoder"].cpu()} if len(vectors) == 1 else
+             {_FILE_KEYS[name]: v.cpu() for name, v in vectors.items()})
+    save_file(state, str(path), metadata={
+        "token": token, "label": label, "eval_loss_before": f"{losses['eval_before']:.5f}",
+        "eval_loss_after": f"{losses['eval_after']:.5f}"})
+
+
 def learned_tokens(pipe, model_id: str, revision: str | None, images_by_class: dict[str, list[Image.Image]],
                    options: dict[str, Any], progress: bool | None = None) -> dict[str, str]:
     """`{label: token}` for every class, learned or taken from the cache, and loaded into `pipe`."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     from .diffusion import text_encoders
 
@@ -144,32 +161,18 @@ def learned_tokens(pipe, model_id: str, revision: str | None, images_by_class: d
         token = class_token(i)
         key = hashlib.blake2b(repr((_images_digest(images_by_class[label]), label, token, model_id, revision,
                                     sorted(options.items()))).encode(), digest_size=16).hexdigest()
-        path = cache_root() / "textual_inversion" / f"{key}.safetensors"
+        # a second run needing the same token waits for the first's file instead of training it again
+        path = Cache("textual_inversion").get_or_create(key, ".safetensors", functools.partial(
+            _learn_to_file, pipe, images_by_class[label], token, label, options, progress))
         encoders = text_encoders(pipe)
-        if not path.is_file():  # trained on copies: the pipeline gains tokens only through load_textual_inversion
-            vectors, losses = learn_token(pipe, images_by_class[label], token,
-                                          label.split()[0] if label.split() else "object", progress=progress,
-                                          **options)
-            state = ({token: vectors["text_encoder"].cpu()} if len(vectors) == 1 else
-                     {_FILE_KEYS[name]: v.cpu() for name, v in vectors.items()})
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file(state, str(tmp), metadata={
-                "token": token, "label": label, "eval_loss_before": f"{losses['eval_before']:.5f}",
-                "eval_loss_after": f"{losses['eval_after']:.5f}"})
-            tmp.replace(path)
         if token not in pipe.tokenizer.get_vocab():
-            from transformers.utils import logging as hf_logging
-
             state = load_file(str(path))
-            level = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()  # diffusers resizes the embeddings with transformers' mean-resizing note
-            try:
+            # diffusers resizes the embeddings, and transformers notes how it initialises the new rows (we
+            # overwrite them at once): that note only, only here
+            with dropping("transformers.modeling_utils", "The new embeddings will be initialized"):
                 for name, (tok, te) in encoders.items():
                     vector = state[token] if len(encoders) == 1 else state[_FILE_KEYS[name]]
                     pipe.load_textual_inversion({token: vector}, token=token, tokenizer=tok, text_encoder=te)
-            finally:
-                hf_logging.set_verbosity(level)
         tokens[label] = token
     return tokens
 
@@ -185,13 +188,12 @@ class TextualInversionOptions:
     def class_tokens(self, diffusion, source) -> dict[str, str]:
         """`{label: token}` learned (or taken from the cache) from each class's images in `source`, and loaded
         into `diffusion`'s pipeline. Unreadable images are skipped (the engine lists them as rejected)."""
-        from ..data.images import InputConfig, Rejected
-        from ..data.sources import load_example
+        from ..data.images import Rejected
 
         by_class: dict[str, list[Image.Image]] = {}
         for rec in source.records():
             try:
-                ex = load_example(rec, InputConfig())
+                ex = source.load(rec)  # the run's input checks and background
             except Rejected:
                 continue
             by_class.setdefault(ex.label, []).append(ex.image)

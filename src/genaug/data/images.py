@@ -1,15 +1,21 @@
 """Reading one source image the way every method expects it: fully decoded, upright, RGB.
 
+An image with transparency (a cut-out) is composited onto `input.background` (white unless stated): the
+colour stored under transparent pixels is arbitrary (near-black in most cut-out files, white in some) and
+no method or classifier should see it. Its alpha is kept beside the RGB image, as the mask methods use.
+
 A file that cannot be used raises `Rejected` with a reason a person can act on; the engine lists it in
 `rejected.jsonl` and carries on.
 """
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageColor, ImageOps, UnidentifiedImageError
+from pydantic import field_validator
 
 from ..core.config import config_dataclass
 
@@ -33,6 +39,28 @@ class InputConfig:
     max_aspect: float = 10.0
     # None = Pillow's own decompression-bomb guard (Image.MAX_IMAGE_PIXELS); a number can only tighten it.
     max_pixels: int | None = None
+    # What transparent pixels become in the RGB image: a colour name, "#rrggbb" or [r, g, b].
+    background: str | list[int] = "white"
+
+    @field_validator("background", mode="before")
+    @classmethod
+    def _colour(cls, v):
+        if v is None:  # what `input.background=#00ff00` parses to: in YAML, `#` starts a comment
+            raise ValueError("no colour given; quote a #rrggbb value (input.background='\"#00ff00\"') or use [r, g, b]")
+        if isinstance(v, (str, list, tuple)):
+            background_rgb(v)  # raises ValueError, reported as a one-line config error
+        return v
+
+
+def background_rgb(colour: str | list[int]) -> tuple[int, int, int]:
+    if isinstance(colour, str):
+        try:
+            return ImageColor.getrgb(colour)[:3]
+        except ValueError:
+            raise ValueError("not a colour: use a name (white), #rrggbb or [r, g, b]") from None
+    if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
+        raise ValueError("[r, g, b] needs three values in 0..255")
+    return tuple(int(c) for c in colour)
 
 
 class Rejected(Exception):
@@ -43,18 +71,23 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _open_decoded(path: Path, cfg: InputConfig) -> Image.Image:
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise Rejected("file not found") from None
-    if size == 0:
-        raise Rejected("empty file (0 bytes)")
+def _open_decoded(path: Path | bytes, cfg: InputConfig) -> Image.Image:
+    """`path` is a file, or the encoded bytes of one (an image stored in a Hugging Face dataset's Arrow)."""
+    if isinstance(path, bytes):
+        if not path:
+            raise Rejected("empty image data (0 bytes)")
+    else:
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise Rejected("file not found") from None
+        if size == 0:
+            raise Rejected("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             # Pillow warns between 1x and 2x its pixel limit and raises beyond; we reject both.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
             limit = cfg.max_pixels or Image.MAX_IMAGE_PIXELS
             if limit and im.width * im.height > limit:
                 raise Rejected(
@@ -73,7 +106,7 @@ def _open_decoded(path: Path, cfg: InputConfig) -> Image.Image:
     return im
 
 
-def _to_rgb_and_alpha(im: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+def _to_rgb_and_alpha(im: Image.Image, background: tuple[int, int, int]) -> tuple[Image.Image, Image.Image | None]:
     mode = im.mode
     if mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -87,10 +120,14 @@ def _to_rgb_and_alpha(im: Image.Image) -> tuple[Image.Image, Image.Image | None]
     alpha = None
     if im.mode in _ALPHA_MODES:
         a = im.getchannel("A")
-        if a.getextrema() != (255, 255):  # an all-opaque alpha carries no mask
+        if a.getextrema() != (255, 255):  # an all-opaque alpha carries no mask (and nothing to composite)
             alpha = a
     try:
-        rgb = im.convert("RGB")
+        if alpha is not None:
+            rgba = im.convert("RGBA")
+            rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba).convert("RGB")
+        else:
+            rgb = im.convert("RGB")
     except (ValueError, OSError) as e:
         raise Rejected(f"unsupported image mode {mode}: {e}") from None
     return rgb, alpha
@@ -104,24 +141,26 @@ def _check_size(w: int, h: int, cfg: InputConfig) -> None:
         raise Rejected(f"extreme aspect ratio: {w}x{h} ({long / short:.1f}:1 > input.max_aspect={cfg.max_aspect:g})")
 
 
-def load_image(path: str | Path, cfg: InputConfig) -> tuple[Image.Image, Image.Image | None]:
-    """Return `(rgb, alpha_or_None)`, EXIF orientation applied, or raise `Rejected`."""
-    im = _open_decoded(Path(path), cfg)
+def load_image(path: str | Path | bytes, cfg: InputConfig) -> tuple[Image.Image, Image.Image | None]:
+    """Return `(rgb, alpha_or_None)`, EXIF orientation applied, transparency composited onto
+    `cfg.background`, or raise `Rejected`. `path` may be the encoded bytes of an image file."""
+    im = _open_decoded(path if isinstance(path, bytes) else Path(path), cfg)
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)  # animated GIF / multi-page TIFF: the first frame is the image
     im = ImageOps.exif_transpose(im)
-    rgb, alpha = _to_rgb_and_alpha(im)
+    rgb, alpha = _to_rgb_and_alpha(im, background_rgb(cfg.background))
     _check_size(*rgb.size, cfg)
     return rgb, alpha
 
 
-def load_mask(path: str | Path, size: tuple[int, int], cfg: InputConfig) -> Image.Image:
+def load_mask(path: str | Path | bytes, size: tuple[int, int], cfg: InputConfig) -> Image.Image:
     """A dataset mask: any image mode, read as 8-bit grey (255 = subject), the size of its image."""
+    name = "mask" if isinstance(path, bytes) else f"mask {path}"
     try:
-        im = ImageOps.exif_transpose(_open_decoded(Path(path), cfg))
+        im = ImageOps.exif_transpose(_open_decoded(path if isinstance(path, bytes) else Path(path), cfg))
     except Rejected as e:
-        raise Rejected(f"mask {path}: {e}") from None
+        raise Rejected(f"{name}: {e}") from None
     mask = im.getchannel("A") if im.mode in _ALPHA_MODES else im.convert("L")
     if mask.size != size:
-        raise Rejected(f"mask {path} is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}")
+        raise Rejected(f"{name} is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}")
     return mask

@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 
 from ..core.config import ConfigError
 from .images import InputConfig, Rejected, load_image
-from .sources import Source, load_example
+from .sources import Source
 from .metadata import METADATA, is_output_dir, read_rows
-from ..core.log import get_logger
+from ..core.log import bar_disabled, get_logger
 
 log = get_logger(__name__)
 
@@ -53,14 +53,14 @@ def _stack(tensors: list[torch.Tensor], size: int) -> torch.Tensor:
     return torch.stack(tensors) if tensors else torch.empty(0, 3, size, size, dtype=torch.uint8)
 
 
-def load_real(src: str | Path, size: int, desc: str = "real") -> ImageSet:
-    """An ImageFolder directory or a CSV / JSONL manifest (a split file) as an ImageSet."""
-    source = Source(src)
-    cfg = InputConfig()
+def load_real(src: str | Path, size: int, desc: str = "real", input_cfg: InputConfig | None = None) -> ImageSet:
+    """Any source (ImageFolder, CSV / JSONL manifest or split file, genaug output folder, Hugging Face
+    dataset) as an ImageSet, every image weighing 1; cut-outs composited onto `input_cfg.background`."""
+    source = Source(src, input_cfg)
     images, labels, ids, rejected = [], [], [], []
-    for rec in tqdm(list(source.records()), desc=f"load {desc}", unit="img", disable=None, leave=False):
+    for rec in tqdm(list(source.records()), desc=f"load {desc}", unit="img", disable=bar_disabled(), leave=False):
         try:
-            ex = load_example(rec, cfg)
+            ex = source.load(rec)
         except Rejected as e:
             rejected.append({"path": rec.path, "reason": str(e)})
             continue
@@ -84,7 +84,7 @@ def load_synthetic(out_dir: str | Path, size: int, keep_zero_weight: bool = Fals
     cfg = InputConfig(min_side=1, max_aspect=1e9)
     images, labels, weights, ids = [], [], [], []
     rows = read_rows(out_dir)
-    for r in tqdm(rows, desc=f"load {out_dir.name}", unit="img", disable=None, leave=False):
+    for r in tqdm(rows, desc=f"load {out_dir.name}", unit="img", disable=bar_disabled(), leave=False):
         w = float(r.get("weight", 1.0))
         if not np.isfinite(w) or w < 0:
             raise ConfigError(f"{out_dir / r['file_name']}: weight must be a finite number >= 0, got {w}")
@@ -98,8 +98,11 @@ def load_synthetic(out_dir: str | Path, size: int, keep_zero_weight: bool = Fals
     return ImageSet(_stack(images, size), labels, torch.tensor(weights, dtype=torch.float32), ids)
 
 
-def load_any(path: str | Path, size: int, desc: str = "") -> ImageSet:
-    return load_synthetic(path, size) if is_output_dir(path) else load_real(path, size, desc or Path(path).name)
+def load_any(path: str | Path, size: int, desc: str = "", input_cfg: InputConfig | None = None) -> ImageSet:
+    """A genaug output folder with its weights, else any real source."""
+    if is_output_dir(path):
+        return load_synthetic(path, size)
+    return load_real(path, size, desc or Path(path).name, input_cfg)
 
 
 def concat(sets: list[ImageSet], size: int) -> ImageSet:

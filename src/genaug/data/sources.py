@@ -1,7 +1,9 @@
-"""Source datasets, streamed: an ImageFolder directory, or a CSV / JSONL manifest (`path,label[,mask][,id]`).
+"""Source datasets, streamed: an ImageFolder directory, a CSV / JSONL manifest (`path,label[,mask][,id]`),
+a genaug output folder (labels from its `metadata.jsonl`, byte for byte), or a Hugging Face dataset (a
+`save_to_disk` folder, a `.parquet` file, an imagefolder with metadata; see `hf.py`).
 
 `records()` yields one `Record` per candidate image without opening it, so a rerun can skip finished
-images without decoding them; `load_example` turns a record into a validated `Example`.
+images without decoding them; `Source.load` turns a record into a validated `Example`.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from pathlib import Path
 from ..core.config import ConfigError
 from ..core.log import get_logger
 from ..core.records import Example
+from .hf import HFDataset, is_hf_imagefolder, is_saved_dataset
 from .images import InputConfig, Rejected, is_image_name, load_image, load_mask
+from .metadata import is_output_dir, read_rows
 
 log = get_logger(__name__)
 MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl"}
@@ -28,15 +32,22 @@ class Record:
     label: str | None
     mask_path: str | None = None
     error: str | None = None  # a problem found while listing (e.g. a manifest row without a label)
+    row: int | None = None  # index in a Hugging Face dataset whose images live in Arrow, not in files
 
 
 class Source:
-    """A dataset of labelled images on disk."""
+    """A dataset of labelled images on disk. `input_cfg` is how `load` checks images unless told otherwise."""
 
-    def __init__(self, src: str | Path):
+    def __init__(self, src: str | Path, input_cfg: InputConfig | None = None):
         self.root = Path(src)
+        self.input_cfg = input_cfg or InputConfig()
+        self.hf: HFDataset | None = None
         if self.root.is_dir():
-            self.kind = "imagefolder"
+            # genaug's own output first: it is also an HF imagefolder, but its rows carry ids and weights
+            self.kind = ("genaug-output" if is_output_dir(self.root) else "hf-saved" if is_saved_dataset(self.root)
+                         else "hf-imagefolder" if is_hf_imagefolder(self.root) else "imagefolder")
+        elif self.root.is_file() and self.root.suffix.lower() == ".parquet":
+            self.kind = "hf-parquet"
         elif self.root.is_file() and self.root.suffix.lower() in MANIFEST_SUFFIXES:
             self.kind = MANIFEST_SUFFIXES[self.root.suffix.lower()]
             self.base = self.root.parent
@@ -44,11 +55,15 @@ class Source:
             raise ConfigError(f"source not found: {self.root}")
         else:
             raise ConfigError(
-                f"source {self.root} is neither a directory (ImageFolder: one sub-folder per class) "
-                "nor a .csv / .jsonl manifest with columns path,label"
+                f"source {self.root} is neither a directory (ImageFolder, genaug output, Hugging Face dataset) "
+                "nor a .csv / .jsonl manifest with columns path,label, nor a .parquet dataset"
             )
         self.warnings: list[str] = []
-        if self.kind == "imagefolder":
+        if self.kind.startswith("hf-"):
+            self.hf = HFDataset(self.root, self.kind[3:])
+        elif self.kind == "genaug-output":
+            read_rows(self.root)  # a torn or incomplete folder fails here, before any model is loaded
+        elif self.kind == "imagefolder":
             self._check_imagefolder()
         elif self.kind == "csv":
             with open(self.root, encoding="utf-8", newline="") as f:
@@ -85,13 +100,43 @@ class Source:
                 for p in self._walk_images(Path(d.path)):
                     yield Record(id=p.relative_to(self.root).as_posix(), path=str(p), label=d.name)
             return
+        if self.kind == "genaug-output":
+            yield from self._output_records()
+            return
         seen: set[str] = set()
-        for line_no, row in self._manifest_rows():
-            rec = self._manifest_record(line_no, row)
+        rows = self._hf_records() if self.hf is not None else (
+            (f"manifest line {n}", self._manifest_record(n, row)) for n, row in self._manifest_rows())
+        for where, rec in rows:
             if rec.error is None and rec.id in seen:
-                rec.error = f"duplicate id {rec.id!r} (manifest line {line_no})"
+                rec.error = f"duplicate id {rec.id!r} ({where})"
             seen.add(rec.id)
             yield rec
+
+    def _output_records(self) -> Iterator[Record]:
+        """A genaug output folder: the label is the row's own (`T-shirt/top`, not its folder `T-shirt_top-…`),
+        the id its `file_name`. Rows of weight 0 are left out: a scorer judged them unusable, and training
+        leaves them out too."""
+        for r in read_rows(self.root):
+            if float(r.get("weight", 1.0)) == 0:
+                continue
+            name = str(r["file_name"])
+            label = r["label"]
+            yield Record(id=name, path=str(self.root / name), label=label if isinstance(label, str) and label else None,
+                         error=None if isinstance(label, str) and label else f"{name}: row has no label")
+
+    def _hf_records(self) -> Iterator[tuple[str, Record]]:
+        """Files of an HF imagefolder keep their path as id (as an ImageFolder's do); rows whose image lives
+        in Arrow get the `id` column, else their index, and a `DATASET#index` path for messages."""
+        for i, path, label, rid in self.hf.rows():
+            if self.hf.layout == "imagefolder" and path:
+                p = Path(path)
+                rec = Record(id=p.relative_to(self.root.resolve()).as_posix() if p.is_relative_to(self.root.resolve())
+                             else p.as_posix(), path=path, label=label)
+            else:
+                rec = Record(id=rid if rid is not None else str(i), path=f"{self.root}#{i}", label=label, row=i)
+            if not label:
+                rec.error = f"row {i} has no label"
+            yield f"row {i}", rec
 
     def _manifest_rows(self) -> Iterator[tuple[int, dict | None]]:
         with open(self.root, encoding="utf-8", newline="") as f:
@@ -135,8 +180,26 @@ class Source:
         """Number of candidate images (a listing pass; nothing is decoded)."""
         return sum(1 for _ in self.records())
 
+    def load(self, rec: Record, cfg: InputConfig | None = None) -> Example:
+        """The validated `Example` of one of this source's records (any kind), or `Rejected`."""
+        cfg = cfg or self.input_cfg
+        if rec.row is None:
+            return load_example(rec, cfg)
+        if rec.error:
+            raise Rejected(rec.error)
+        data = self.hf.encoded(rec.row, self.hf.image_col)
+        if data is None:
+            raise Rejected(f"row {rec.row} has no image")
+        image, alpha = load_image(data, cfg)
+        mask = self.hf.encoded(rec.row, self.hf.mask_col) if self.hf.mask_col else None
+        mask = load_mask(mask, image.size, cfg) if mask is not None else alpha
+        return Example(id=rec.id, image=image, label=rec.label, path=rec.path, mask=mask)
+
 
 def load_example(rec: Record, cfg: InputConfig) -> Example:
+    """A record backed by files (every kind but an HF dataset's Arrow rows: use `Source.load` for those)."""
+    if rec.row is not None:
+        raise ValueError(f"record {rec.id!r} is a row of a Hugging Face dataset: load it with Source.load")
     if rec.error:
         raise Rejected(rec.error)
     image, alpha = load_image(rec.path, cfg)

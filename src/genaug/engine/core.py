@@ -120,7 +120,7 @@ def plan(source: str | Path, out: str | Path, method: str, n: int | None = None,
                                        models=str(models) if models else None), where="run")
     cls = get_method_class(run.method)
     input_cfg = build_config(InputConfig, run.input, where="input")
-    src = Source(source)  # a bad source fails before any model is loaded
+    src = Source(source, input_cfg)  # a bad source fails before any model is loaded
     with models_dir(run.models):
         m = create_method(run.method, run.options)
     batch_size = run.batch_size or cls.default_batch_size

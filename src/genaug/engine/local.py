@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from tqdm.auto import tqdm
 
+from ..core.log import bar_disabled
 from ..core.records import Example
 from ..data.images import Rejected
-from ..data.sources import load_example
 from .core import Plan, RunSummary, generate
 
 
@@ -16,7 +16,7 @@ def run_local(p: Plan, summary: RunSummary, progress: bool | None = None) -> Non
     run, outdir = p.run, p.outdir
     # progress=None: a bar when stderr is a terminal (tqdm's own rule); True / False force it.
     bar = tqdm(total=p.source.count() * run.n, desc=f"genaug {run.method}", unit="img", dynamic_ncols=True,
-               disable=None if progress is None else not progress)
+               disable=bar_disabled(progress))
     pending: list[tuple[Example, int, int]] = []
 
     def flush() -> None:
@@ -42,7 +42,7 @@ def run_local(p: Plan, summary: RunSummary, progress: bool | None = None) -> Non
                 summary.sources += 1
                 continue
             try:
-                ex = load_example(rec, p.input_cfg)
+                ex = p.source.load(rec, p.input_cfg)
             except Rejected as e:
                 outdir.reject(rec.path, rec.id, str(e))
                 bar.total -= len(todo)

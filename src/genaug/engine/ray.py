@@ -21,17 +21,20 @@ import json
 import logging
 import os
 import warnings
+from unittest import mock
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from ..core.config import ConfigError
-from ..core.log import get_logger
+from ..core.log import bar_disabled, get_logger
 
 log = get_logger(__name__)
 # Environment the actors need to behave like the driver (offline mode, caches, verbosity).
 _FORWARD_ENV = ("GENAUG_CACHE", "GENAUG_VERBOSITY", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-                "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TORCH_HOME")
+                "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY", "TORCH_HOME", "RAY_DATA_LOG_LEVEL",
+                "RAY_BACKEND_LOG_LEVEL")
+_QUIET_ENV = {"RAY_DATA_LOG_LEVEL": "ERROR", "RAY_BACKEND_LOG_LEVEL": "error"}
 
 
 def parse_workers(workers: int | str | tuple[int, int] | None) -> tuple[int, int]:
@@ -73,14 +76,14 @@ class GenaugWorker:
             torch.set_num_threads(threads)  # actors are reused processes: set it explicitly
         with models_dir(models):
             self.method = create_method(method, options)
-        self.source = Source(source)
-        self.method.prepare(self.source)  # cache hits: the driver prepared already
         self.input_cfg = build_config(InputConfig, input_cfg, where="input")
+        self.source = Source(source, self.input_cfg)
+        self.method.prepare(self.source)  # cache hits: the driver prepared already
         self.row_base = row_base
 
     def __call__(self, batch: dict) -> dict[str, list]:
         from ..data.images import Rejected
-        from ..data.sources import Record, load_example
+        from ..data.sources import Record
         from ..data.metadata import dumps_row
         from ..data.writer import encode_png
         from .core import generate
@@ -97,10 +100,12 @@ class GenaugWorker:
         for i in range(len(batch["id"])):
             rid = str(batch["id"][i])
             if rid not in loaded:
+                row = int(batch["row"][i])
                 rec = Record(id=rid, path=str(batch["path"][i]), label=str(batch["label"][i]),
-                             mask_path=str(batch["mask_path"][i]) or None, error=str(batch["error"][i]) or None)
+                             mask_path=str(batch["mask_path"][i]) or None, error=str(batch["error"][i]) or None,
+                             row=row if row >= 0 else None)
                 try:
-                    loaded[rid] = load_example(rec, self.input_cfg)
+                    loaded[rid] = self.source.load(rec, self.input_cfg)
                 except Rejected as e:
                     loaded[rid] = None
                     emit("reject", {"path": rec.path, "id": rid, "reason": str(e), "unreadable": True})
@@ -114,13 +119,20 @@ class GenaugWorker:
         return out
 
 
+def _init_ray(ray, address: str | None, workers: int, cpus_per_worker: float) -> None:
+    """Start (or join) Ray unless this process already did; actors get the environment they need."""
+    if ray.is_initialized():
+        return
+    env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": env} if env else None,
+             **({} if address else {"num_cpus": max(int(workers * cpus_per_worker), os.cpu_count() or 1)}))
+
+
 def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = None,
             workers: int | str | tuple[int, int] | None = None, num_gpus_per_worker: float = 0.0,
             num_cpus_per_worker: float = 1.0) -> None:
     """Generate every missing (source, variant) of plan `p` on a Ray Data actor pool; write as results come."""
-    # Ray Data's per-run notes and Ray core's C++ notes: genaug reports progress itself (set these to see them)
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     try:
         import ray
     except ImportError:
@@ -134,16 +146,19 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
     for rec, todo in p.pending(summary):
         summary.sources += 1
         rows += [{"id": rec.id, "path": rec.path, "label": rec.label or "", "mask_path": rec.mask_path or "",
-                  "error": rec.error or "", "variant": k, "seed": s} for k, s in todo]
+                  "error": rec.error or "", "row": -1 if rec.row is None else rec.row,  # -1: a file
+                  "variant": k, "seed": s} for k, s in todo]
     if not rows:
         return
     p.prepare()  # once, on the driver: its caches are what the actors' own prepare finds
 
-    if not ray.is_initialized():
-        env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
-        ray.init(address=ray_address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": env} if env else None,
-                 **({} if ray_address else {"num_cpus": max(int(hi * num_cpus_per_worker), os.cpu_count() or 1)}))
+    # Ray Data's per-run notes and Ray core's C++ notes: genaug reports progress itself. Quiet by default (a
+    # user's own setting wins), in the processes Ray starts and while Ray Data sets up its logging; the
+    # user's environment is left as it was.
+    quiet = {k: v for k, v in _QUIET_ENV.items() if k not in os.environ}
+    with mock.patch.dict(os.environ, quiet):
+        import ray.data  # noqa: F401 - configures its logging from the environment on import
+        _init_ray(ray, ray_address, hi, num_cpus_per_worker)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # metadata.jsonl in source order, as the local executor
     ctx.enable_progress_bars = False  # genaug's own bar below
@@ -157,9 +172,9 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
                                    source=str(p.source.root.resolve()), input_cfg=run.input, row_base=p.row_base,
                                    threads=threads))
     bar = tqdm(total=len(rows), desc=f"genaug {run.method} (ray x{hi})", unit="img", dynamic_ncols=True,
-               disable=None if progress is None else not progress)
+               disable=bar_disabled(progress))
     rejected: set[str] = set()
-    try:
+    with bar, warnings.catch_warnings():  # the bar closes and the filter ends with the run
         warnings.filterwarnings("ignore", message=".*minimum number of concurrent actors.*")  # few blocks: fine
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for kind, row_json, png in zip(batch["kind"], batch["row"], batch["png"]):
@@ -173,5 +188,3 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
                     outdir.reject(row["path"], row["id"], row["reason"])
                     summary.sources -= bool(row.get("unreadable"))  # as locally: sources read = images loaded
             outdir.sync()
-    finally:
-        bar.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +17,10 @@ import yaml
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from ..core.config import ConfigError, build_config, config_dataclass, to_dict
+from ..core.config import ConfigError, build_config, config_dataclass, to_dict, values_option
 from ..core.devices import resolve_device
-from ..core.log import get_logger
+from ..core.files import atomic_path
+from ..core.log import bar_disabled, get_logger
 from ..data.imageset import load_real
 from .model import FlowModel, FlowSpec, make_unet
 
@@ -32,7 +32,7 @@ CHECKPOINT = "checkpoint.pt"
 class FlowTrainConfig:
     image_size: int | None = Field(None, ge=8)  # None: the first image's longer side, rounded up to a multiple of 4
     channels: Literal["auto", 1, 3] = "auto"  # auto: 1 when every image is grey
-    block_channels: tuple[int, ...] = (32, 64, 64)
+    block_channels: values_option(ge=1, item=int) = (32, 64, 64)  # one UNet level each
     layers_per_block: int = Field(1, ge=1)
     attention: bool = False
     steps: int = Field(600, ge=1)
@@ -50,9 +50,8 @@ class FlowTrainConfig:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a kill mid-save keeps the previous checkpoint
+        torch.save(obj, tmp)
 
 
 def _sample_t(n: int, how: str, g: torch.Generator) -> torch.Tensor:
@@ -71,10 +70,10 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
 
     size = cfg.image_size
     if size is None:
-        from ..data.images import InputConfig
-        from ..data.sources import Source, load_example
+        from ..data.sources import Source
 
-        first = next(load_example(r, InputConfig()) for r in Source(src).records() if r.error is None)
+        source = Source(src)
+        first = next(source.load(r) for r in source.records() if r.error is None)
         size = 4 * math.ceil(max(first.image.size) / 4)
     data = load_real(src, size, "fit-flow")
     classes = sorted(set(data.labels))
@@ -120,7 +119,7 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
         if new_log:
             w.writerow(["step", "loss", "lr", "seconds"])
         bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), desc="genaug fit-flow", unit="step",
-                   disable=None if progress is None else not progress)
+                   disable=bar_disabled(progress))
         model.train()
         window, t0 = [], time.perf_counter() - (float(ckpt["seconds"]) if step else 0.0)
         while step < cfg.steps:

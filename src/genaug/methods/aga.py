@@ -25,7 +25,7 @@ from pydantic import Field
 from ..components.diffusion import SDXL_MODEL, PipelineOptions
 from ..components.llm import LLMOptions
 from ..components.segment import MaskOptions
-from ..core.config import ConfigError, config_dataclass
+from ..core.config import ConfigError, config_dataclass, range_option
 from ..data.images import Rejected, is_image_name
 from .registry import register_method
 from ..core.seeding import derive_seed
@@ -132,6 +132,7 @@ def paste_subject(image: Image.Image, mask: Image.Image, background: Image.Image
 @register_method("aga")
 class AGA(Method):
     description = "AGA (2024): subject kept (dataset mask or GroundingDINO+SAM), LLM-captioned SDXL background, affine paste"
+    paper = "Rahat et al., Data Augmentation for Image Classification using Generative AI (arXiv 2409.00547)"
     default_batch_size = 4
 
     @config_dataclass
@@ -150,19 +151,14 @@ class AGA(Method):
         template_caption: str = TEMPLATE_CAPTION
         class_words: dict[str, list[str]] = Field(default_factory=dict)  # extra words / synonyms per class
         flip_p: float = Field(0.5, ge=0, le=1)
-        rotation: tuple[float, float] = (-15.0, 15.0)  # degrees
-        scale: tuple[float, float] = (0.6, 1.0)
+        rotation: range_option(ge=-180, le=180) = (-15.0, 15.0)  # degrees
+        scale: range_option(gt=0) = (0.6, 1.0)  # of the subject's size
         position: Literal["random", "keep"] = "random"  # keep: the subject's centre stays where it was
         feather: float = Field(2.0, ge=0)  # Gaussian sigma (px) of the outward soft edge
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
         c = self.config
-        for name, (lo, hi) in (("rotation", c.rotation), ("scale", c.scale)):
-            if lo > hi:
-                raise ConfigError(f"aga: {name} must be [low, high], got {[lo, hi]}")
-        if c.scale[0] <= 0:
-            raise ConfigError(f"aga: scale must be positive, got {c.scale}")
         if not (c.instructions and c.backgrounds and c.temporal):
             raise ConfigError("aga: instructions, backgrounds and temporal must each have at least one entry")
         self.sd = self.background_files = None

@@ -14,6 +14,7 @@ class Method(ABC):
     name: ClassVar[str]  # set by @register_method
     version: ClassVar[str] = "1"  # bump when the same params would give other pixels
     description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""  # the paper followed: authors, title, venue / arXiv id (`genaug methods NAME`)
     default_batch_size: ClassVar[int] = 16  # images per call when the user does not say (--batch-size)
     default_n: ClassVar[int] = 1  # variants per source image when the user does not say (-n): the paper's M
     Config: ClassVar[type]

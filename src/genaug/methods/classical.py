@@ -15,7 +15,7 @@ import torch
 from pydantic import Field
 from torchvision.transforms import v2
 
-from ..core.config import config_dataclass
+from ..core.config import config_dataclass, range_option
 from .registry import register_method
 from ..core.records import Example, Synthetic
 from .base import Method
@@ -72,6 +72,8 @@ class _PolicyMethod(_SeededTorchvision):
 @register_method("randaugment")
 class RandAugment(_PolicyMethod):
     description = "RandAugment (Cubuk et al. 2020): N random ops at magnitude M; torchvision v2, N=2, M=9"
+    paper = ("Cubuk et al., RandAugment: Practical automated data augmentation with a reduced search space (CVPR "
+             "Workshops 2020, arXiv 1909.13719)")
     policy_cls = v2.RandAugment
 
     @config_dataclass
@@ -85,6 +87,8 @@ class RandAugment(_PolicyMethod):
 @register_method("trivialaugment")
 class TrivialAugment(_PolicyMethod):
     description = "TrivialAugment Wide (Müller & Hutter 2021): one random op at a random magnitude; torchvision v2"
+    paper = ("Müller & Hutter, TrivialAugment: Tuning-free Yet State-of-the-Art Data Augmentation (ICCV 2021, "
+             "arXiv 2103.10158)")
     policy_cls = v2.TrivialAugmentWide
 
     @config_dataclass
@@ -96,6 +100,7 @@ class TrivialAugment(_PolicyMethod):
 @register_method("autoaugment")
 class AutoAugment(_PolicyMethod):
     description = "AutoAugment (Cubuk et al. 2019): a learned policy (imagenet, cifar10 or svhn); torchvision v2"
+    paper = "Cubuk et al., AutoAugment: Learning Augmentation Strategies from Data (CVPR 2019, arXiv 1805.09501)"
     policy_cls = v2.AutoAugment
 
     @config_dataclass
@@ -112,6 +117,8 @@ class AutoAugment(_PolicyMethod):
 @register_method("augmix")
 class AugMix(_PolicyMethod):
     description = "AugMix (Hendrycks et al. 2020): a Dirichlet mix of augmentation chains; torchvision v2"
+    paper = ("Hendrycks et al., AugMix: A Simple Data Processing Method to Improve Robustness and Uncertainty "
+             "(ICLR 2020, arXiv 1912.02781)")
     policy_cls = v2.AugMix
 
     @config_dataclass
@@ -131,11 +138,13 @@ def _box(top, left, height, width) -> dict[str, int]:
 @register_method("cutout")
 class Cutout(_SeededTorchvision):
     description = "Cutout / Random Erasing (DeVries & Taylor 2017; Zhong et al. 2020): erase one random box"
+    paper = ("DeVries & Taylor, Improved Regularization of CNNs with Cutout (arXiv 1708.04552); Zhong et al., "
+             "Random Erasing Data Augmentation (AAAI 2020, arXiv 1708.04896)")
 
     @config_dataclass
     class Config:
-        scale: tuple[float, float] = (0.02, 0.33)  # erased area as a fraction of the image
-        ratio: tuple[float, float] = (0.3, 3.3)  # aspect ratio range of the box
+        scale: range_option(gt=0, le=1) = (0.02, 0.33)  # erased area as a fraction of the image
+        ratio: range_option(gt=0) = (0.3, 3.3)  # aspect ratio range of the box
         value: int = Field(0, ge=0, le=255)  # fill grey level
 
     def __init__(self, config, components=None):
@@ -154,12 +163,14 @@ class Cutout(_SeededTorchvision):
 @register_method("flipcrop")
 class FlipCrop(_SeededTorchvision):
     description = "Random horizontal flip + random resized crop back to the source size; torchvision v2"
+    paper = ("Szegedy et al., Going Deeper with Convolutions (CVPR 2015, arXiv 1409.4842): the Inception "
+             "random-resized crop, with horizontal flips")
 
     @config_dataclass
     class Config:
         # Milder than torchvision's ImageNet training default (0.08, 1): an offline copy is kept forever.
-        scale: tuple[float, float] = (0.5, 1.0)
-        ratio: tuple[float, float] = (3 / 4, 4 / 3)
+        scale: range_option(gt=0, le=1) = (0.5, 1.0)  # crop area as a fraction of the image
+        ratio: range_option(gt=0) = (3 / 4, 4 / 3)  # aspect ratio range of the crop
         flip_p: float = Field(0.5, ge=0, le=1)
 
     def apply(self, image):

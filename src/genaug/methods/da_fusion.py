@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ..components.diffusion import SD15_MODEL, PipelineOptions
 from ..components.textual_inversion import TextualInversionOptions
-from ..core.config import ConfigError, config_dataclass
+from ..core.config import ConfigError, config_dataclass, values_option
 from .registry import register_method
 from ..core.records import Example, Synthetic
 from .base import Method
@@ -20,6 +20,7 @@ from .base import Method
 class DAFusion(Method):
     version = "2"  # 2: prompts encoded one at a time (batch-independent)
     description = "DA-Fusion (Trabucco et al. 2024): textual-inversion class tokens + SD img2img at random strength"
+    paper = "Trabucco et al., Effective Data Augmentation With Diffusion Models (ICLR 2024, arXiv 2302.07944)"
     default_batch_size = 8
     default_n = 10  # the paper's M
 
@@ -28,15 +29,13 @@ class DAFusion(Method):
         model: str = SD15_MODEL
         revision: str | None = None
         prompt: str = "a photo of a {token}"
-        strengths: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # DA-Fusion's randomised insertion t0
+        strengths: values_option(gt=0, le=1) = (0.25, 0.5, 0.75, 1.0)  # DA-Fusion's randomised insertion t0
         guidance_scale: float = Field(7.5, ge=0)
         steps: int = Field(50, ge=4)
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
         c = self.config
-        if not c.strengths or not all(0 < s <= 1 for s in c.strengths):
-            raise ConfigError(f"da_fusion: strengths must be in (0, 1], got {c.strengths}")
         if "{token}" not in c.prompt:
             raise ConfigError("da_fusion: prompt must contain {token}")
         self.sd = c.diffusion(c.model, c.revision)

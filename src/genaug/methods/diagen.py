@@ -24,7 +24,7 @@ from pydantic import Field
 
 from ..components.llm import LLMOptions
 from ..components.textual_inversion import token_vectors
-from ..core.config import ConfigError, config_dataclass
+from ..core.config import ConfigError, config_dataclass, values_option
 from .registry import register_method
 from ..core.seeding import derive_seed
 from ..core.records import Example, Synthetic
@@ -60,15 +60,17 @@ def _word_pattern(name: str) -> re.Pattern:
 class DIAGen(DAFusion):
     description = ("DIAGen (Lingenberg et al. 2024): DA-Fusion + noise on the class embedding + LLM class prompts "
                    "+ classifier-confidence weights")
+    paper = ("Lingenberg et al., DIAGen: Semantically Diverse Image Augmentation with Generative Models for "
+             "Few-Shot Learning (GCPR 2024, arXiv 2408.14584)")
     version = "1"
     default_n = 10
 
     @config_dataclass
     class Config(DAFusion.Config, LLMOptions):
         prompt: str = "a photo of a {token}"  # used as is for template prompts with no slot drawn
-        strengths: tuple[float, ...] = (0.7,)  # DIAGen's t0
+        strengths: values_option(gt=0, le=1) = (0.7,)  # DIAGen's t0
         guidance_scale: float = Field(15.0, ge=0)
-        noise_stds: tuple[float, ...] = (0.005, 0.01, 0.025)  # one drawn per image; () = no noise
+        noise_stds: values_option(ge=0, allow_empty=True) = (0.005, 0.01, 0.025)  # one drawn per image; () = no noise
         prompts_per_class: int = Field(10, ge=1)
         slots: tuple[str, ...] = SLOTS  # optional parts of the prompt structure
         adjectives: tuple[str, ...] = ADJECTIVES
@@ -85,8 +87,6 @@ class DIAGen(DAFusion):
     def __init__(self, config, components=None):
         super().__init__(config, components)
         c = self.config
-        if any(s < 0 for s in c.noise_stds):
-            raise ConfigError(f"diagen: noise_stds must be >= 0, got {c.noise_stds}")
         if unknown := set(c.slots) - set(SLOTS):
             raise ConfigError(f"diagen: unknown slot(s) {sorted(unknown)}; choose from {SLOTS}")
         for key in ("{n}", "{name}"):

@@ -38,6 +38,7 @@ from .base import Method
 @register_method("inpaint")
 class Inpaint(Method):
     description = "Object-centric inpainting (Shivashankar & Miller): SD inpainting of background, subject or both"
+    paper = "Shivashankar & Miller, Semantic Data Augmentation with Generative Models (section 3.3, mask ablation)"
     default_batch_size = 8
 
     @config_dataclass

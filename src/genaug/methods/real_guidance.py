@@ -19,6 +19,8 @@ from .base import Method
 class RealGuidance(Method):
     version = "2"  # 2: prompts encoded one at a time (batch-independent)
     description = "Real Guidance (He et al. 2023): Stable Diffusion img2img from the real image, 'a photo of a {label}'"
+    paper = ("He et al., Is synthetic data from generative models ready for image recognition? "
+             "(ICLR 2023, arXiv 2210.07574)")
     default_batch_size = 8
 
     @config_dataclass

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..core.config import ConfigError, config_dataclass
+from ..core.config import ConfigError, config_dataclass, range_option, values_option
 from ..core.devices import resolve_device
 from ..flow.model import take
 from .registry import register_method
@@ -33,6 +33,7 @@ from .base import Method
 @register_method("semantic_flow")
 class SemanticFlow(Method):
     description = "Flow-matching inversion + latent perturbation / SDEdit / composition (Shivashankar & Miller)"
+    paper = "Shivashankar & Miller, Semantic Data Augmentation with Generative Models (section 3)"
     version = "1"
     default_batch_size = 128  # images are grouped by start time, then run in fixed micro-batches: keep groups full
 
@@ -44,11 +45,11 @@ class SemanticFlow(Method):
         negative_prompt: str = ""  # pipeline: for classifier-free guidance
         resolution: int | None = None  # pipeline: working size (default: the pipeline's native size)
         mode: Literal["latent", "sdedit", "compose"] = "latent"
-        delta: tuple[float, float] = (0.3, 0.6)  # latent / compose: perturbation scale, uniform in this range
+        delta: range_option(ge=0) = (0.3, 0.6)  # latent / compose: perturbation scale, uniform in this range
         renormalize: bool = False  # latent: (z + delta eps) / sqrt(1 + delta^2), keeping z' on the N(0, I) prior
-        t0: tuple[float, ...] = (0.3, 0.4, 0.5)  # sdedit: insertion times, one drawn per image
+        t0: values_option(ge=0, lt=1) = (0.3, 0.4, 0.5)  # sdedit: insertion times, one drawn per image
         k: int = Field(4, ge=1)  # compose: number of augmentations D_i at t = i/k
-        p: tuple[float, ...] | None = None  # compose: probability of each D_i (uniform when unset)
+        p: values_option(ge=0, le=1) | None = None  # compose: probability of each D_i (uniform when unset)
         steps: int = Field(20, ge=1)  # ODE steps over the whole [0, 1] interval (a part of it gets its share)
         solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "euler"
         guidance: float = Field(1.0, ge=0)  # classifier-free guidance when generating (1 = none)
@@ -65,11 +66,7 @@ class SemanticFlow(Method):
         if not c.model:
             raise ConfigError("semantic_flow needs model=DIR: a generator trained with `genaug fit-flow` "
                               "(or --models DIR holding flow/ or sd3/)")
-        if c.delta[0] > c.delta[1] or c.delta[0] < 0:
-            raise ConfigError(f"semantic_flow: delta must be a range [low, high] with 0 <= low <= high, got {c.delta}")
-        if not c.t0 or not all(0 <= t < 1 for t in c.t0):
-            raise ConfigError(f"semantic_flow: t0 values must be in [0, 1), got {c.t0}")
-        if c.p is not None and (len(c.p) != c.k or abs(sum(c.p) - 1) > 1e-6 or min(c.p) < 0):
+        if c.p is not None and (len(c.p) != c.k or abs(sum(c.p) - 1) > 1e-6):
             raise ConfigError(f"semantic_flow: p must hold k={c.k} probabilities summing to 1, got {c.p}")
         from ..flow.model import FLOW_CONFIG, FlowModel
 

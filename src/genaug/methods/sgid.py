@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..components.captioner import BLIP_MODEL, Captioner, JsonCache, image_key
+from ..components.captioner import BLIP_MODEL, Captioner
 from ..components.clip import Clip
 from ..components.diffusion import SD15_MODEL, Diffusion
 from ..core.config import ConfigError, config_dataclass
+from ..data.cache import Cache, content_key
 from .registry import register_method
 from ..core.records import Example, Synthetic
 from .base import Method
@@ -40,6 +41,8 @@ def sgid_quadratic(s: float) -> float:
 @register_method("sgid")
 class SGID(Method):
     description = "SGID (Li et al. 2023): BLIP captions, CLIP picks one, weighted prompt, guided SD img2img at 0.3"
+    paper = ("Li, Xu, Wang, Semantic-Guided Generative Image Augmentation Method with Diffusion Models for Image "
+             "Classification (arXiv 2302.02070), via a course re-implementation report")
     default_batch_size = 8
 
     @config_dataclass
@@ -75,7 +78,7 @@ class SGID(Method):
         self.sd = Diffusion(c.model, c.revision, c.scheduler, c.device, micro_batch=1, resolution=c.resolution)
         self.captioner = Captioner(c.captioner, c.captioner_revision, c.device)
         self.clip = Clip(c.clip, c.clip_revision or (CLIP_B32_REVISION if c.clip == CLIP_B32 else None), c.device)
-        self.similarities = JsonCache("sgid-clip")
+        self.similarities = Cache("sgid-clip")
         from compel import CompelForSD, CompelForSDXL
 
         self.compel = (CompelForSDXL if self.sd.is_xl else CompelForSD)(self.sd.pipe)
@@ -89,14 +92,15 @@ class SGID(Method):
     def best_caption(self, image) -> tuple[str, float]:
         c = self.config
         captions = self.captioner.captions(image, c.n_beam, c.n_nucleus, c.top_p)
-        key = image_key(image, self.clip.id, self.clip.revision, captions)
-        cached = self.similarities.get(key)
-        if cached is None:
+        key = content_key(image, self.clip.id, self.clip.revision, captions)
+
+        def best() -> list:
             sims = self.clip.image_text_similarity([image] * len(captions), captions).tolist()
             i = int(np.argmax(sims))
-            cached = [captions[i], round(float(sims[i]), 6)]
-            self.similarities.put(key, cached)
-        return cached[0], cached[1]
+            return [captions[i], round(float(sims[i]), 6)]
+
+        caption, similarity = self.similarities.get_or_put(key, best)
+        return caption, similarity
 
     def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
         c = self.config
