@@ -56,7 +56,7 @@ def test_ray_writes_what_the_local_executor_writes(method, ray_session, tmp_path
 
 
 def test_bad_ray_options_are_clear(tmp_path, imagefolder):
-    for args, message in ((["--executor", "spark"], "unknown executor"),
+    for args, message in ((["--executor", "spark"], "'spark' is not one of 'local', 'ray'"),
                           (["--workers", "2"], "need --executor ray"),
                           (["--executor", "ray", "--workers", "3,1"], "MIN <= MAX"),
                           (["--executor", "ray", "--workers", "x"], "N or MIN,MAX")):

@@ -1,17 +1,27 @@
-"""The `genaug` command line (typer). Configuration errors print one line and exit with status 2."""
+"""The `genaug` command line (typer). Configuration errors print one line and exit with status 2.
+
+One precedence for every command: built-in defaults < YAML file (`--config`) < flags < `key=value`.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
+import types
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional, Union, get_args, get_origin
 
 import typer
 
 from .core.config import ConfigError, load_yaml, merge, parse_overrides
+from .core.log import set_progress, set_verbosity
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+# rich_markup_mode=None: rich reads "[0]" or "[the method's default]" in a help text as markup and drops it.
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Generative data augmentation for image classification.")
+
+# --no-progress, passed as `progress=` to every long library call (None: tqdm's rule, a bar on a terminal).
+_progress: Optional[bool] = None
 
 
 def _fail(msg: str) -> None:
@@ -19,26 +29,159 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-@app.command()
-def methods() -> None:
-    """List every registered method: its name, then a one-line description."""
-    from .methods import get_method_class, list_methods
+def _print_version(value: bool) -> None:
+    if value:
+        from .core.version import __version__
 
-    names = list_methods()
-    width = max(map(len, names))
-    for name in names:
-        typer.echo(f"{name:<{width}}  {get_method_class(name).description}")
+        typer.echo(f"genaug {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="log errors only")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, show_default=False, help="log info lines; -vv: debug too [GENAUG_VERBOSITY, else warnings]")] = 0,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="draw no progress bar [a bar when stderr is a terminal]")] = False,
+) -> None:
+    global _progress
+    if quiet and verbose:
+        _fail("-q and -v contradict each other")
+    # Set (or reset) on every call: the library's level and bar default are process-wide.
+    set_verbosity("error" if quiet else "debug" if verbose > 1 else "info" if verbose else None)
+    _progress = False if no_progress else None
+    set_progress(_progress)
+
+
+@app.command()
+def methods(
+    name: Annotated[Optional[str], typer.Argument(help="a generator or training transform: its paper and options")] = None,
+) -> None:
+    """List the generators (name, one-line description) and the training transforms; with NAME, that one's
+    paper and options (type, default, allowed values)."""
+    from .methods import get_method_class, list_methods
+    from .train.transforms import IMAGE_TRANSFORMS, list_transforms, transform_class
+
+    names, transforms = list_methods(), list_transforms()
+    if name is None:
+        width = max(map(len, names + transforms))
+        for n in names:
+            typer.echo(f"{n:<{width}}  {get_method_class(n).description}")
+        typer.echo("\ntraining transforms, applied online by `genaug train augment=NAME` (and bench arms):")
+        for n in transforms:
+            if n not in IMAGE_TRANSFORMS:
+                typer.echo(f"  {n:<{width}}{transform_class(n).description}")
+        typer.echo(f"  {', '.join(n for n in transforms if n in IMAGE_TRANSFORMS)}: the generators above, per image")
+        return
+    if name not in names and name not in transforms:
+        _fail(f"unknown method {name!r}; choose from {', '.join(sorted({*names, *transforms}))}")
+    cls = get_method_class(name) if name in names else transform_class(name)
+    typer.echo(f"{name}: {cls.description}")
+    if getattr(cls, "paper", ""):
+        typer.echo(f"paper: {cls.paper}")
+    if name in names:
+        typer.echo(f"generator: genaug augment --method {name}; -n {cls.default_n} (default_n, the paper's M), "
+                   f"--batch-size {cls.default_batch_size} (default_batch_size)")
+    if name in transforms:
+        typer.echo(f"training transform: genaug train augment={name} augment_options={{...}}")
+    typer.echo("")
+    _echo_table(["option", "type", "default", "allowed"], _option_rows(cls.Config))
+
+
+# ---- `genaug methods NAME`: a config dataclass as a table, from pydantic's own view of its fields ----------------
+_BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+def _option_rows(config_cls) -> list[list[str]]:
+    from pydantic_core import PydanticUndefined
+
+    rows = []
+    for key, f in config_cls.__pydantic_fields__.items():
+        default = f.default_factory() if f.default_factory else f.default
+        shown = "(required)" if default is PydanticUndefined else _show(default)
+        shown = shown if len(shown) <= 48 else shown[:45] + "..."
+        allowed = ", ".join(dict.fromkeys(_allowed(f.annotation, f.metadata)))
+        rows.append([key, _type_name(f.annotation), shown, allowed])
+    return rows
+
+
+def _type_name(tp) -> str:
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is type(None):
+        return "None"
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin is Literal:
+        return " | ".join(dict.fromkeys(type(a).__name__ for a in args))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None:
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', origin)}[{inner}]"
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _allowed(tp, metadata) -> list[str]:
+    """Literal choices and the bounds found in any Annotated metadata (annotated_types' Ge, Interval, ...: any
+    dataclass-like object is shown by its non-empty fields; validators, being callables, are left out)."""
+    out = [c for m in metadata for c in [_constraint(m)] if c]
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Literal:
+        out.append(" | ".join(map(_show, args)))
+    elif origin is Annotated:
+        out += _allowed(args[0], args[1:])
+    else:
+        out += [c for a in args if a is not Ellipsis for c in _allowed(a, ())]
+    return out
+
+
+def _constraint(m) -> str:
+    from pydantic.fields import FieldInfo
+
+    if isinstance(m, str):
+        return m
+    if isinstance(m, FieldInfo):  # a Field(ge=...) nested inside another type, e.g. a tuple's items
+        return ", ".join(c for c in map(_constraint, m.metadata) if c)
+    if type(m).__str__ is not object.__str__:
+        return str(m)
+    fields = ({f.name: getattr(m, f.name) for f in dataclasses.fields(m)} if dataclasses.is_dataclass(m)
+              else dict(vars(m)) if hasattr(m, "__dict__") else {})
+    return ", ".join(f"{_BOUNDS[k]} {_show(v)}" if k in _BOUNDS else f"{k}={_show(v)}"
+                     for k, v in fields.items() if v is not None and not callable(v))
+
+
+def _show(v) -> str:
+    """A value as it would be typed in a key=value override (YAML)."""
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(map(_show, v)) + "]"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return repr(v) if len(repr(v)) <= 8 else f"{v:.6g}"
+    if isinstance(v, str) and not v:
+        return '""'
+    return str(v)
+
+
+def _echo_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _layered(config: Optional[Path], overrides: dict, flags: Optional[dict] = None) -> dict:
+    """The one precedence: built-in defaults (the library's) < YAML file < flags < key=value overrides."""
+    cfg = merge(load_yaml(config) if config else {}, {k: v for k, v in (flags or {}).items() if v is not None})
+    return merge(cfg, overrides)
 
 
 def _run_config(config: Optional[Path], overrides: list[str], **flags) -> dict:
-    """defaults < YAML file < flags and key=value overrides. Bare keys are method options; `input.*` keys
-    configure input validation."""
-    cfg = load_yaml(config) if config else {}
+    """`augment`'s layers: bare key=value keys are method options (`options`), `input.*` keys input checks."""
     over = parse_overrides(overrides)
-    cfg = merge(cfg, {"input": over.pop("input")} if "input" in over else {})
-    cfg = merge(cfg, {"options": over} if over else {})
-    cfg.update({k: v for k, v in flags.items() if v is not None})
-    return cfg
+    nested = {"input": over.pop("input")} if "input" in over else {}
+    return _layered(config, {**nested, "options": over} if over else nested, flags)
 
 
 @app.command(context_settings={"allow_interspersed_args": True})
@@ -53,7 +196,7 @@ def augment(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with the same keys (method, n, seed, batch_size, options, input, models)")] = None,
     models: Annotated[Optional[Path], typer.Option("--models", help="folder of local models: components load from DIR/<component> (clip, blip, sd15, sd15-inpaint, sdxl, sd3, llm, grounding-dino, sam, flow; `genaug tiny-models DIR` writes one)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the run summary as JSON")] = None,
-    executor: Annotated[str, typer.Option("--executor", help="local (this process) or ray (a Ray Data actor pool)")] = "local",
+    executor: Annotated[Literal["local", "ray"], typer.Option("--executor", help="local (this process) or ray (a Ray Data actor pool)")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one")] = None,
     workers: Annotated[Optional[str], typer.Option("--workers", help="Ray actors: N, or MIN,MAX to autoscale [1]")] = None,
     num_gpus_per_worker: Annotated[Optional[float], typer.Option("--num-gpus-per-worker", help="GPUs per Ray actor (fractions share a GPU) [0]")] = None,
@@ -71,7 +214,7 @@ def augment(
             _fail(f"unknown top-level key(s) in config: {sorted(unknown)}")
         ray_flags = {k: v for k, v in dict(ray_address=ray_address, workers=workers,
                                            num_gpus_per_worker=num_gpus_per_worker).items() if v is not None}
-        summary = run_augment(src, out, **cfg, executor=executor, **ray_flags)
+        summary = run_augment(src, out, **cfg, executor=executor, progress=_progress, **ray_flags)
     except ConfigError as e:
         _fail(str(e))
     typer.echo(str(summary))
@@ -86,17 +229,15 @@ def _write_json(path: Optional[Path], data) -> None:
 
 @app.command("export")
 def export_dataset(
-    name: Annotated[str, typer.Argument(help="a built-in real dataset: fashion-mnist or digits")],
+    name: Annotated[Literal["fashion-mnist", "digits"], typer.Argument(help="a built-in real dataset")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the PNGs and manifest.csv")] = ...,
-    split: Annotated[str, typer.Option(help="train or test (fashion-mnist)")] = "train",
+    split: Annotated[Literal["train", "test"], typer.Option(help="which split (fashion-mnist; digits has none)")] = "train",
     per_class: Annotated[Optional[int], typer.Option(help="only this many images per class (stratified, seeded)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the per-class subset")] = 0,
 ) -> None:
     """Write a built-in real dataset (offline) as class folders of PNGs plus manifest.csv (exact labels)."""
     from .data.builtin import export_images, load_builtin, stratified_subset
 
-    if split not in ("train", "test"):
-        _fail(f"--split must be train or test, got {split!r}")
     try:
         images, labels, classes = load_builtin(name, split)
     except ConfigError as e:
@@ -157,9 +298,9 @@ def train(
     from .train import train as run_train
 
     try:
-        cfg = merge(load_yaml(config) if config else {}, parse_overrides(overrides or []))
+        cfg = _layered(config, parse_overrides(overrides or []))
         result = run_train(real, out, synthetic=synthetic or [], val=val, test=test,
-                           ood=_named_paths(ood or [], "--ood"), config=cfg)
+                           ood=_named_paths(ood or [], "--ood"), config=cfg, progress=_progress)
     except ConfigError as e:
         _fail(str(e))
     typer.echo(f"run: {out}  (best epoch {result['best_epoch']}, {result['n_real']} real + "
@@ -179,7 +320,7 @@ def metrics(
     feature_size: Annotated[int, typer.Option(help="input size of the MobileNetV2 feature extractor")] = 224,
     per_class: Annotated[bool, typer.Option(help="also per class")] = True,
     clip: Annotated[Optional[str], typer.Option("--clip", help="a CLIP model (hub id or local dir): adds the CLIP score")] = None,
-    features: Annotated[str, typer.Option(help="feature space: mobilenet_v2 (real ImageNet weights, offline), inception (FID's) or clip")] = "mobilenet_v2",
+    features: Annotated[Literal["mobilenet_v2", "inception", "clip"], typer.Option(help="feature space: mobilenet_v2 (real ImageNet weights, offline), inception (FID's) or clip (needs --clip)")] = "mobilenet_v2",
     inception_weights: Annotated[Optional[Path], typer.Option(help="local file of the FID Inception-v3 weights")] = None,
     prompt: Annotated[str, typer.Option(help="CLIP score text; {label} is replaced")] = "a photo of a {label}",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON")] = None,
@@ -187,8 +328,6 @@ def metrics(
     """Synthetic-data metrics: precision, recall, density, coverage, FID, KID; CLIP score with --clip."""
     from .scoring import synthetic_metrics
 
-    if features not in ("mobilenet_v2", "inception", "clip"):
-        _fail(f"--features must be mobilenet_v2, inception or clip, got {features!r}")
     if features == "clip" and not clip:
         _fail("--features clip needs --clip MODEL")
     try:
@@ -215,9 +354,10 @@ def metrics(
     _write_json(json_out, r)
 
 
-@app.command()
+@app.command(context_settings={"allow_interspersed_args": True})
 def bench(
     config: Annotated[Path, typer.Argument(help="bench YAML: data, splits, methods, budget, train (see README)")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="bench options as key=value, over the YAML's (budget=5 train.epochs=10)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="run directory (rerun to resume)")] = ...,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the summary table as JSON")] = None,
 ) -> None:
@@ -225,7 +365,7 @@ def bench(
     from .bench import load_summary, run_bench
 
     try:
-        run_bench(load_yaml(config), out)
+        run_bench(_layered(config, parse_overrides(overrides or [])), out, progress=_progress)
     except ConfigError as e:
         _fail(str(e))
     typer.echo((out / "report.md").read_text(encoding="utf-8").split("## Configuration")[0].rstrip())
@@ -249,7 +389,7 @@ def weight(
     synthetic: Annotated[Path, typer.Argument(help="a genaug augment output folder")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="classifier options as key=value (genaug train's)")] = None,
     real: Annotated[Path, typer.Option("--real", help="the real images (split file, manifest or ImageFolder)")] = ...,
-    rule: Annotated[str, typer.Option(help="diagen (1 if p >= 0.5 else 2p) or confidence (p)")] = "diagen",
+    rule: Annotated[Literal["diagen", "confidence"], typer.Option(help="diagen (1 if p >= 0.5 else 2p) or confidence (p)")] = "diagen",
     holdout: Annotated[float, typer.Option(help="share of each class's real images held out for temperature scaling")] = 0.2,
     seed: Annotated[int, typer.Option(help="seed of the hold-out split and the classifier")] = 0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the summary as JSON")] = None,
@@ -257,11 +397,12 @@ def weight(
     """Weight synthetic images by a calibrated real-data classifier's confidence (DIAGen's weighting)."""
     from .scoring.weighting import weight_synthetic
 
-    if rule not in ("diagen", "confidence"):
-        _fail(f"--rule must be diagen or confidence, got {rule!r}")
     try:
-        r = weight_synthetic(synthetic, real, rule=rule, holdout=holdout, seed=seed,
-                             classifier=parse_overrides(overrides or []))
+        classifier = parse_overrides(overrides or [])
+        # key=value beats the flag (the one precedence); the seed seeds the hold-out split and the classifier alike.
+        seed = classifier.pop("seed", seed)
+        r = weight_synthetic(synthetic, real, rule=rule, holdout=holdout, seed=seed, classifier=classifier,
+                             progress=_progress)
     except ConfigError as e:
         _fail(str(e))
     typer.echo(f"weighted {r['n_synthetic']} images ({r['rule']}): temperature {r['temperature']:.3f}, held-out NLL "
@@ -282,7 +423,7 @@ def fit_flow_cmd(
     from .flow.train import fit_flow
 
     try:
-        r = fit_flow(src, out, merge(load_yaml(config) if config else {}, parse_overrides(overrides or [])))
+        r = fit_flow(src, out, _layered(config, parse_overrides(overrides or [])), progress=_progress)
     except ConfigError as e:
         _fail(str(e))
     rec = r["reconstruction"]
@@ -312,7 +453,7 @@ def demo(
     from .demo import format_table, run_demo
 
     try:
-        result = run_demo(out, quick=quick)
+        result = run_demo(out, quick=quick, progress=_progress)
     except ConfigError as e:
         _fail(str(e))
     typer.echo(format_table(result))
@@ -320,8 +461,18 @@ def demo(
     _write_json(json_out, {**result["arms"], "details": result})
 
 
-def main() -> None:  # pragma: no cover
-    app(prog_name="genaug")
+def main() -> None:
+    """The `genaug` command: the app, with a missing optional dependency told as the extra that installs it."""
+    from .core.extras import missing_extra
+
+    try:
+        app(prog_name="genaug")
+    except ModuleNotFoundError as e:
+        message = missing_extra(e)
+        if message is None:
+            raise
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

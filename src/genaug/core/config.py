@@ -2,18 +2,22 @@
 
 Every config class is declared with `@config_dataclass`: its fields are the knobs, their defaults the
 papers' values; unknown keys and wrong types are errors with a one-line message, never ignored.
+Range options (`[low, high]`) and lists of values are declared with `range_option` / `values_option`, so
+their order, bounds and emptiness are checked here, not by a torch error deep inside a method.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import types
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from pydantic import ConfigDict, ValidationError
 from pydantic.dataclasses import dataclass as _pydantic_dataclass
+from pydantic_core import core_schema
 
 
 class ConfigError(ValueError):
@@ -22,6 +26,87 @@ class ConfigError(ValueError):
 
 def config_dataclass(cls):
     return _pydantic_dataclass(cls, config=ConfigDict(extra="forbid", validate_assignment=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptionSpec:
+    """The `Annotated` metadata of a range / values option: it validates the option, and tells its kind and bounds
+    to whoever looks (`option_specs`: the tests, `genaug methods NAME`)."""
+
+    kind: Literal["range", "values"]
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    allow_empty: bool = False
+
+    def admits(self, x: float) -> bool:
+        # written so that NaN fails every bound
+        return ((self.gt is None or x > self.gt) and (self.ge is None or x >= self.ge)
+                and (self.lt is None or x < self.lt) and (self.le is None or x <= self.le))
+
+    @property
+    def bounds(self) -> str:
+        lo = ("(", self.gt) if self.gt is not None else ("[", self.ge) if self.ge is not None else None
+        hi = (")", self.lt) if self.lt is not None else ("]", self.le) if self.le is not None else None
+        if lo and hi:
+            return f"in {lo[0]}{lo[1]:g}, {hi[1]:g}{hi[0]}"
+        if lo:
+            return f"{'>' if lo[0] == '(' else '>='} {lo[1]:g}"
+        if hi:
+            return f"{'<' if hi[0] == ')' else '<='} {hi[1]:g}"
+        return "any number"
+
+    @property
+    def rule(self) -> str:
+        if self.kind == "range":
+            return f"must be [low, high] with low <= high, both {self.bounds}"
+        return f"must be a {'' if self.allow_empty else 'non-empty '}list of values, each {self.bounds}"
+
+    def __str__(self) -> str:  # the "allowed" column of `genaug methods NAME`
+        if self.kind == "range":
+            return f"[low, high], low <= high, both {self.bounds}"
+        return f"{'' if self.allow_empty else 'non-empty, '}each {self.bounds}"
+
+    def check(self, v: tuple) -> tuple:
+        ok = all(self.admits(x) for x in v) and (
+            v[0] <= v[1] if self.kind == "range" else bool(v) or self.allow_empty)
+        if not ok:
+            raise ValueError(self.rule)
+        return v
+
+    def _two(self, v):
+        if isinstance(v, (list, tuple)) and len(v) != 2:
+            raise ValueError(self.rule)
+        return v
+
+    def __get_pydantic_core_schema__(self, source, handler):
+        # after the type's own validation (numbers parsed) the rule is checked; a range's length is checked before
+        # it, so that `scale=[0.5]` gets the rule rather than pydantic's "Field required" on `scale.1`
+        schema = core_schema.no_info_after_validator_function(self.check, handler(source))
+        return core_schema.no_info_before_validator_function(self._two, schema) if self.kind == "range" else schema
+
+
+def range_option(*, gt=None, ge=None, lt=None, le=None):
+    """The type of a `[low, high]` option of numbers: two values, low <= high, both within the bounds."""
+    return Annotated[tuple[float, float], OptionSpec("range", gt, ge, lt, le)]
+
+
+def values_option(*, gt=None, ge=None, lt=None, le=None, item: type = float, allow_empty: bool = False):
+    """The type of a list-of-values option (one drawn per image, …): non-empty, each value within the bounds."""
+    return Annotated[tuple[item, ...], OptionSpec("values", gt, ge, lt, le, allow_empty)]
+
+
+def option_specs(cls) -> dict[str, OptionSpec]:
+    """`{field name: OptionSpec}` of a config class's range and values options (optional ones included)."""
+    out = {}
+    for name, hint in get_type_hints(cls, include_extras=True).items():
+        if get_origin(hint) in (Union, types.UnionType):  # an optional option: `range_option(...) | None`
+            hint = next((a for a in get_args(hint) if a is not type(None)), hint)
+        spec = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, OptionSpec)), None)
+        if spec is not None:
+            out[name] = spec
+    return out
 
 
 def build_config(cls, values: dict[str, Any], where: str):
@@ -43,7 +128,8 @@ def _format_validation(e: ValidationError, cls, where: str) -> str:
         if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
             lines.append(f"{where}: unknown option {key!r} (valid options: {known})")
         else:
-            lines.append(f"{where}: option {key!r}: {err['msg']} (got {err.get('input')!r})")
+            msg = err["msg"].removeprefix("Value error, ")  # pydantic's prefix to a validator's ValueError
+            lines.append(f"{where}: option {key!r}: {msg} (got {err.get('input')!r})")
     return "\n".join(lines)
 
 
