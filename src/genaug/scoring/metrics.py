@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..core.config import ConfigError
+from ..core.log import bar_disabled
 from ..data.imageset import ImageSet, load_any
 
 
@@ -33,7 +34,7 @@ class _Precomputed(nn.Module):
 @torch.no_grad()
 def extract(images: ImageSet, extractor: nn.Module, batch_size: int = 64, desc: str = "features") -> torch.Tensor:
     chunks = [extractor(images.images[i:i + batch_size])
-              for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=None, leave=False)]
+              for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=bar_disabled(), leave=False)]
     return torch.cat(chunks).float() if chunks else torch.empty(0, extractor.num_features)
 
 

@@ -15,13 +15,13 @@ A higher SIC means the model's confidence is carried by the pixels its saliency 
 from __future__ import annotations
 
 from typing import Any, Literal
+from unittest import mock
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-if not hasattr(np, "trapz"):  # saliency 0.2.1 calls np.trapz, which NumPy 2.4 removed; trapezoid is the same
-    np.trapz = np.trapezoid
+from ..core.log import bar_disabled
 
 THRESHOLDS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.10, 0.13, 0.21, 0.34, 0.5, 0.75)  # the XRAI paper's
 
@@ -55,28 +55,30 @@ def sic_score(model, images: torch.Tensor, normalize, n_images: int = 50, seed: 
         x = torch.from_numpy(batch_hwc).permute(0, 3, 1, 2).to(device)
         return model(normalize(x)).softmax(1)[:, cls].cpu().tolist()
 
-    results, skipped = [], 0
-    for i in tqdm(pick, desc="SIC", unit="img", disable=None, leave=False):
-        img = images[i]
-        x = normalize(img[None].to(device))
-        with torch.no_grad():
-            cls = int(model(x).argmax(1))
-        sal = saliency_maps(model, x, torch.tensor([cls], device=device), method)[0]
-        h, w = sal.shape
-        mask = np.zeros(h * w, dtype=bool)
-        mask[rng.choice(h * w, size=max(1, int(0.01 * h * w)), replace=False)] = True
-        try:
-            results.append(pic.compute_pic_metric(
-                img=img.permute(1, 2, 0).numpy(), saliency_map=sal, random_mask=mask.reshape(h, w),
-                pred_func=lambda b, c=cls: softmax_of(b, c), saliency_thresholds=THRESHOLDS,
-                min_pred_value=min_pred_value, keep_monotonous=True, num_data_points=100))
-        except pic.ComputePicMetricError:
-            skipped += 1
-    out: dict[str, Any] = {"method": method, "n_scored": len(results), "n_skipped": skipped,
-                           "min_pred_value": min_pred_value}
-    if results:
-        agg = pic.aggregate_individual_pic_results(results, method="median")
-        out.update(sic=float(agg.auc), curve_y=[round(float(v), 4) for v in agg.curve_y[::10]])
-    else:
-        out["sic"] = None
-    return out
+    # saliency 0.2.1 calls np.trapz, which NumPy 2.4 removed (np.trapezoid is the same): lent for this call only
+    with mock.patch.object(np, "trapz", getattr(np, "trapz", np.trapezoid), create=True):
+        results, skipped = [], 0
+        for i in tqdm(pick, desc="SIC", unit="img", disable=bar_disabled(), leave=False):
+            img = images[i]
+            x = normalize(img[None].to(device))
+            with torch.no_grad():
+                cls = int(model(x).argmax(1))
+            sal = saliency_maps(model, x, torch.tensor([cls], device=device), method)[0]
+            h, w = sal.shape
+            mask = np.zeros(h * w, dtype=bool)
+            mask[rng.choice(h * w, size=max(1, int(0.01 * h * w)), replace=False)] = True
+            try:
+                results.append(pic.compute_pic_metric(
+                    img=img.permute(1, 2, 0).numpy(), saliency_map=sal, random_mask=mask.reshape(h, w),
+                    pred_func=lambda b, c=cls: softmax_of(b, c), saliency_thresholds=THRESHOLDS,
+                    min_pred_value=min_pred_value, keep_monotonous=True, num_data_points=100))
+            except pic.ComputePicMetricError:
+                skipped += 1
+        out: dict[str, Any] = {"method": method, "n_scored": len(results), "n_skipped": skipped,
+                               "min_pred_value": min_pred_value}
+        if results:
+            agg = pic.aggregate_individual_pic_results(results, method="median")
+            out.update(sic=float(agg.auc), curve_y=[round(float(v), 4) for v in agg.curve_y[::10]])
+        else:
+            out["sic"] = None
+        return out

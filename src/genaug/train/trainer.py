@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..core.config import ConfigError, build_config, config_dataclass, to_dict
 from ..core.devices import resolve_device
-from ..core.log import get_logger
+from ..core.log import bar_disabled, get_logger
 from ..core.seeding import derive_seed
 from ..data.imageset import ImageSet, load_any
 from .dataset import AugmentedDataset, SyntheticShareSampler
@@ -46,7 +46,7 @@ class TrainConfig:
 
     model: str = "genaug_small_cnn"  # a timm name, or torchvision/<name>
     model_options: dict[str, Any] = Field(default_factory=dict)  # extra arguments of the model, e.g. {width: 16}
-    pretrained: str | None = None  # a weights file, or "imagenet" (offline MobileNetV2, torchvision/mobilenet_v2)
+    pretrained: str | None = None  # a weights file, or "imagenet" (MobileNetV2, torchvision/mobilenet_v2)
     mode: Literal["scratch", "finetune", "linear"] = "scratch"
     image_size: int = Field(32, ge=8)
     epochs: int = Field(30, ge=1)
@@ -88,14 +88,12 @@ def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, bat
 
 
 def _plots(out: Path, history: list[dict], confusion: list[list[int]] | None, classes: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
     from sklearn.metrics import ConfusionMatrixDisplay
 
     epochs = [h["epoch"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    a, b = fig.subplots(1, 2)
     a.plot(epochs, [h["train_loss"] for h in history])
     a.set(xlabel="epoch", ylabel="train loss")
     b.plot(epochs, [h["train_acc"] for h in history], label="train (batch)")
@@ -105,14 +103,12 @@ def _plots(out: Path, history: list[dict], confusion: list[list[int]] | None, cl
     b.legend()
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=100)
-    plt.close(fig)
     if confusion is not None:
-        fig, ax = plt.subplots(figsize=(1 + 0.5 * len(classes), 1 + 0.5 * len(classes)))
-        ConfusionMatrixDisplay(np.array(confusion), display_labels=classes).plot(ax=ax, colorbar=False,
+        fig = Figure(figsize=(1 + 0.5 * len(classes), 1 + 0.5 * len(classes)))
+        ConfusionMatrixDisplay(np.array(confusion), display_labels=classes).plot(ax=fig.subplots(), colorbar=False,
                                                                                  xticks_rotation="vertical")
         fig.tight_layout()
         fig.savefig(out / "confusion.png", dpi=100)
-        plt.close(fig)
 
 
 def _save(model, path: Path, meta: dict) -> None:
@@ -162,7 +158,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     meta = {"classes": classes, "model": cfg.model, "image_size": cfg.image_size, "mean": mean, "std": std}
 
     history, best, step = [], (-1.0, 0), 0
-    bar = tqdm(total=total, desc="genaug train", unit="step", disable=None if progress is None else not progress)
+    bar = tqdm(total=total, desc="genaug train", unit="step", disable=bar_disabled(progress))
     with open(out / "results.csv", "w", newline="") as f:
         writer = None
         for epoch in range(1, cfg.epochs + 1):
