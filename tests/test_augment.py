@@ -1,4 +1,5 @@
 """`genaug augment` end to end through the CLI, for every registered generator."""
+import json
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -20,14 +21,23 @@ def test_methods_lists_every_method_with_a_description():
     assert all(len(line.split(None, 1)) == 2 for line in lines)
 
 
+def _blank_rejections(out) -> int:
+    """How many variants were refused as blank (the only refusals these runs may have)."""
+    path = out / "rejected.jsonl"
+    reasons = [json.loads(line)["reason"] for line in path.read_text().splitlines()] if path.exists() else []
+    assert all("is blank" in r for r in reasons), reasons
+    return len(reasons)
+
+
 @pytest.mark.parametrize("method", GENERATORS)
 def test_each_generator_end_to_end(method, imagefolder, tmp_path, method_options):
     out = tmp_path / "out"
     res = cli("augment", imagefolder, "--method", method, "--out", out, "-n", 2, "--seed", 7,
               *overrides(method_options.get(method, {})))
-    assert "wrote 18 image(s)" in res.output
+    blank = _blank_rejections(out)  # e.g. TrivialAugment's brightness ~0 on a small digit: never written as data
+    assert blank <= 3 and f"wrote {18 - blank} image(s)" in res.output
     rows = read_rows(out)
-    assert len(rows) == 18 and len({r["file_name"] for r in rows}) == 18
+    assert len(rows) == 18 - blank and len({r["file_name"] for r in rows}) == 18 - blank
     for r in rows:
         assert REQUIRED <= set(r), REQUIRED - set(r)
         assert r["method"] == method and r["variant"] in (0, 1)
@@ -40,7 +50,7 @@ def test_each_generator_end_to_end(method, imagefolder, tmp_path, method_options
     by_source = {}
     for r in rows:
         by_source.setdefault(r["source_id"], []).append(Image.open(out / r["file_name"]).tobytes())
-    assert sum(a != b for a, b in by_source.values()) >= 7
+    assert sum(len(v) == 2 and v[0] != v[1] for v in by_source.values()) >= 7 - blank
     # the parquet manifest holds the same rows; config.yaml the resolved config
     table = pq.read_table(out / "manifest.parquet").to_pylist()
     assert sorted(r["file_name"] for r in table) == sorted(r["file_name"] for r in rows)
@@ -106,12 +116,12 @@ def test_same_bytes_whatever_the_batch_size(method, imagefolder, tmp_path, metho
         cli("augment", imagefolder, "--method", method, "--out", tmp_path / f"bs{bs}", "-n", 3, "--batch-size", bs,
             *overrides(method_options.get(method, {})))
     a, b, c = (png_bytes(tmp_path / f"bs{bs}") for bs in (1, 4, 64))
-    assert len(a) == 27 and a == b == c
+    assert len(a) + _blank_rejections(tmp_path / "bs1") == 27 and a == b == c
 
 
 def test_seed_changes_the_images(imagefolder, tmp_path):
-    cli("augment", imagefolder, "--method", "trivialaugment", "--out", tmp_path / "s0", "-n", 2, "--seed", 0)
-    cli("augment", imagefolder, "--method", "trivialaugment", "--out", tmp_path / "s1", "-n", 2, "--seed", 1)
+    cli("augment", imagefolder, "--method", "flipcrop", "--out", tmp_path / "s0", "-n", 2, "--seed", 0)
+    cli("augment", imagefolder, "--method", "flipcrop", "--out", tmp_path / "s1", "-n", 2, "--seed", 1)
     assert png_bytes(tmp_path / "s0").keys() == png_bytes(tmp_path / "s1").keys()
     assert png_bytes(tmp_path / "s0") != png_bytes(tmp_path / "s1")
 

@@ -103,3 +103,27 @@ def test_bad_bench_configs(tmp_path, change, message):
     cfg = tmp_path / "b.yaml"
     cfg.write_text(yaml.safe_dump({**BENCH, **change}))
     assert message in cli("bench", cfg, "--out", tmp_path / "r", expect=2).output
+
+
+def test_each_generator_gets_its_own_m_unless_a_budget_is_given(tmp_path):
+    """budget: unset -> each generator writes its paper's M (the method's default_n); budget=N -> N for all.
+    The budget and the synthetic share each arm actually used are in results.csv."""
+    from genaug.methods import get_method_class
+
+    cfg = tmp_path / "b.yaml"
+    small = {**BENCH, "data": {**BENCH["data"], "pool_per_class": 6, "test_per_class": 2},
+             "splits": {"shots": [2], "seeds": [0], "val": 0}, "methods": [{"method": "randaugment"}],
+             "train": {"epochs": 1, "image_size": 16, "batch_size": 8}}
+    del small["budget"], small["synthetic_probs"]
+    cfg.write_text(yaml.safe_dump(small))
+    cli("bench", cfg, "--out", tmp_path / "own")
+    own = pd.read_csv(tmp_path / "own" / "results.csv").set_index("arm")
+    m = get_method_class("randaugment").default_n
+    n_real = own.loc["randaugment", "n_real"]
+    assert own.loc["randaugment", "budget"] == m and own.loc["randaugment", "n_synthetic"] == m * n_real
+    assert own.loc["randaugment", "synthetic_prob"] == 0.5 and own.loc["randaugment", "synthetic_share"] == 0.5
+    assert own.loc["real", "budget"] == 0 and own.loc["real", "synthetic_share"] == 0
+    assert "per real image" in (tmp_path / "own" / "report.md").read_text()
+    cli("bench", cfg, "budget=3", "--out", tmp_path / "matched")
+    matched = pd.read_csv(tmp_path / "matched" / "results.csv").set_index("arm")
+    assert matched.loc["randaugment", "budget"] == 3 and matched.loc["randaugment", "n_synthetic"] == 3 * n_real

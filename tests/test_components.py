@@ -108,3 +108,40 @@ def test_models_dir_folder_of_a_diffusion_hub_id():
     assert [models_dir_name(m) for m in (SD15_MODEL, SDXL_MODEL, "someone/my-sdxl-finetune",
                                          "runwayml/stable-diffusion-inpainting", "CompVis/stable-diffusion-v1-4")] \
         == ["sd15", "sdxl", "sdxl", "sd15-inpaint", "sd15"]
+
+
+def test_llm_default_is_the_environment_endpoint_then_a_local_model_then_templates_with_a_warning(
+        tmp_path, tiny, chat_server, monkeypatch):
+    from conftest import ChatServer
+    from genaug.components.hub import models_dir
+    from genaug.components.llm import LLMOptions
+    from genaug.core.config import ConfigError
+
+    monkeypatch.delenv("GENAUG_LLM_URL", raising=False)
+    monkeypatch.delenv("GENAUG_LLM_MODEL", raising=False)
+    assert LLMOptions().llm == "auto"
+    # Nothing configured, the hub offline, no --models: templates, and a warning that says how to fix it.
+    llm = LLMOptions().language_model()
+    assert llm.kind == "template" and llm.complete("write a caption") == []
+    assert "GENAUG_LLM_URL" in llm.warning and "llm=template" in llm.warning and "HF_HUB_OFFLINE" in llm.warning
+    # Templates chosen on purpose: no warning.
+    assert LLMOptions(llm="template").language_model().warning is None
+    # --models DIR holding an llm: the default loads it.
+    with models_dir(tiny):
+        llm = LLMOptions().language_model()
+    assert llm.kind == "local" and llm.id == str(tiny / "llm") and llm.warning is None
+    # An endpoint named by the environment comes first, with its model name and the key from api_key_env.
+    monkeypatch.setenv("GENAUG_LLM_URL", chat_server)
+    monkeypatch.setenv("GENAUG_LLM_MODEL", "served-model")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-env")
+    ChatServer.answer = "a misty lake shore at dawn"
+    with models_dir(tiny):
+        llm = LLMOptions().language_model()
+    assert llm.kind == "http" and llm.warning is None and llm.describe()["id"] == f"{chat_server} (served-model)"
+    assert llm.complete("write a caption") == ["a misty lake shore at dawn"]
+    _, body, auth = ChatServer.requests[-1]
+    assert body["model"] == "served-model" and auth == "Bearer sk-env"
+    assert LLMOptions(llm_model="mine").language_model().model_name == "mine"  # the option wins over the env
+    monkeypatch.setenv("GENAUG_LLM_URL", "localhost:8000")
+    with pytest.raises(ConfigError, match="GENAUG_LLM_URL"):
+        LLMOptions().language_model()

@@ -57,7 +57,7 @@ def test_diagen_end_to_end_with_a_local_llm(src, tmp_path, tiny_models, monkeypa
     for r in rows:
         p = r["params"]
         assert p["token"] in p["prompt"] and r["label"] not in p["prompt"].replace(p["token"], "")
-        assert p["noise_std"] in (0.005, 0.01, 0.025) and isinstance(p["noise_seed"], int)
+        assert p["noise_std"] in (0.0, 0.005, 0.01, 0.025) and p["noise_slot"] in range(4)
         assert p["strength"] == 0.7 and p["guidance_scale"] == 15 and p["prompt_source"] in ("llm", "template")
         assert 0 <= r["scores"]["confidence"] <= 1 and 0 <= r["weight"] <= 2
     assert rows[0]["models"]["llm"]["id"] == str(tiny_models["llm"])
@@ -136,3 +136,66 @@ def test_weighting_that_cannot_run_is_reported_not_fatal(tmp_path, digit_images,
     res = cli("augment", src, "--out", tmp_path / "o", *_args(tiny_models), "-n", 1)
     assert "weighting: skipped" in res.output and "weighting needs 2" in res.output
     assert [r["weight"] for r in read_rows(tmp_path / "o")] == [1.0, 1.0]
+
+
+def test_diagen_by_default_asks_the_environment_endpoint_else_warns(tiny_models, chat_server, monkeypatch):
+    from genaug.methods.diagen import DIAGen
+
+    cfg = dict(model=str(tiny_models["sd15"]), resolution=32, prompts_per_class=2)
+    monkeypatch.delenv("GENAUG_LLM_URL", raising=False)
+    method = DIAGen(DIAGen.Config(**cfg))  # llm=auto, the hub offline: templates, said so
+    assert method.llm.kind == "template" and len(method.warnings) == 1 and "no language model" in method.warnings[0]
+    assert [s for _, s in method.write_prompts("0")] == ["template"] * 2
+    assert DIAGen(DIAGen.Config(**cfg, llm="template")).warnings == []
+    monkeypatch.setenv("GENAUG_LLM_URL", chat_server)
+    ChatServer.answer = "a photo of a wet 0 in a forest\na photo of a 0 at sunset"
+    method = DIAGen(DIAGen.Config(**cfg))
+    assert method.warnings == [] and method.models()["llm"]["id"].startswith(chat_server)
+    assert method.write_prompts("0") == [("a photo of a wet {token} in a forest", "llm"),
+                                         ("a photo of a {token} at sunset", "llm")]
+
+
+def test_fixed_noise_vectors_plus_the_clean_one_are_diagens_default(tmp_path, digit_images, tiny_models):
+    """DIAGen's code (aggregate_embeddings.py) draws one noisy vector per σ per class once and keeps the clean
+    one beside them; images are given one of these K + 1 vectors, never fresh noise."""
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=2, classes=("0", "1"))
+    base = _args(tiny_models, "weighting=none", "prompts_per_class=1", "slots=[]", "-n", 4)
+    cli("augment", src, "--out", tmp_path / "noisy", *base)
+    rows = read_rows(tmp_path / "noisy")
+    stds = (0.0, 0.005, 0.01, 0.025)
+    vectors = {}  # (label, slot) -> (std, seed)
+    for r in rows:
+        p = r["params"]
+        assert p["noise_std"] == stds[p["noise_slot"]]
+        assert ("noise_seed" in p) == (p["noise_slot"] > 0)  # the clean vector has no noise and records none
+        vectors.setdefault((r["label"], p["noise_slot"]), set()).add(p.get("noise_seed"))
+    assert all(len(seeds) == 1 for seeds in vectors.values())  # one fixed vector per class and slot
+    assert {slot for _, slot in vectors} == {0, 1, 2, 3}  # the clean one used too
+    seeds_of = {label: {next(iter(v)) for (lab, slot), v in vectors.items() if lab == label and slot} for label in "01"}
+    assert not seeds_of["0"] & seeds_of["1"]  # each class has its own noise
+
+    # the clean slot is the learned token itself: those images are the very images of a run without noise
+    cli("augment", src, "--out", tmp_path / "clean", *base, "noise_stds=[]")
+    clean = {r["file_name"]: r["params"] for r in read_rows(tmp_path / "clean")}
+    assert all("noise_std" not in p for p in clean.values())
+    a, b = png_bytes(tmp_path / "noisy"), png_bytes(tmp_path / "clean")
+    for r in rows:
+        assert (a[r["file_name"]] == b[r["file_name"]]) == (r["params"]["noise_slot"] == 0), r["params"]
+
+    # per-image noise stays available: every image its own seed, σ drawn from noise_stds
+    cli("augment", src, "--out", tmp_path / "per", *base, "noise_mode=per_image")
+    per = [r["params"] for r in read_rows(tmp_path / "per")]
+    assert all("noise_slot" not in p and p["noise_std"] in stds[1:] for p in per)
+    assert len({p["noise_seed"] for p in per}) == len(per)
+
+
+def test_noise_slots_are_seeded_and_bad_noise_options_are_clear(tiny_models):
+    from genaug.core.config import ConfigError
+    from genaug.methods.diagen import DIAGen, noise_slots
+
+    s = noise_slots((0.005, 0.01, 0.025), True, 0, "cat")
+    assert [std for std, _ in s] == [0.0, 0.005, 0.01, 0.025] and s[0][1] is None
+    assert s == noise_slots((0.005, 0.01, 0.025), True, 0, "cat") != noise_slots((0.005, 0.01, 0.025), True, 1, "cat")
+    assert noise_slots((0.005, 0.01), False, 0, "cat") == s[1:3]  # no clean slot; the same noisy vectors
+    with pytest.raises(ConfigError, match="noise_clean"):
+        DIAGen(DIAGen.Config(model=str(tiny_models["sd15"]), resolution=32, noise_stds=(), noise_clean=False))

@@ -192,3 +192,101 @@ def test_text2img_and_inpaint_shapes_masks_and_batch_invariance(tiny_models, dig
         made = d.text2img(["a photo of a dog", "a cat"], [1, 2], guidance_scale=5, steps=2, size=(30, 20))
         again = d.text2img(["a cat"], [2], guidance_scale=5, steps=2, size=(30, 20))
         assert [o.size for o in made] == [(30, 20)] * 2 and np.array_equal(np.array(made[1]), np.array(again[0]))
+
+
+def _cached_tokens():
+    """`{label: (vector, metadata)}` of every textual-inversion file in the (test's own) cache."""
+    from safetensors import safe_open
+
+    from genaug.data.cache import Cache
+
+    out = {}
+    for path in sorted(Cache("textual_inversion").dir.rglob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+            out.setdefault(meta["label"], []).append((f.get_tensor(meta["token"]), meta))
+    return out
+
+
+def test_textual_inversion_starts_from_dafusions_word_not_the_labels_first_word(tmp_path, digit_images, tiny_models,
+                                                                              monkeypatch):
+    """DA-Fusion's fine_tune.py starts every class token from "the"; "red car" must not start from "red"."""
+    import torch
+
+    monkeypatch.setenv("GENAUG_CACHE", str(tmp_path / "cache"))  # only this test's tokens in the cache
+    import yaml
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=1, classes=("red car", "small dog"))
+    tok = CLIPTokenizer.from_pretrained(tiny_models["sd15"], subfolder="tokenizer")
+    rows = CLIPTextModel.from_pretrained(tiny_models["sd15"], subfolder="text_encoder").get_input_embeddings().weight
+
+    def row(text):
+        return rows[tok.encode(text, add_special_tokens=False)].mean(0).detach()
+
+    # one step at a negligible learning rate: the learned vector is the initial row
+    args = ["--method", "da_fusion", "-n", 1, f"model={tiny_models['sd15']}", "steps=4", "resolution=32",
+            "ti_steps=1", "ti_lr=1e-9", "strengths=[0.5]"]
+    cli("augment", src, "--out", tmp_path / "a", *args)
+    cfg = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["options"]
+    assert cfg["ti_init"] == "the" and cfg["ti_lr"] == 1e-9 and len(read_rows(tmp_path / "a")) == 2
+    learned = _cached_tokens()
+    for label, first in (("red car", "red"), ("small dog", "small")):
+        [(vector, meta)] = learned[label]
+        assert meta["initializer"] == "the"
+        assert torch.allclose(vector, row("the"), atol=1e-6) and not torch.allclose(vector, row(first), atol=1e-3)
+
+    # the class name itself, as an option: the mean of its words' rows, learned anew (a new cache key)
+    res = cli("augment", src, "--out", tmp_path / "b", *args, "ti_init={label}", expect=2)  # YAML: a mapping
+    assert "quote it" in res.output
+    cli("augment", src, "--out", tmp_path / "b", *args, "ti_init='{label}'")
+    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["options"]["ti_init"] == "{label}"
+    vector, meta = next((v, m) for v, m in _cached_tokens()["red car"] if m["initializer"] != "the")
+    assert meta["initializer"] == "red car" and torch.allclose(vector, row("red car"), atol=1e-6)
+    res = cli("augment", src, "--out", tmp_path / "c", *args, "ti_init='a {class}'", expect=2)
+    assert "ti_init" in res.output and "placeholder" in res.output
+
+
+def test_textual_inversion_defaults_are_dafusions_scripts():
+    from genaug.components.textual_inversion import TEMPLATES, TextualInversionOptions
+
+    o = TextualInversionOptions()
+    # scripts/fine_tuning/fine_tune_*.sh: 1000 steps, batch 4, lr 5e-4 scaled by the batch; fine_tune.py: "the"
+    assert (o.ti_steps, o.ti_batch_size, o.ti_lr, o.ti_weight_decay, o.ti_init) == (1000, 4, 2e-3, 1e-2, "the")
+    assert len(TEMPLATES) == 27 and "a photo of a dirty {}" in TEMPLATES
+
+
+def test_sgid_guidance_mapping_is_the_documented_formula_and_the_range_option_applies(tiny_models, digit_images):
+    import numpy as np
+
+    from genaug.core.config import ConfigError
+    from genaug.core.records import Example
+    from genaug.methods import create_method
+    from genaug.methods.sgid import linear_guidance, sgid_quadratic
+
+    # the report's f(s) = -4 s^2 + 2 s + 1 at CLIP B/32's typical caption similarities (README): nearly unguided
+    assert [round(sgid_quadratic(s), 3) for s in (0.2, 0.25, 0.3, 0.4)] == [1.24, 1.25, 1.24, 1.16]
+    # linear (the report's intent): higher similarity, higher guidance, clamped at the ends
+    assert [linear_guidance(s, (0.2, 0.4), (5.0, 10.0)) for s in (0.1, 0.2, 0.3, 0.4, 0.9)] == [5, 5, 7.5, 10, 10]
+    base = {"model": str(tiny_models["sd15"]), "captioner": str(tiny_models["blip"]), "clip": str(tiny_models["clip"]),
+            "n_beam": 1, "n_nucleus": 1, "steps": 4, "resolution": 32}
+    ex = Example(id="0/a.png", image=digit_images[0][0].convert("RGB"), label="cat", path="")
+
+    def run(**options):
+        m = create_method("sgid", {**base, **options})
+        p = {**m.sample_params(ex, np.random.default_rng(0)), "seed": 3}
+        return p, np.asarray(m([ex], [p])[0].image)
+
+    quad, quad_image = run()
+    s = quad["similarity"]
+    assert quad["guidance_mapping"] == "sgid_quadratic" and quad["guidance_scale"] == round(-4 * s * s + 2 * s + 1, 6)
+    lin, lin_image = run(guidance_mapping="linear", similarity_range=[-1, 1], guidance_range=[3, 9])
+    assert lin["guidance_scale"] == pytest.approx(3 + 6 * (s + 1) / 2, abs=1e-6) != quad["guidance_scale"]
+    assert lin["similarity_range"] == [-1, 1] and lin["guidance_range"] == [3, 9]
+    assert not np.array_equal(lin_image, quad_image)
+    # the recorded guidance is the one applied: the same scale given as a constant makes the same image
+    _, const_image = run(guidance_mapping="constant", guidance_scale=lin["guidance_scale"])
+    assert np.array_equal(const_image, lin_image)
+    with pytest.raises(ConfigError, match="guidance_range") as e:
+        create_method("sgid", {**base, "guidance_range": [9, 3]})
+    assert "\n" not in str(e.value)

@@ -88,9 +88,28 @@ def test_composition_draws_each_augmentation_with_its_probability(tiny_flow):
     m = create_method("semantic_flow", {"model": str(tiny_flow), "mode": "compose", "k": 4, "p": p})
     ex = Example("x", None, "0", "x")
     draws = [m.sample_params(ex, np.random.default_rng(s)) for s in range(4000)]
-    freq = np.bincount([d["aug_index"] for d in draws], minlength=4) / len(draws)
+    freq = np.bincount([d["aug_index"] - 1 for d in draws], minlength=4) / len(draws)
     assert np.abs(freq - p).max() < 0.03
     assert all(d["t"] == d["aug_index"] / 4 and 0.3 <= d["delta"] <= 0.6 for d in draws)
+
+
+def test_composition_uses_the_papers_strengths_i_over_k_for_i_1_to_k(tiny_flow, digits16, tmp_path):
+    """Paper 3.4: D_1 .. D_k, D_i adds noise at t = i/k; so t = 0 (plain `latent`) is never drawn and
+    D_k, at t = 1, perturbs the image itself (it is not a copy of the source)."""
+    m = create_method("semantic_flow", {"model": str(tiny_flow), "mode": "compose", "k": 4})
+    ex = Example("x", None, "0", "x")
+    draws = [m.sample_params(ex, np.random.default_rng(s)) for s in range(400)]
+    assert {d["t"] for d in draws} == {0.25, 0.5, 0.75, 1.0} and {d["aug_index"] for d in draws} == {1, 2, 3, 4}
+    last = create_method("semantic_flow", {"model": str(tiny_flow), "mode": "compose", "k": 4, "p": [0, 0, 0, 1],
+                                           "steps": 4})
+    examples = _examples(digits16, 3)
+    params = [{**last.sample_params(e, np.random.default_rng(i)), "seed": i} for i, e in enumerate(examples)]
+    assert all(p["t"] == 1.0 and p["aug_index"] == 4 for p in params)
+    for o, e in zip(last(examples, params), examples):
+        assert np.abs(np.asarray(o.image, float) - np.asarray(e.image.convert("RGB"), float)).mean() > 5
+    res = cli("augment", digits16, "--method", "semantic_flow", "--out", tmp_path / "o", f"model={tiny_flow}",
+              "mode=compose", "compose_noise=path", expect=2)
+    assert "D_k would return the source unchanged" in res.output
 
 
 @pytest.mark.parametrize("mode", ["latent", "sdedit", "compose"])
@@ -156,3 +175,76 @@ def test_pipeline_inversion_reconstructs_in_latent_space(tiny_sd3):
     cond = flow.condition(["cat", "dog", "cat"])
     errs = [(flow.generate(flow.invert(x, cond, steps=n), cond, steps=n) - x).pow(2).mean() for n in (4, 32)]
     assert errs[1] < errs[0] and errs[1] < 1e-3
+
+
+def _masked_examples(digits16, n=4, size=16):
+    """Digits with a dataset mask: a centred square subject (as an alpha cut-out or a `mask` column gives)."""
+    from PIL import Image
+
+    mask = np.zeros((size, size), np.uint8)
+    mask[size * 5 // 16:size * 11 // 16, size * 5 // 16:size * 11 // 16] = 255
+    return [Example(e.id, e.image.resize((size, size)), e.label, e.path, Image.fromarray(mask, "L"))
+            for e in _examples(digits16, n)]
+
+
+def _diff(a, b) -> np.ndarray:
+    return np.abs(np.asarray(a.convert("RGB"), float) - np.asarray(b.convert("RGB"), float)).mean(-1)
+
+
+@pytest.mark.parametrize("region", ["foreground", "background"])
+def test_object_centric_editing_along_the_ode_keeps_the_rest_of_the_image(region, tiny_flow, digits16):
+    """Paper 3.3: only the (dilated) masked region is regenerated along the ODE; the rest follows the source's
+    own path, so it ends as the source even without pasting it back (composite=false)."""
+    from genaug.components.segment import dilate
+
+    examples = _masked_examples(digits16)
+    grown = dilate(np.asarray(examples[0].mask) > 0, 2)
+    inside = grown if region == "foreground" else ~grown
+    for mode in ("latent", "sdedit"):
+        opts = {"model": str(tiny_flow), "steps": 8, "mode": mode, "region": region, "masks": "dataset",
+                "dilation": 2, "composite": False, "delta": [1.0, 1.0], "t0": [0.2]}
+        m = create_method("semantic_flow", opts)
+        params = [{**m.sample_params(e, np.random.default_rng(i)), "seed": i} for i, e in enumerate(examples)]
+        assert all(p["region"] == region and p["mask_source"] == "dataset" and p["dilation"] == 2 for p in params)
+        outs = m(examples, params)
+        for o, e in zip(outs, examples):
+            d = _diff(o.image, e.image)
+            assert d[~inside].max() <= 1.0, (mode, d[~inside].max())  # kept: the source, to the grey level
+            assert d[inside].mean() > 10, (mode, d[inside].mean())  # regenerated
+            assert o.params["regenerated_fraction"] == round(float(inside.mean()), 6)
+        again = m(examples[::-1], params[::-1])[::-1]  # another order, the same images
+        assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(outs, again))
+
+
+def test_object_centric_editing_on_a_rectified_flow_pipeline(tiny_sd3, digits16, tmp_path):
+    """The same along the SD3 pipeline's ODE, in its VAE latent space: outside the dilated mask the latents end as
+    the source's own, and after the paste-back the pixels there are exactly the source's; inside they change;
+    the output is the same whatever the batch size."""
+    import torch as th
+
+    from genaug.flow.pipeline import PipelineFlow
+
+    examples = _masked_examples(digits16, 3, size=32)
+    opts = {"model": str(tiny_sd3), "steps": 4, "mode": "latent", "region": "background", "masks": "dataset",
+            "dilation": 4}
+    m = create_method("semantic_flow", opts)
+    params = [{**m.sample_params(e, np.random.default_rng(i)), "seed": i} for i, e in enumerate(examples)]
+    outs = m(examples, params)
+    from genaug.components.segment import dilate
+
+    kept = dilate(np.asarray(examples[0].mask) > 0, 4)
+    for o, e in zip(outs, examples):
+        d = _diff(o.image, e.image)
+        assert d[kept].max() == 0 and d[~kept].mean() > 5
+    one_by_one = [m([e], [p])[0] for e, p in zip(examples, params)]
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(outs, one_by_one))
+    # in latent space: the kept cells are the source's latents, the others were regenerated along the ODE
+    flow = PipelineFlow(str(tiny_sd3))
+    x = flow.encode_images([e.image for e in examples])
+    cond = flow.condition([e.label for e in examples])
+    region = th.zeros_like(x[:, :1])
+    region[..., :, :6] = 1
+    z = flow.invert(x, cond, steps=4)
+    out = flow.generate_inside(z + th.randn(z.shape, generator=th.Generator().manual_seed(0)), cond, region, z, x,
+                               steps=4)
+    assert th.equal(out[..., :, 6:], x[..., :, 6:]) and (out[..., :, :6] - x[..., :, :6]).abs().mean() > 0.1

@@ -126,7 +126,7 @@ def test_aga_with_models_captions_and_determinism(cutouts, tmp_path, tiny_models
     assert len(rows) == 12
     for r in rows:
         p = r["params"]
-        assert p["caption_source"] == "llm" and p["caption"] == "A quiet farm field at dawn, and a fence, a soft light"
+        assert p["prompt_source"] == "llm" and p["caption"] == "A quiet farm field at dawn, and a fence, a soft light"
         assert not any(w in p["caption"].lower() for w in ("cat", "dog")) and set(p["caption_removed"]) == {"cat", "dogs"}
         assert {"instruction", "background", "temporal", "negative_prompt", "flip", "scale", "rotation",
                 "center", "subject_box"} <= set(p)
@@ -203,3 +203,131 @@ def test_inpaint_with_textual_inversion_tokens(cutouts, tmp_path, tiny_models):
     res = cli("augment", cutouts, "--out", tmp_path / "x", "--method", "inpaint", f"model={tiny_models['sd15-inpaint']}",
               "prompt=a photo of a {token}", expect=2)
     assert "tokens_from" in res.output
+
+
+def test_aga_without_a_language_model_warns_and_records_only_what_shaped_the_caption(cutouts, tmp_path,
+                                                                                     tiny_models, monkeypatch):
+    from genaug.methods.aga import TEMPLATE_CAPTION
+
+    monkeypatch.delenv("GENAUG_LLM_URL", raising=False)
+    args = ["--method", "aga", "-n", 2, f"model={tiny_models['sd15']}", "steps=2", "resolution=32"]
+    res = cli("augment", cutouts, "--out", tmp_path / "auto", *args)  # the default llm=auto; the hub is offline
+    assert "warning(s): no language model" in res.output and "llm=template" in res.output
+    rows = read_rows(tmp_path / "auto")
+    assert len(rows) == 12 and "llm" not in rows[0]["models"]
+    for r in rows:
+        p = r["params"]
+        assert p["prompt_source"] == "template" and "instruction" not in p and "caption_variant" not in p
+        assert p["caption"] == TEMPLATE_CAPTION.format(background=p["background"], temporal=p["temporal"])
+    # The captions vary with exactly the recorded phrases.
+    assert len({r["params"]["caption"] for r in rows}) == len({(r["params"]["background"], r["params"]["temporal"])
+                                                               for r in rows}) > 1
+    # Templates chosen on purpose: the same images, and no warning.
+    res = cli("augment", cutouts, "--out", tmp_path / "template", *args, "llm=template")
+    assert "warning" not in res.output
+    assert png_bytes(tmp_path / "template") == png_bytes(tmp_path / "auto")
+
+
+def test_aga_uses_the_endpoint_the_environment_names(cutouts, tmp_path, tiny_models, chat_server, monkeypatch):
+    from genaug.methods.aga import INSTRUCTIONS
+
+    monkeypatch.setenv("GENAUG_LLM_URL", chat_server)
+    monkeypatch.setenv("GENAUG_LLM_MODEL", "bg-writer")
+    ChatServer.answer = "A misty lake shore at dawn with a dog"
+    res = cli("augment", cutouts, "--out", tmp_path / "o", "--method", "aga", "-n", 1,
+              f"model={tiny_models['sd15']}", "steps=2", "resolution=32")
+    assert "warning" not in res.output and ChatServer.requests[0][1]["model"] == "bg-writer"
+    rows = read_rows(tmp_path / "o")
+    assert rows[0]["models"]["llm"]["id"] == f"{chat_server} (bg-writer)"
+    for r in rows:
+        p = r["params"]
+        assert p["prompt_source"] == "llm" and p["caption"] == "A misty lake shore at dawn"
+        assert p["instruction"] in INSTRUCTIONS and p["caption_variant"] in range(3)  # both shaped the request
+
+
+@pytest.mark.parametrize("position", ["random", "keep"])
+def test_aga_never_cuts_off_the_subject(tmp_path, position):
+    """A large cut-out scaled up and rotated: the scale shrinks until the whole subject fits, and the scale
+    recorded is the one applied (subject area = mask area x scale^2)."""
+    src, bgs = tmp_path / "src" / "big", tmp_path / "bg"
+    src.mkdir(parents=True)
+    bgs.mkdir()
+    Image.new("RGB", (64, 64), (0, 0, 255)).save(bgs / "blue.png")
+    for j, (x0, y0) in enumerate([(4, 4), (0, 8)]):  # one in the middle, one at the frame's edges
+        rgba = np.zeros((64, 64, 4), np.uint8)
+        rgba[y0:y0 + 56, x0:x0 + 50] = (255, 0, 0, 255)  # a solid red subject filling most of the frame
+        Image.fromarray(rgba, "RGBA").save(src / f"{j}.png")
+    out = tmp_path / "o"
+    cli("augment", src.parent, "--method", "aga", "--out", out, "-n", 3, f"backgrounds_dir={bgs}", "feather=0",
+        "scale=[1.5,2.0]", "rotation=[20,40]", f"position={position}")
+    rows = read_rows(out)
+    assert len(rows) == 6
+    for r in rows:
+        p = r["params"]
+        assert p["scale_shrunk"] is True and p["scale"] < p["scale_sampled"] and 1.5 <= p["scale_sampled"] <= 2
+        made = np.asarray(Image.open(out / r["file_name"]).convert("RGB")).astype(int)
+        red = made[..., 0] > made[..., 2]  # nearer the subject's red than the blue background
+        assert red.sum() == pytest.approx(56 * 50 * p["scale"] ** 2, rel=0.03)  # every subject pixel is there
+        assert red[[0, -1]].sum() + red[:, [0, -1]].sum() < red.sum() * 0.02  # it touches the frame at most
+
+
+def test_aga_detection_phrases_and_default_n(cutouts, backgrounds, tmp_path, tiny_models):
+    assert "-n 10 (default_n" in cli("methods", "aga").output  # the paper's 10x
+    flat = tmp_path / "flat"
+    for label in ("cat", "dog"):
+        (flat / label).mkdir(parents=True)
+        Image.open(cutouts / label / "0.png").convert("RGB").save(flat / label / "0.png")
+    common = ["--method", "aga", "-n", 1, f"backgrounds_dir={backgrounds}", f"detector={tiny_models['grounding-dino']}",
+              f"segmenter={tiny_models['sam']}", "box_threshold=0.0", "text_threshold=0.0"]
+    cli("augment", flat, "--out", tmp_path / "o", *common, "phrase=animal", "phrases={cat: domestic cat}")
+    rows = read_rows(tmp_path / "o")
+    assert {r["label"]: r["params"]["phrase"] for r in rows} == {"cat": "domestic cat", "dog": "animal"}
+    assert all(r["params"]["mask_source"] == "model" for r in rows)
+    res = cli("augment", flat, "--out", tmp_path / "bad", *common, "phrases={kitten: cat}", expect=2)
+    assert "kitten" in res.output and "not in the dataset" in res.output
+
+
+def test_inpaint_both_keeps_the_source_by_default(cutouts, tmp_path, tiny_models):
+    """mode=both masks the whole image: at strength 1.0 the pipeline starts from pure noise, so two different
+    sources with one seed give the same picture (text-to-image). The default strength inserts the source."""
+    from genaug.core.records import Example
+    from genaug.methods import create_method
+
+    sources = []
+    for j in (0, 1):
+        image, mask = load_image(cutouts / "cat" / f"{j}.png", InputConfig())
+        sources.append(Example(id=f"cat/{j}.png", image=image, label="cat", path="", mask=mask))
+
+    def made(**options):
+        m = create_method("inpaint", {"model": str(tiny_models["sd15-inpaint"]), "steps": 4, "mode": "both",
+                                      "masks": "dataset", **options})
+        params = [{**m.sample_params(ex, np.random.default_rng(0)), "seed": 7} for ex in sources]
+        out = m(sources, params)
+        return [np.asarray(s.image) for s in out], [s.params for s in out], m.warnings
+
+    full, full_params, full_warnings = made(strength=1.0)
+    assert np.array_equal(full[0], full[1])  # nothing of either source survived
+    assert [p["strength"] for p in full_params] == [1.0, 1.0] and "text-to-image" in full_warnings[0]
+    kept, kept_params, kept_warnings = made()
+    assert not np.array_equal(kept[0], kept[1]) and not kept_warnings
+    assert [p["strength"] for p in kept_params] == [0.5, 0.5]
+    again, _, _ = made()
+    assert all(np.array_equal(a, b) for a, b in zip(kept, again))
+    # the subject's own modes still regenerate their region from noise
+    fg = create_method("inpaint", {"model": str(tiny_models["sd15-inpaint"]), "steps": 4, "masks": "dataset",
+                                   "mode": "foreground"})
+    assert fg.sample_params(sources[0], np.random.default_rng(0))["strength"] == 1.0 and not fg.warnings
+
+
+def test_inpaint_warns_in_the_run_summary_when_the_whole_image_is_text_to_image(cutouts, tmp_path, tiny_models):
+    one = tmp_path / "one"
+    (one / "cat").mkdir(parents=True)
+    (one / "cat" / "0.png").write_bytes((cutouts / "cat" / "0.png").read_bytes())
+    common = ["--method", "inpaint", "-n", 1, f"model={tiny_models['sd15-inpaint']}", "steps=2", "mode=both"]
+    res = cli("augment", one, "--out", tmp_path / "full", *common, "strength=1.0")
+    assert "1 warning(s): inpaint: mode=both at strength 1.0" in res.output and "text-to-image" in res.output
+    res = cli("augment", one, "--out", tmp_path / "kept", *common)
+    assert "text-to-image" not in res.output
+    assert [r["params"]["strength"] for r in read_rows(tmp_path / "kept")] == [0.5]
+    res = cli("augment", one, "--out", tmp_path / "x", *common, "steps=1", expect=2)  # 1 x 0.5 < 1 step
+    assert "steps x strength" in res.output

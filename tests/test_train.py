@@ -115,6 +115,30 @@ def test_weights_scale_the_loss(digits_folder, tmp_path):
     assert c["history"][0]["train_loss"] == pytest.approx(b["history"][0]["train_loss"], rel=1e-3)
 
 
+def test_synthetic_data_is_half_of_every_batch_by_default_and_the_share_is_recorded(digits_folder, tmp_path):
+    # 4 synthetic images per real one: pooled, 80 % of the samples would be synthetic (91 % at M = 10)
+    syn = [_fake_synthetic(digits_folder, tmp_path / f"syn{i}", [1.0] * 120) for i in range(4)]
+    r = train(digits_folder, tmp_path / "default", synthetic=syn, config={**FAST, "epochs": 1}, progress=False)
+    assert r["n_synthetic"] == 480 and r["synthetic_prob"] == 0.5  # the papers' synthetic probability
+    assert r["synthetic_share"] == 0.5 and r["history"][0]["synthetic_share"] == 0.5
+    assert len(r["history"]) == 1 and r["history"][0]["step"] == 8  # an epoch is a pass over the 120 real images
+    metrics = json.loads((tmp_path / "default" / "metrics.json").read_text())
+    assert metrics["synthetic_prob"] == 0.5 and metrics["synthetic_share"] == 0.5
+    # pooling is still there when asked for, by name or by null, and is recorded as such
+    for value in ("pool", None):
+        p = train(digits_folder, tmp_path / f"pool-{value}", synthetic=syn, config={**FAST, "epochs": 1,
+                                                                                     "synthetic_prob": value},
+                  progress=False)
+        assert p["synthetic_prob"] == "pool" and p["synthetic_share"] == pytest.approx(0.8, abs=0.03)
+    real_only = train(digits_folder, tmp_path / "real", config={**FAST, "epochs": 1}, progress=False)
+    assert real_only["synthetic_prob"] is None and real_only["synthetic_share"] == 0.0
+    res = cli("train", "--real", digits_folder, "--synthetic", syn[0], "--out", tmp_path / "cli", "epochs=1",
+              "batch_size=16", "image_size=16", "synthetic_prob=pool", "--json", tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["synthetic_prob"] == "pool", res.output
+    assert "pool (null)" in cli("train", "--real", digits_folder, "--out", tmp_path / "bad", "synthetic_prob=half",
+                                expect=2).output
+
+
 def test_training_is_deterministic_and_learns(digits_folder, tmp_path):
     cfg = {**FAST, "epochs": 6, "lr": 3e-3}
     a = train(digits_folder, tmp_path / "a", val=digits_folder, test=digits_folder, config=cfg, progress=False)

@@ -68,3 +68,101 @@ def test_weight_needs_two_real_images_per_class(tmp_path, digit_images):
     real = make_imagefolder(tmp_path / "real", digit_images, per_class=1)
     cli("augment", real, "--method", "flipcrop", "--out", tmp_path / "syn")
     assert "needs 2" in cli("weight", tmp_path / "syn", "--real", real, *FAST, expect=2).output
+
+
+def _val_folder(root, digit_images, per_class=5):
+    """Other digit images than make_imagefolder's first ones: a validation split disjoint from the training one."""
+    images, labels, classes = digit_images
+    return make_imagefolder(root, (images[600:], labels[600:], classes), per_class=per_class)
+
+
+def test_weight_calibrates_on_a_validation_split_when_given(tmp_path, digit_images):
+    real = make_imagefolder(tmp_path / "real", digit_images, per_class=20)
+    val = _val_folder(tmp_path / "val", digit_images)
+    syn = tmp_path / "syn"
+    cli("augment", real, "--method", "flipcrop", "--out", syn, "-n", 2)
+    res = cli("weight", syn, "--real", real, "--val", val, *FAST, "epochs=2")
+    assert "validation NLL" in res.output
+    w = json.loads((syn / "weighting.json").read_text())
+    assert w["calibration"] == "val" and w["val"] == str(val) and w["n_holdout"] == 15 and w["holdout"] is None
+    work = Path(w["work_dir"])
+    import yaml
+
+    trained = yaml.safe_load((work / "classifier" / "config.yaml").read_text())
+    assert trained["n_real"] == 60 and trained["val"] == str(val)  # every real image trains; val selects and calibrates
+    assert not (work / "holdout.csv").exists()
+    # without --val: the fallback, 20 % of each class held out of training, and recorded as such
+    cli("weight", syn, "--real", real, *FAST, "epochs=2")
+    w = json.loads((syn / "weighting.json").read_text())
+    assert w["calibration"] == "holdout" and w["holdout"] == 0.2 and w["n_holdout"] == 12 and w["val"] is None
+    # one real image per class cannot be split, but can be weighted against a validation split
+    one = make_imagefolder(tmp_path / "one", digit_images, per_class=1)
+    cli("augment", one, "--method", "flipcrop", "--out", tmp_path / "syn1", "-n", 2)
+    assert "needs 2" in cli("weight", tmp_path / "syn1", "--real", one, *FAST, "epochs=2", expect=2).output
+    cli("weight", tmp_path / "syn1", "--real", one, "--val", val, *FAST, "epochs=2")
+    assert json.loads((tmp_path / "syn1" / "weighting.json").read_text())["calibration"] == "val"
+    assert "validation split not found" in cli("weight", syn, "--real", real, "--val", tmp_path / "nope", *FAST,
+                                               expect=2).output
+
+
+def test_the_default_classifier_is_diagens_resnet50_probe_where_its_weights_exist(tmp_path, monkeypatch):
+    from genaug.scoring.weighting import resolve_classifier
+    from genaug.train.models import create_classifier
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cfg, used, fallback = resolve_classifier("resnet50", download=False)  # no weights, no network
+    assert used == "mobilenet_v2" and cfg["model"] == "torchvision/mobilenet_v2" and "resnet50" in fallback
+    assert (cfg["mode"], cfg["image_size"], cfg["augment"]) == ("linear", 64, "randaugment")  # the CPU-sized fallback
+    assert resolve_classifier("resnet50", {"image_size": 256}, download=False)[0]["image_size"] == 256
+    # torchvision's weights API keeps ResNet50_Weights.DEFAULT here; a file there is found and loads as a probe
+    import torchvision
+
+    ckpt = tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), ckpt)
+    cfg, used, fallback = resolve_classifier("resnet50", download=False)
+    assert used == "resnet50" and fallback is None and cfg["model"] == "torchvision/resnet50"
+    assert cfg["pretrained"] == str(ckpt) and (cfg["image_size"], cfg["augment"]) == (256, "randaugment")
+    model, mean, _ = create_classifier(cfg["model"], 3, cfg["pretrained"], linear_probe=True)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    assert mean[0] == pytest.approx(0.485)
+    # asked for by name, the MobileNetV2 is no fallback; a model of one's own replaces the backbone
+    assert resolve_classifier("mobilenet_v2", download=False)[1:] == ("mobilenet_v2", None)
+    assert resolve_classifier("resnet50", {"model": "genaug_small_cnn"})[1] == "custom"
+    with pytest.raises(Exception, match="unknown weighting backbone"):
+        resolve_classifier("vgg")
+
+
+def test_the_mobilenet_fallback_is_recorded_and_reported(tmp_path, digit_images, monkeypatch):
+    from genaug.data.sources import Source
+    from genaug.scoring.weighting import weight_stage
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no ResNet-50 weights; HF_HUB_OFFLINE: no download
+    real = make_imagefolder(tmp_path / "real", digit_images, per_class=5)
+    syn = tmp_path / "syn"
+    cli("augment", real, "--method", "flipcrop", "--out", syn, "-n", 2)
+    report = weight_stage(syn, Source(real), classifier={"image_size": 32, "epochs": 1})
+    w = json.loads((syn / "weighting.json").read_text())
+    assert w["backbone_requested"] == "resnet50" and w["backbone"] == "mobilenet_v2" and "resnet50" in w["backbone_fallback"]
+    assert w["classifier"]["model"] == "torchvision/mobilenet_v2" and w["classifier"]["augment"] == "randaugment"
+    assert "resnet50 unavailable" in report["weight_classifier_fallback"]
+    assert report["weight_classifier"].startswith("mobilenet_v2") and "held out" in report["calibrated_on"]
+    # a validation split asked for later is not "unchanged": the folder is weighed again, on it
+    val = _val_folder(tmp_path / "val", digit_images, per_class=2)
+    report = weight_stage(syn, Source(real), classifier={"image_size": 32, "epochs": 1}, val=val)
+    assert report["calibrated_on"].startswith("validation split")
+
+
+def test_diagen_names_the_validation_split_and_backbone_in_its_weight_stage():
+    from types import SimpleNamespace
+
+    from genaug.core.config import build_config
+    from genaug.methods.diagen import DIAGen
+
+    cfg = build_config(DIAGen.Config, {"weight_val": "val.csv", "weight_backbone": "mobilenet_v2",
+                                       "weight_image_size": 128}, "diagen")
+    [(name, options)] = DIAGen.stages(SimpleNamespace(config=cfg))
+    assert name == "weight" and options["val"] == "val.csv" and options["backbone"] == "mobilenet_v2"
+    assert options["classifier"]["image_size"] == 128
+    default = build_config(DIAGen.Config, {}, "diagen")
+    assert (default.weight_val, default.weight_backbone) == (None, "resnet50")

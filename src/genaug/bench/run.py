@@ -1,8 +1,10 @@
 """`genaug bench`: methods x splits x seeds, budget-matched, resumable; then the report.
 
 Every arm trains the same classifier with the same options on the same split and seed; only the data
-differs. Generators get the same budget (synthetic images per real image) and their generation time is
-recorded next to accuracy. Generations and trained runs are cached under the run directory, so a rerun
+differs. Each generator writes its own paper's M synthetic images per real image (the method's `default_n`),
+unless `budget: N` gives every generator the same N (a budget-matched comparison); the budget each arm used
+is in results.csv, and its generation time next to accuracy. Training draws synthetic images as
+`train.synthetic_prob` says (0.5 of every batch by default, DA-Fusion's and DIAGen's share). Generations and trained runs are cached under the run directory, so a rerun
 (or a larger grid) only does what is missing.
 
     RUN_DIR/config.yaml                     the resolved bench configuration
@@ -65,7 +67,7 @@ class BenchConfig:
     data: DataSpec
     splits: SplitSpec = Field(default_factory=SplitSpec)
     methods: list[ArmSpec] = Field(default_factory=list)
-    budget: int = Field(4, ge=1)  # synthetic images per real image, the same for every generator
+    budget: int | None = Field(None, ge=1)  # synthetic images per real image for every generator; None: each its M
     synthetic_probs: list[float] = Field(default_factory=list)  # a sweep of train.synthetic_prob for generators
     train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig options, shared by every arm
 
@@ -103,6 +105,11 @@ def _split_requests(spec: SplitSpec) -> list[tuple[int | None, float | None]]:
     return reqs
 
 
+def arm_budget(arm: ArmSpec, budget: int | None) -> int:
+    """Synthetic images per real image of a generator arm: `budget` when given, else the method's own M."""
+    return budget or get_method_class(arm.method).default_n
+
+
 def _generate(arm: ArmSpec, split_file: Path, out: Path, budget: int, seed: int) -> tuple[Path, float]:
     """A cached generation: `genaug augment` resumes, and the first run's seconds are kept."""
     record = out / "generation.json"
@@ -138,10 +145,11 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
                 kind = _kind(arm.method)
                 name = _arm_name(arm)
                 tcfg = {**to_dict(base_train), "seed": seed}
-                synthetic, gen_seconds, probs = [], 0.0, [None]
+                synthetic, gen_seconds, probs, budget = [], 0.0, [None], 0
                 if kind == "generator":
+                    budget = arm_budget(arm, cfg.budget)
                     syn, gen_seconds = _generate(arm, sdir / "train.csv", root / "synthetic" / name / split
-                                                 / f"seed-{seed}", cfg.budget, seed)
+                                                 / f"seed-{seed}", budget, seed)
                     synthetic = [syn]
                     probs = cfg.synthetic_probs or [base_train.synthetic_prob]
                 elif kind == "batch":
@@ -151,10 +159,11 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
                     if kind == "generator" and cfg.synthetic_probs:
                         run_dir = run_dir / f"p-{p:g}"
                     tcfg_p = {**tcfg, "synthetic_prob": p if kind == "generator" else tcfg["synthetic_prob"]}
+                    share = tcfg_p["synthetic_prob"] if kind == "generator" else None
                     rows.append(train_cached(run_dir, sdir / "train.csv", synthetic, val, test, cfg.data.ood, tcfg_p,
                                               row={"arm": name, "method": arm.method, "kind": kind, "split": split,
-                                                   "seed": seed, "synthetic_prob": tcfg_p["synthetic_prob"],
-                                                   "budget": cfg.budget if kind == "generator" else 0,
+                                                   "seed": seed, "synthetic_prob": None if share == "pool" else share,
+                                                   "budget": budget,
                                                    "generation_seconds": gen_seconds}, progress=progress))
     from .report import write_report, write_results
 
@@ -176,7 +185,7 @@ def train_cached(run_dir: Path, real: Path, synthetic: list[Path], val, test, oo
             return cached["row"]
     t0 = time.perf_counter()
     r = train(real, run_dir, synthetic=synthetic, val=val, test=test, ood=ood, config=tcfg, progress=progress)
-    row = {**row, "n_real": r["n_real"], "n_synthetic": r["n_synthetic"],
+    row = {**row, "n_real": r["n_real"], "n_synthetic": r["n_synthetic"], "synthetic_share": r["synthetic_share"],
            "train_seconds": round(time.perf_counter() - t0, 2), "best_epoch": r["best_epoch"],
            "val_acc": r["val"]["accuracy"] if "val" in r else None,
            "test_acc": r["test"]["accuracy"] if "test" in r else None,

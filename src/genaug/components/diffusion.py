@@ -10,6 +10,11 @@ Determinism: every image has its own `torch.Generator`; prompts are encoded one 
 the pipeline is always called with exactly `micro_batch` images (the last call padded with copies), because
 kernels choose algorithms by batch size and their float results differ in the last bits — so an image never
 depends on the batch it was made in.
+
+Safety checker: off by default, as in DA-Fusion and DIAGen — the hub SD 1.x checkpoints ship one whose false
+positives come back as black images. `safety_checker=True` keeps the checkpoint's own; an image it flags is
+returned marked with `refuse` (`refusal(image)` gives the reason; it survives `resize`), and the engine lists it
+in `rejected.jsonl` instead of writing it.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from pydantic import Field
 from ..core.config import ConfigError, config_dataclass
 from ..core.devices import model_dtype, resolve_device
 from ..core.log import dropping
-from .hub import absent_components, load_pretrained, local_override
+from .hub import absent_components, load_pretrained, local_override, resolve
 
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"
@@ -40,6 +45,38 @@ SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "euler
               "lcm": "LCMScheduler"}
 TASKS = ("img2img", "text2img", "inpaint")
 Embeds = dict[str, torch.Tensor]  # one prompt's conditioning: the pipeline's *_embeds keyword arguments
+# The `Image.info` key under which a generated image carries why it must not be used as data. PIL copies `info`
+# through resize / crop / copy; a method that builds a new image from a refused one passes the reason on
+# (`refuse(new, refusal(old))`). The engine rejects every output carrying one; nothing writes it into a PNG.
+REFUSAL = "genaug_refusal"
+FLAGGED = ("the Stable Diffusion safety checker flagged it (diffusers blacks such images out); its false "
+           "positives are common on harmless images: set safety_checker=false to keep them, as DA-Fusion and "
+           "DIAGen do, or inspect this source")
+
+
+def refusal(image: Image.Image) -> str | None:
+    """Why this generated image must not be written as data (None: it may)."""
+    return image.info.get(REFUSAL)
+
+
+def refuse(image: Image.Image, reason: str | None) -> Image.Image:
+    """Mark `image` as refused for `reason` (no-op for None); returns it."""
+    if reason:
+        image.info[REFUSAL] = reason
+    return image
+
+
+def _safety_checker_entry(model: str, revision: str | None) -> list | None:
+    """The checkpoint's `model_index.json` entry for `safety_checker` (None: the pipeline has no such slot, as
+    SDXL; `[None, None]`: saved without one). Reads only the index, from the cache, a directory or the hub."""
+    import diffusers
+
+    source, extra, _ = resolve(model, revision)
+    try:
+        index = diffusers.DiffusionPipeline.load_config(source, **extra)
+    except (OSError, ValueError):
+        return None  # loading the pipeline itself will say what is wrong
+    return index.get("safety_checker")
 
 
 def models_dir_name(model: str) -> str:
@@ -88,6 +125,8 @@ def token_rows(pipe, rows: dict[str, dict[str, torch.Tensor]] | None):
 # diffusers' SDXL img2img / inpaint move the VAE to float32 with `.to(dtype=...)` on every call, and diffusers
 # then warns about its own cast (with an empty module list), dozens of times per run: dropped during our calls.
 _FP32_NOTE = ("diffusers.models.modeling_utils", "should be kept in float32: []")
+# The safety checker's own warning: genaug lists each flagged image in rejected.jsonl and the run summary.
+_NSFW_NOTE = ("diffusers.pipelines.stable_diffusion.safety_checker", "Potential NSFW content was detected")
 
 
 class Diffusion:
@@ -95,7 +134,7 @@ class Diffusion:
 
     def __init__(self, model: str = SD15_MODEL, revision: str | None = None, scheduler: str | None = None,
                  device=None, micro_batch: int = 4, resolution: int | None = None, task: str = "img2img",
-                 compile: bool = False):
+                 compile: bool = False, safety_checker: bool = False):
         import diffusers
 
         self.device = resolve_device(device)
@@ -107,11 +146,19 @@ class Diffusion:
             raise ConfigError(f"unknown diffusion task {task!r}; choose from {TASKS}")
         self._auto = auto
         absent = absent_components(model)
-        if "safety_checker" in absent:  # saved without one on purpose: no "you have disabled" notice
-            absent["requires_safety_checker"] = False
+        entry = _safety_checker_entry(model, self.revision)
+        has_checker = isinstance(entry, list) and entry[0] is not None
+        if "safety_checker" in absent or (entry is not None and not (safety_checker and has_checker)):
+            # off (or saved without one): not loaded at all, diffusers' documented way; its "you have disabled
+            # the safety checker" notice is for its own users, and ours chose this explicitly
+            absent |= {"safety_checker": None, "requires_safety_checker": False}
         self.pipes = {task: load_pretrained(auto[task], model, self.revision, role=task, dtype=model_dtype(self.device),
                                             **absent).to(self.device)}
         self.pipe = self.pipes[task]
+        if safety_checker and getattr(self.pipe, "safety_checker", None) is None:
+            raise ConfigError(f"safety_checker=true, but {model} has no safety checker (SDXL and SD 3 pipelines "
+                              "ship none; a saved SD 1.x/2.x pipeline may leave it out): leave safety_checker off")
+        self.safety_checker = safety_checker
         self.pipe.set_progress_bar_config(disable=True)
         if scheduler:
             if scheduler not in SCHEDULERS:
@@ -166,10 +213,12 @@ class Diffusion:
             rows = [per_image(j) for j in idx]
             for k in rows[0]:
                 kw[k] = [r[k] for r in rows]
-            with dropping(*_FP32_NOTE):
+            with dropping(*_FP32_NOTE), dropping(*_NSFW_NOTE):
                 result = pipe(generator=[torch.Generator("cpu").manual_seed(int(seeds[j])) for j in idx],
                               output_type="pil", **kw, **common)
-            out += result.images[: min(m, n - start)]
+            keep = min(m, n - start)
+            flagged = getattr(result, "nsfw_content_detected", None) or [False] * keep  # None: no checker ran
+            out += [refuse(im, FLAGGED if flag else None) for im, flag in zip(result.images[:keep], flagged)]
         return out
 
     def _conditioning(self, prompts: Sequence[str] | None, embeds: Sequence[Embeds] | None, n: int,
@@ -234,8 +283,12 @@ class PipelineOptions:
     micro_batch: int = Field(4, ge=1)  # images per pipeline call (fixed: outputs never depend on the batch)
     compile: bool = False  # torch.compile the UNet (GPU: faster after a warm-up; may change the last bits)
     device: str | None = None
+    # The checkpoint's NSFW safety checker (SD 1.x/2.x hub checkpoints ship one). Off: the papers' setting
+    # (DA-Fusion, DIAGen), not even loaded. On: kept, and the images it flags are rejected, never written.
+    safety_checker: bool = False
 
     def diffusion(self, model: str, revision: str | None, task: str = "img2img", **overrides) -> Diffusion:
         kw = dict(scheduler=self.scheduler, device=self.device, micro_batch=self.micro_batch,
-                  resolution=self.resolution, task=task, compile=self.compile) | overrides
+                  resolution=self.resolution, task=task, compile=self.compile,
+                  safety_checker=self.safety_checker) | overrides
         return Diffusion(model, revision, **kw)

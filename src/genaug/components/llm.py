@@ -1,10 +1,16 @@
-"""Prompt writing with a language model: a local transformers chat model, an OpenAI-compatible HTTP
-endpoint (vLLM, Ollama, llama.cpp server, …), or — when neither is configured — no model at all (the
-caller's deterministic template fallback).
+"""Prompt writing with a language model: an OpenAI-compatible HTTP endpoint (vLLM, Ollama, llama.cpp
+server, …), a local transformers chat model, or no model at all (the caller's deterministic templates).
 
 `llm` is one string:
-- `"template"` (default): no model; `complete` returns nothing and callers fill in from their templates;
-- `"local"`: the default local chat model (`LOCAL_LLM` at a pinned revision; `--models DIR` reads `DIR/llm`);
+- `"auto"` (default), what the papers do wherever it can be had, in this order:
+  1. the OpenAI-compatible endpoint named by the environment: `GENAUG_LLM_URL` (an API base, `.../v1`),
+     `GENAUG_LLM_MODEL` (the model name sent; `llm_model` wins), the key in the variable `api_key_env` names;
+  2. the default local chat model (`LOCAL_LLM` at a pinned revision) when it can be loaded: `--models DIR`
+     holds `DIR/llm`, or it is in the Hugging Face cache, or the hub can be reached;
+  3. else templates, with a warning (`LLM.warning`) that methods pass on to the run summary; every image
+     records `prompt_source` (`llm` or `template`);
+- `"template"`: no model, chosen on purpose (no warning); `complete` returns nothing;
+- `"local"`: the default local chat model, an error when it cannot be loaded;
 - a hub id or a local directory of a causal LM with a chat template;
 - an `http://` or `https://` URL of an OpenAI-compatible API base (`.../v1`); the model name sent is
   `llm_model`, the key (if any) is read from the environment variable named by `api_key_env`.
@@ -27,10 +33,14 @@ from pydantic import Field
 from ..core.config import ConfigError, config_dataclass
 from ..core.devices import model_dtype, resolve_device
 from ..data.cache import Cache
-from .hub import load_pretrained, local_override
+from ..core.log import get_logger
+from .hub import ModelNotAvailable, load_pretrained, local_override
+
+log = get_logger(__name__)
 
 LOCAL_LLM = "Qwen/Qwen2.5-7B-Instruct"
 LOCAL_LLM_REVISION = "a09a35458c702b33eeacc393d103063234e8bc28"
+URL_ENV, MODEL_ENV = "GENAUG_LLM_URL", "GENAUG_LLM_MODEL"  # llm=auto: an endpoint given by the environment
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022>]+|\(?\d{1,3}[.):]|[a-z][.)])\s+", re.IGNORECASE)
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
 
@@ -53,35 +63,61 @@ def sanitise(text: str, max_chars: int = 200) -> list[str]:
 class LLM:
     """`complete(instruction, seed)` → sanitised lines (possibly none, never raises on a bad completion)."""
 
-    def __init__(self, llm: str = "template", revision: str | None = None, llm_model: str | None = None,
+    def __init__(self, llm: str = "auto", revision: str | None = None, llm_model: str | None = None,
                  api_key_env: str = "OPENAI_API_KEY", temperature: float = 0.8, top_p: float = 0.95,
                  max_new_tokens: int = 400, max_chars: int = 200, timeout: float = 120.0, device=None,
                  trust_remote_code: bool = False):
-        self.kind = ("template" if llm in (None, "", "template") else
-                     "http" if llm.startswith(("http://", "https://")) else "local")
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.max_chars, self.timeout = max_chars, timeout
         self.cache = Cache("llm")
-        self.id, self.revision = llm or "template", revision
+        self.warning: str | None = None  # set when llm=auto found no model: templates instead
+        llm = llm or "template"
+        if llm == "auto":
+            url = os.environ.get(URL_ENV, "").strip()
+            if url:
+                if not url.startswith(("http://", "https://")):
+                    raise ConfigError(f"{URL_ENV}={url!r} is not an http(s) URL of an OpenAI-compatible API base "
+                                      f"(e.g. http://localhost:8000/v1)")
+                llm, llm_model = url, llm_model or os.environ.get(MODEL_ENV) or None
+            else:
+                model = local_override("llm", LOCAL_LLM)
+                try:
+                    self._load_local(model, revision, device, trust_remote_code)
+                    self.kind = "local"
+                    return
+                except ModelNotAvailable as e:
+                    why = str(e).split(". Fix:")[0]
+                    self.warning = (f"no language model: {URL_ENV} is not set and the default llm could not be loaded "
+                                    f"({why}); prompts come from templates (prompt_source=template). Set {URL_ENV} "
+                                    f"(and {MODEL_ENV}), pass llm=<hub id | folder | URL>, or llm=template to choose "
+                                    f"templates")
+                    log.warning(self.warning)
+                    llm = "template"
+        self.kind = ("template" if llm == "template" else
+                     "http" if llm.startswith(("http://", "https://")) else "local")
+        self.id, self.revision = llm, revision
         if self.kind == "http":
             self.url = llm.rstrip("/")
             self.model_name = llm_model or "default"
             self.api_key = os.environ.get(api_key_env) if api_key_env else None
             self.id = f"{self.url} ({self.model_name})"
         elif self.kind == "local":
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            self._load_local(local_override("llm", LOCAL_LLM if llm == "local" else llm), revision, device,
+                             trust_remote_code)
 
-            model = local_override("llm", LOCAL_LLM if llm == "local" else llm)
-            self.revision = revision or (LOCAL_LLM_REVISION if model == LOCAL_LLM else None)
-            self.id = model
-            self.device = resolve_device(device)
-            self.tokenizer = load_pretrained(AutoTokenizer, model, self.revision, role="llm tokenizer", weights=False,
-                                             trust_remote_code=trust_remote_code)
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise ConfigError(f"llm {model!r} has no chat template: use an instruct / chat model")
-            self.model = load_pretrained(AutoModelForCausalLM, model, self.revision, role="llm",
-                                         dtype=model_dtype(self.device),
-                                         trust_remote_code=trust_remote_code).to(self.device).eval()
+    def _load_local(self, model: str, revision: str | None, device, trust_remote_code: bool) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.revision = revision or (LOCAL_LLM_REVISION if model == LOCAL_LLM else None)
+        self.id = model
+        self.device = resolve_device(device)
+        self.tokenizer = load_pretrained(AutoTokenizer, model, self.revision, role="llm tokenizer", weights=False,
+                                         trust_remote_code=trust_remote_code)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ConfigError(f"llm {model!r} has no chat template: use an instruct / chat model")
+        self.model = load_pretrained(AutoModelForCausalLM, model, self.revision, role="llm",
+                                     dtype=model_dtype(self.device),
+                                     trust_remote_code=trust_remote_code).to(self.device).eval()
 
     def describe(self) -> dict[str, str]:
         return {"id": self.id, "revision": self.revision or ("local" if self.kind == "local" else self.kind)}
@@ -130,8 +166,10 @@ class LLM:
 class LLMOptions:
     """Which language model writes a method's prompts (a base of the methods' Configs)."""
 
-    llm: str = "template"  # template | local | a hub id or folder of a chat model | an OpenAI-compatible URL
-    llm_model: str | None = None  # the model name sent to an HTTP endpoint
+    # auto: $GENAUG_LLM_URL, else the default local chat model if it can be loaded, else templates with a warning;
+    # template | local | a hub id or folder of a chat model | an OpenAI-compatible URL
+    llm: str = "auto"
+    llm_model: str | None = None  # the model name sent to an HTTP endpoint (llm=auto: else $GENAUG_LLM_MODEL)
     llm_revision: str | None = None
     llm_api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding an endpoint's API key
     llm_temperature: float = Field(0.8, ge=0)

@@ -2,10 +2,11 @@
 
 Dataset masks come first: an `Example.mask` (a manifest `mask` column, or the image's own alpha channel)
 is used as is and needs no model. Otherwise GroundingDINO finds the subject from a text phrase (the class
-name by default), its best box above the thresholds prompts SAM, and SAM's mask is the subject. Masks
-from models are cached on disk (`GENAUG_CACHE/masks/`) by a hash of (image, phrase, models, revisions,
-thresholds); an image where nothing is found is cached as such. Defaults: GroundingDINO tiny and SAM
-ViT-B at pinned revisions; `--models DIR` reads `DIR/grounding-dino` and `DIR/sam`.
+name by default; `phrase=dog` a dataset-wide noun; `phrases` a phrase per class), its best box above the
+thresholds prompts SAM, and SAM's mask is the subject. Masks from models are cached on disk
+(`GENAUG_CACHE/masks/`) by a hash of (image, phrase, models, revisions, thresholds); an image where
+nothing is found is cached as such. Defaults: GroundingDINO tiny and SAM ViT-B at pinned revisions;
+`--models DIR` reads `DIR/grounding-dino` and `DIR/sam`.
 """
 from __future__ import annotations
 
@@ -53,12 +54,14 @@ class SubjectMasks:
 
     def __init__(self, detector: str = GDINO_MODEL, detector_revision: str | None = None,
                  segmenter: str = SAM_MODEL, segmenter_revision: str | None = None, phrase: str = "{label}",
-                 box_threshold: float = 0.35, text_threshold: float = 0.25, device=None):
+                 box_threshold: float = 0.35, text_threshold: float = 0.25, device=None,
+                 phrases: dict[str, str] | None = None):
         self.detector_id = local_override("grounding-dino", detector)
         self.detector_revision = detector_revision or (GDINO_REVISION if self.detector_id == GDINO_MODEL else None)
         self.segmenter_id = local_override("sam", segmenter)
         self.segmenter_revision = segmenter_revision or (SAM_REVISION if self.segmenter_id == SAM_MODEL else None)
         self.phrase, self.box_threshold, self.text_threshold = phrase, box_threshold, text_threshold
+        self.phrases = dict(phrases or {})
         self.device = resolve_device(device)
         self._models = None  # loaded on the first image without a dataset mask
         self.cache = Cache("masks")
@@ -85,7 +88,7 @@ class SubjectMasks:
                  ) -> tuple[Image.Image | None, dict[str, Any]]:
         if dataset_mask is not None:
             return dataset_mask, {"mask_source": "dataset"}
-        phrase = self.phrase.format(label=" ".join(label.replace("_", " ").split()))
+        phrase = self.phrases.get(label, self.phrase).format(label=" ".join(label.replace("_", " ").split()))
         key = content_key(image, phrase, self.detector_id, self.detector_revision, self.segmenter_id,
                           self.segmenter_revision, self.box_threshold, self.text_threshold)
 
@@ -139,14 +142,15 @@ class MaskOptions:
     detector_revision: str | None = None
     segmenter: str = SAM_MODEL
     segmenter_revision: str | None = None
-    phrase: str = "{label}"
+    phrase: str = "{label}"  # GroundingDINO's text: a template over {label}, or a noun for every class ("dog")
+    phrases: dict[str, str] = Field(default_factory=dict)  # label -> its own phrase (a superclass), before `phrase`
     box_threshold: float = Field(0.35, ge=0, le=1)
     text_threshold: float = Field(0.25, ge=0, le=1)
     on_missing: Literal["reject", "whole_image"] = "reject"  # an image without a subject
 
     def masker(self, device=None) -> SubjectMasks:
         return SubjectMasks(self.detector, self.detector_revision, self.segmenter, self.segmenter_revision,
-                            self.phrase, self.box_threshold, self.text_threshold, device)
+                            self.phrase, self.box_threshold, self.text_threshold, device, self.phrases)
 
     def subject(self, masker: SubjectMasks, example) -> tuple[Image.Image | None, dict[str, Any]]:
         """The example's subject mask (None when there is none, with the reason in the info)."""

@@ -1,4 +1,5 @@
-"""Textual inversion (Gal et al. 2023), the diffusers recipe: one new token per class whose embedding row is
+"""Textual inversion (Gal et al. 2023) as DA-Fusion runs it (its fine_tune.py, adapted from the diffusers
+example, with its scripts' settings): one new token per class, started from the word "the", whose embedding row is
 the only thing that trains; saved as safetensors `{token: vector}` and loaded back with diffusers'
 `load_textual_inversion`. Learned tokens are cached by a content hash of (the class's images, the
 options, the base model and revision), so a rerun does not train again.
@@ -14,15 +15,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pydantic import Field
+from pydantic import Field, field_validator
 from tqdm.auto import tqdm
 
-from ..core.config import config_dataclass
+from ..core.config import ConfigError, config_dataclass
 from ..data.cache import Cache
 from ..core.log import bar_disabled, dropping
 
+# DA-Fusion's (and DIAGen's) `imagenet_templates_small`, fine_tune.py: the prompts a class token trains under
 TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
-             "a photo of a clean {}", "a close-up photo of a {}", "a bright photo of the {}", "a good photo of a {}")
+             "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}", "a photo of my {}",
+             "a photo of the cool {}", "a close-up photo of a {}", "a bright photo of the {}",
+             "a cropped photo of a {}", "a photo of the {}", "a good photo of the {}", "a photo of one {}",
+             "a close-up photo of the {}", "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}",
+             "a photo of a nice {}", "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}",
+             "a photo of the weird {}", "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}")
+# bump when the training recipe changes in a way the options do not show: it is part of the cache key
+RECIPE = "da-fusion-1"
 
 
 def class_token(index: int) -> str:
@@ -37,13 +46,24 @@ def _images_digest(images: list[Image.Image]) -> str:
     return h.hexdigest()
 
 
+def initial_row(tok, te, initializer: str) -> torch.Tensor:
+    """The row a new token starts from: the mean of the embedding rows of `initializer`'s tokens (for a word
+    that is one token, as DA-Fusion's "the", exactly that word's row)."""
+    ids = tok.encode(initializer, add_special_tokens=False)
+    if not ids:
+        raise ConfigError(f"textual inversion: the initializer {initializer!r} has no tokens")
+    return te.get_input_embeddings().weight[ids].detach().mean(0)
+
+
 def learn_token(pipe, images: list[Image.Image], token: str, initializer: str, steps: int = 1000,
-                lr: float = 5e-3, batch_size: int = 4, resolution: int | None = None, seed: int = 0,
-                progress: bool | None = None,
+                lr: float = 2e-3, batch_size: int = 4, weight_decay: float = 1e-2, resolution: int | None = None,
+                seed: int = 0, progress: bool | None = None,
                 encoders: dict[str, tuple[Any, Any]] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train one new token on `images` in `encoders` (`{text_encoder_name: (tokenizer, text_encoder)}`; default:
-    copies of the pipeline's own) — one for SD 1.x / 2.x, two for SDXL; a row in each trains, and the
-    conditioning is built as the pipeline itself builds it.
+    copies of the pipeline's own) — one for SD 1.x / 2.x, two for SDXL; a row in each trains, starting from
+    `initial_row(initializer)`, and the conditioning is built as the pipeline itself builds it. DA-Fusion's
+    recipe: AdamW at a constant `lr` with decoupled `weight_decay` (on the new row only), a latent drawn from
+    the VAE posterior per step, a random horizontal flip, a random template per image.
     Returns `{text_encoder_name: learned vector}` and the losses: per training step, and on a fixed held-out
     draw before and after."""
     from diffusers import DDPMScheduler
@@ -61,11 +81,11 @@ def learn_token(pipe, images: list[Image.Image], token: str, initializer: str, s
         if tok.add_tokens([token]) != 1:
             raise ValueError(f"token {token} already exists in the tokenizer")
         token_id = tok.convert_tokens_to_ids(token)
-        init_ids = tok.encode(initializer, add_special_tokens=False) or tok.encode("object", add_special_tokens=False)
+        init = initial_row(tok, te, initializer)
         te.resize_token_embeddings(len(tok), mean_resizing=False)
         emb = te.get_input_embeddings()  # transformers >= 5.6: CLIPTextModel has no .text_model
         with torch.no_grad():
-            emb.weight[token_id] = emb.weight[init_ids].mean(0)
+            emb.weight[token_id] = init
         te.requires_grad_(False)
         emb.weight.requires_grad_(True)
         rows[name] = (emb.weight, token_id, torch.arange(len(tok), device=emb.weight.device) != token_id)
@@ -77,8 +97,10 @@ def learn_token(pipe, images: list[Image.Image], token: str, initializer: str, s
     device, dtype = unet.device, unet.dtype
     g = torch.Generator().manual_seed(seed)
     px = torch.stack([pipe.image_processor.preprocess(im.convert("RGB"), height=res, width=res)[0] for im in images])
-    with torch.no_grad():
-        latents_all = vae.encode(px.to(device, vae.dtype)).latent_dist.mode().to(dtype) * vae.config.scaling_factor
+    with torch.no_grad():  # the posterior once; a latent is drawn from it per step (DA-Fusion: latent_dist.sample())
+        posterior = vae.encode(px.to(device, vae.dtype)).latent_dist
+        latents_all = posterior.mean.to(dtype) * vae.config.scaling_factor
+        latents_std = posterior.std.to(dtype) * vae.config.scaling_factor
     xl = "text_encoder_2" in copies
 
     def denoising_loss(lat, noise, t, prompts):
@@ -104,7 +126,9 @@ def learn_token(pipe, images: list[Image.Image], token: str, initializer: str, s
     for step in tqdm(range(steps), desc=f"textual inversion {token}", disable=bar_disabled(progress),
                      leave=False):
         idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=g)
-        lat = latents_all[idx]
+        idx_d = idx.to(latents_all.device)
+        lat = latents_all[idx_d] + latents_std[idx_d] * torch.randn(
+            latents_all[idx_d].shape, generator=g).to(device, dtype)
         flip = torch.rand(len(idx), generator=g) < 0.5
         lat = torch.where(flip.view(-1, 1, 1, 1).to(device), lat.flip(-1), lat)
         noise = torch.randn(lat.shape, generator=g).to(device, dtype)
@@ -112,8 +136,10 @@ def learn_token(pipe, images: list[Image.Image], token: str, initializer: str, s
         prompts = [TEMPLATES[int(i)].format(token) for i in torch.randint(len(TEMPLATES), (len(idx),), generator=g)]
         loss = denoising_loss(lat, noise, t, prompts)
         loss.backward()
-        for weight, _, keep in rows.values():
-            weight.grad[keep] = 0  # only the new row learns
+        with torch.no_grad():
+            for weight, token_id, keep in rows.values():
+                weight.grad[keep] = 0  # only the new row learns
+                weight[token_id] *= 1 - lr * weight_decay  # AdamW's decoupled decay, on that row alone
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
@@ -135,17 +161,24 @@ def token_vectors(pipe, token: str) -> dict[str, torch.Tensor]:
             for name, (tok, te) in text_encoders(pipe).items()}
 
 
+def initializer_text(init: str, label: str) -> str:
+    """The text a class's token starts from: `init` with `{label}` replaced by the class name."""
+    return init.replace("{label}", label.replace("_", " "))
+
+
 def _learn_to_file(pipe, images: list[Image.Image], token: str, label: str, options: dict[str, Any],
                    progress: bool | None, path: Path) -> None:
     """Learn `token` (on copies: the pipeline gains tokens only through load_textual_inversion) into `path`."""
     from safetensors.torch import save_file
 
-    vectors, losses = learn_token(pipe, images, token, label.split()[0] if label.split() else "object",
-                                  progress=progress, **options)
+    options = dict(options)
+    initializer = initializer_text(options.pop("init"), label)
+    vectors, losses = learn_token(pipe, images, token, initializer, progress=progress, **options)
     state = ({token: vectors["text_encoder"].cpu()} if len(vectors) == 1 else
              {_FILE_KEYS[name]: v.cpu() for name, v in vectors.items()})
     save_file(state, str(path), metadata={
-        "token": token, "label": label, "eval_loss_before": f"{losses['eval_before']:.5f}",
+        "token": token, "label": label, "initializer": initializer, "recipe": RECIPE,
+        "eval_loss_before": f"{losses['eval_before']:.5f}",
         "eval_loss_after": f"{losses['eval_after']:.5f}"})
 
 
@@ -160,7 +193,7 @@ def learned_tokens(pipe, model_id: str, revision: str | None, images_by_class: d
     for i, label in enumerate(sorted(images_by_class)):
         token = class_token(i)
         key = hashlib.blake2b(repr((_images_digest(images_by_class[label]), label, token, model_id, revision,
-                                    sorted(options.items()))).encode(), digest_size=16).hexdigest()
+                                    sorted(options.items()), RECIPE)).encode(), digest_size=16).hexdigest()
         # a second run needing the same token waits for the first's file instead of training it again
         path = Cache("textual_inversion").get_or_create(key, ".safetensors", functools.partial(
             _learn_to_file, pipe, images_by_class[label], token, label, options, progress))
@@ -181,9 +214,26 @@ def learned_tokens(pipe, model_id: str, revision: str | None, images_by_class: d
 class TextualInversionOptions:
     """How a method learns its class tokens (a base of the methods' Configs)."""
 
+    # DA-Fusion's scripts/fine_tuning/fine_tune_*.sh: 1000 steps, batch 4, lr 5e-4 scaled by the batch
+    # (--scale_lr: 5e-4 x 4 = 2e-3), constant; AdamW's weight decay 1e-2 (fine_tune.py's default)
     ti_steps: int = Field(1000, ge=1)  # textual-inversion optimisation steps per class
-    ti_lr: float = Field(5e-3, gt=0)
+    ti_lr: float = Field(2e-3, gt=0)  # the effective (already batch-scaled) learning rate
     ti_batch_size: int = Field(4, ge=1)
+    ti_weight_decay: float = Field(1e-2, ge=0)
+    # the text the token's row starts from (mean of its tokens' rows); `{label}` is the class name.
+    # DA-Fusion's fine_tune.py sets initializer_token = "the" for every class.
+    ti_init: str = "the"
+
+    @field_validator("ti_init", mode="before")
+    @classmethod
+    def _check_init(cls, v: Any) -> str:
+        if isinstance(v, dict):  # `ti_init={label}` on a command line is YAML for a mapping
+            raise ValueError("must be a text; quote it on the command line: ti_init=\"'{label}'\"")
+        if not isinstance(v, str):
+            raise ValueError("must be a text")
+        if not v.strip() or v.replace("{label}", "").count("{") or v.replace("{label}", "").count("}"):
+            raise ValueError('must be a non-empty text, "{label}" the only placeholder (e.g. "the", "{label}")')
+        return v
 
     def class_tokens(self, diffusion, source) -> dict[str, str]:
         """`{label: token}` learned (or taken from the cache) from each class's images in `source`, and loaded
@@ -199,4 +249,5 @@ class TextualInversionOptions:
             by_class.setdefault(ex.label, []).append(ex.image)
         return learned_tokens(diffusion.pipe, diffusion.id, diffusion.revision, by_class,
                               {"steps": self.ti_steps, "lr": self.ti_lr, "batch_size": self.ti_batch_size,
+                               "weight_decay": self.ti_weight_decay, "init": self.ti_init,
                                "resolution": diffusion.resolution})

@@ -118,6 +118,7 @@ class OutputDir:
             self.release()
             raise
         self.n_rejected = 0
+        self._rejected_seen: set[tuple[str, str]] = set()
         self._changed = rows_dropped or not self._manifest_matches()
 
     # ---- resume --------------------------------------------------------------------------------
@@ -181,9 +182,15 @@ class OutputDir:
         self.done[(row["source_id"], int(row["variant"]))] = row["file_name"]
         self._changed = True
 
-    def reject(self, path: str, source_id: str, reason: str) -> None:
+    def reject(self, path: str, source_id: str, reason: str) -> bool:
+        """List a refused source (or one refused variant: its reason names it) once; False if already listed
+        (a source's variants may come in several batches)."""
+        if (source_id, reason) in self._rejected_seen:
+            return False
+        self._rejected_seen.add((source_id, reason))
         self.n_rejected += 1
         self._rejected_tmp.write(json.dumps({"path": path, "id": source_id, "reason": reason}, ensure_ascii=False) + "\n")
+        return True
 
     def sync(self) -> None:
         """Make the rows written so far durable (called once per batch, not per image)."""

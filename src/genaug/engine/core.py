@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from ..components.diffusion import refusal
 from ..components.hub import models_dir
 from ..core.config import ConfigError, build_config, config_dataclass, config_hash, to_dict
 from ..core.log import get_logger
@@ -93,17 +94,23 @@ class Plan:
     row_base: dict[str, Any]
     batch_size: int
     prepared: bool = False
+    summary: RunSummary | None = None  # the run's summary (set by `pending`): the method's warnings land there
 
     def prepare(self) -> None:
         """The method's per-dataset work, once, and only when there is something to generate: a rerun of a
-        finished run loads no token, caption or prompt."""
+        finished run loads no token, caption or prompt. What the method then warns of (its `warnings`, e.g.
+        no language model: templates instead) goes into the run summary."""
         if not self.prepared:
             self.method.prepare(self.source)
             self.prepared = True
+            if self.summary is not None:
+                self.summary.warnings += [w for w in getattr(self.method, "warnings", ())
+                                          if w not in self.summary.warnings]
 
     def pending(self, summary: RunSummary) -> Iterator[tuple[Record, list[tuple[int, int]]]]:
         """Every source record with its missing `(variant, seed)` pairs (the resume accounting every executor
         shares); variants already written are counted in `summary.already_done`."""
+        self.summary = summary
         for rec in self.source.records():
             todo = [(k, derive_seed(self.run.seed, rec.id, k)) for k in range(self.run.n)
                     if not self.outdir.is_done(rec.id, k)]
@@ -141,11 +148,37 @@ def plan(source: str | Path, out: str | Path, method: str, n: int | None = None,
     return Plan(run, m, src, input_cfg, resolved, outdir, row_base, batch_size)
 
 
+# An image is blank when, in every channel of its 8-bit pixels, max - min <= BLANK_TOLERANCE: one colour up
+# to rounding (a resized black image stays within it; any real image, even a flat-looking photo, has more
+# spread). A blank output of a source that is not blank carries no class evidence — typically the safety
+# checker's black image or an fp16 VAE overflow (NaN decoded as black) — and is rejected; a source that is
+# itself one colour may give one-colour outputs (a flip of a flat image is faithful to it).
+BLANK_TOLERANCE = 2
+
+
+def blank(image) -> str | None:
+    """Why `image` is blank, or None when it is not (see BLANK_TOLERANCE)."""
+    pixels = np.asarray(image if image.mode in ("RGB", "L") else image.convert("RGB"))
+    pixels = pixels.reshape(-1, 1 if pixels.ndim == 2 else pixels.shape[-1])
+    lo, hi = pixels.min(axis=0), pixels.max(axis=0)
+    if int((hi.astype(int) - lo).max()) > BLANK_TOLERANCE:
+        return None
+    colour = tuple(int(v) for v in lo) if len(lo) > 1 else int(lo[0])
+    return (f"the generated image is blank (every pixel within {BLANK_TOLERANCE} levels of {colour}): no class "
+            "evidence to train on. From a diffusion model this usually means the safety checker blacked it out "
+            "(safety_checker=false) or fp16 overflowed in decoding (run the model in fp32); from a transform, "
+            "that it covered the whole subject (milder settings)")
+
+
 def generate(m, items: list[tuple[Example, int, int]], row_base: dict[str, Any]
-             ) -> tuple[list[tuple[dict[str, Any], Any]], dict[str, tuple[Example, str]]]:
+             ) -> tuple[list[tuple[dict[str, Any], Any]], dict[Any, tuple[Example, str]]]:
     """One method call over `items` (example, variant, seed): `([(metadata row, image)], refused)`, where
-    `refused` maps the id of every example the method declined (e.g. no subject found) to (example, reason).
-    Shared by every executor, so they write the same rows and the same pixels."""
+    `refused` maps the id of every example the method declined (e.g. no subject found) to (example, reason),
+    and `(id, variant)` of every output that must not be data — one a component refused (the safety checker
+    flagged it: `components.diffusion.refusal`) or a blank one of a source that is not — to (example, reason
+    naming the variant).
+    Every method's output passes here, on every executor, so none writes a blank or flagged image; the others
+    are returned untouched. Shared by every executor, so they write the same rows and the same pixels."""
     drawn, refused = [], {}
     for e, _, s in items:
         if e.id in refused:
@@ -166,6 +199,12 @@ def generate(m, items: list[tuple[Example, int, int]], row_base: dict[str, Any]
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     results = []
     for (ex, k, s), syn in zip(items, outputs):
+        why = refusal(syn.image)
+        if why is None and (empty := blank(syn.image)) and blank(ex.image) is None:  # flat source: flat is fine
+            why = empty
+        if why:
+            refused[(ex.id, k)] = (ex, f"{m.name} variant {k} (seed {s}): {why}")
+            continue
         row = {"file_name": synthetic_file_name(ex.label, ex.id, k), "label": ex.label, "source_id": ex.id,
                "source_path": ex.path, "variant": k, "seed": s, **row_base, "params": syn.params,
                "weight": float(syn.weight), "created_at": now}

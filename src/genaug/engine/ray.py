@@ -173,7 +173,6 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
                                    threads=threads))
     bar = tqdm(total=len(rows), desc=f"genaug {run.method} (ray x{hi})", unit="img", dynamic_ncols=True,
                disable=bar_disabled(progress))
-    rejected: set[str] = set()
     with bar, warnings.catch_warnings():  # the bar closes and the filter ends with the run
         warnings.filterwarnings("ignore", message=".*minimum number of concurrent actors.*")  # few blocks: fine
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
@@ -183,8 +182,6 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
                     outdir.write(bytes(png), row)
                     summary.generated += 1
                     bar.update(1)
-                elif row["id"] not in rejected:  # an image's variants may come in several batches
-                    rejected.add(row["id"])
-                    outdir.reject(row["path"], row["id"], row["reason"])
+                elif outdir.reject(row["path"], row["id"], row["reason"]):  # listed once, however many batches
                     summary.sources -= bool(row.get("unreadable"))  # as locally: sources read = images loaded
             outdir.sync()

@@ -60,7 +60,9 @@ def run_fixed(fn, micro_batch: int, *tensors: torch.Tensor) -> torch.Tensor:
         n = len(chunk[0])
         if n < micro_batch:
             chunk = [torch.cat([v, v[:1].expand(micro_batch - n, *v.shape[1:])]) for v in chunk]
-        out.append(fn(*chunk)[:n])
+        # one memory format too: a slice or a padded copy of a channels-last tensor (a VAE's output) may come out
+        # channels-last or not depending on its length, and convolutions pick another kernel for each
+        out.append(fn(*[v.contiguous() for v in chunk])[:n].contiguous())
     return torch.cat(out)
 
 
@@ -115,6 +117,33 @@ class FlowODE(ABC):
         options = {"step_size": 1.0 / max(1, steps)} if solver in ("euler", "midpoint", "rk4") else {}
         return odeint(lambda t, z: self.velocity(t, z, cond, guidance), x, ts, method=solver, options=options,
                       rtol=1e-4, atol=1e-4)[-1]
+
+    def time_grid(self, t_from: float, t_to: float, steps: int) -> list[float]:
+        """The step boundaries from `t_from` to `t_to`: the multiples of 1/steps between them, and both ends."""
+        lo, hi = sorted((t_from, t_to))
+        inner = [i / steps for i in range(1, steps) if lo < i / steps < hi]
+        return sorted({t_from, t_to, *inner}, reverse=t_from > t_to)
+
+    @torch.no_grad()
+    def generate_inside(self, z: torch.Tensor, cond, region: torch.Tensor, source: torch.Tensor, x1: torch.Tensor,
+                        t_from: float = 0.0, steps: int = 20, solver: str = "euler",
+                        guidance: float = 1.0) -> torch.Tensor:
+        """Object-centric generation along the ODE (paper 3.3; RePaint / blended latents on the flow path).
+
+        Only where `region` is 1 is the image regenerated from `z`; the rest stays on the source's own path:
+        after every step it is put back on the straight line from `source` (the unperturbed source at
+        `t_from`: its inversion, or its SDEdit insertion) to the source itself `x1` at t = 1, so it ends as
+        the source exactly. `region` broadcasts against `z` (1 = regenerate, 0 = keep)."""
+        keep = 1 - region
+        x = region * z + keep * source
+        if t_from >= 1:
+            return region * z + keep * x1
+        grid = self.time_grid(t_from, 1.0, steps)
+        for a, b in zip(grid, grid[1:]):
+            x = self.integrate(x, cond, a, b, steps, solver, guidance)
+            w = (b - t_from) / (1 - t_from)  # 1 at the end: exactly the source there
+            x = region * x + keep * ((1 - w) * source + w * x1)
+        return x
 
     def invert(self, x1, cond, steps=20, solver="euler", t_to: float = 0.0, guidance: float = 1.0):
         """Image (t = 1) -> latent (t = 0), or to any intermediate time `t_to`."""

@@ -90,6 +90,12 @@ class PipelineFlow(FlowODE):
         sched.set_timesteps(steps, device="cpu")
         return sched.sigmas.numpy().astype(np.float64)  # descending, 1 -> 0, with the pipeline's time shift
 
+    def time_grid(self, t_from: float, t_to: float, steps: int) -> list[float]:
+        """The scheduler's own grid (in t = 1 - sigma) between t_from and t_to, and both ends: one Euler step each."""
+        lo, hi = sorted((t_from, t_to))
+        inner = [1 - float(s) for s in self._sigmas(steps) if lo < 1 - float(s) < hi]
+        return sorted({t_from, t_to, *inner}, reverse=t_from > t_to)
+
     @torch.no_grad()
     def integrate(self, x: torch.Tensor, cond, t_from: float, t_to: float, steps: int = 20,
                   solver: str = "euler", guidance: float = 1.0) -> torch.Tensor:

@@ -3,14 +3,21 @@
 1. Subject mask: the dataset's own (manifest `mask` column or alpha channel), else GroundingDINO → SAM
    (`genaug.components.segment`, cached); an image with no subject is rejected or, with
    `on_missing=whole_image`, used whole.
+   GroundingDINO is prompted with `phrase` (default the label; a dataset-wide noun such as `phrase=dog`, or a
+   per-class `phrases` map, finds fine-grained classes the label alone misses).
 2. Background caption: an instruction × a background × a temporal phrase are sampled from their sets; the
-   language model (`llm`, as in DIAGen: local chat model, OpenAI-compatible URL, or templates) writes a
-   caption of that empty scene. Words naming any class of the dataset (the label, its words and plurals,
-   and `class_words`) are removed from the caption, which is recorded as used.
+   language model (`llm`, as in DIAGen: by default an endpoint from $GENAUG_LLM_URL or the local chat model,
+   else templates with a warning) writes a caption of that empty scene. Without a model the caption is the
+   template over the background and temporal phrases, and the instruction and caption variant — which
+   then shape nothing — are not recorded. Words naming any class of the dataset (the label, its words and
+   plurals, and `class_words`) are removed from the caption, which is recorded as used, with `prompt_source`.
 3. Background image: SDXL text-to-image from the caption (SD 1.5 or any checkpoint selectable; the class
    names in the negative prompt), or — offline copy-paste mode — an image drawn from `backgrounds_dir`.
 4. Subject: flipped, scaled, rotated and placed (`flip_p`, `scale`, `rotation`, `position`), then pasted
    with a feathered edge that only grows outward: every pixel under the mask keeps the source's value.
+   The whole subject always stays in the frame: a transformed subject larger than the frame is shrunk to
+   fit (`scale` records the scale applied, `scale_sampled` the one drawn), and `position=keep` moves the
+   centre only as far as needed.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageFilter, ImageOps
 from pydantic import Field
 
-from ..components.diffusion import SDXL_MODEL, PipelineOptions
+from ..components.diffusion import SDXL_MODEL, PipelineOptions, refusal, refuse
 from ..components.llm import LLMOptions
 from ..components.segment import MaskOptions
 from ..core.config import ConfigError, config_dataclass, range_option
@@ -85,12 +92,26 @@ def scrub(caption: str, words: list[str]) -> tuple[str, list[str]]:
 
 
 def transformed_size(w: int, h: int, scale: float, angle: float) -> tuple[int, int]:
+    """The size `paste_subject` gives a w x h subject box: resized as it resizes, rotated by PIL itself (whose
+    expanded size rounds its own way), so a fit check here is exact."""
     sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
     if angle == 0:
         return sw, sh
-    a = np.deg2rad(angle)
-    return (int(np.ceil(abs(sw * np.cos(a)) + abs(sh * np.sin(a)))),
-            int(np.ceil(abs(sw * np.sin(a)) + abs(sh * np.cos(a)))))
+    return Image.new("1", (sw, sh)).rotate(angle, expand=True).size
+
+
+def fit_scale(w: int, h: int, box_w: int, box_h: int, scale: float, angle: float) -> float | None:
+    """The largest scale <= `scale` (6 decimals, as recorded) at which the box, rotated, fits in w x h; None
+    when even a 1-pixel subject does not."""
+    s = round(scale, 6)
+    for _ in range(200):
+        tw, th = transformed_size(box_w, box_h, s, angle)
+        if tw <= w and th <= h:
+            return s
+        s = round(min(s * 0.995, s * min(w / tw, h / th)), 6)  # the ratio first, then small steps for rounding
+        if s <= 0:
+            break
+    return None
 
 
 def paste_subject(image: Image.Image, mask: Image.Image, background: Image.Image, flip: bool, scale: float,
@@ -133,7 +154,9 @@ def paste_subject(image: Image.Image, mask: Image.Image, background: Image.Image
 class AGA(Method):
     description = "AGA (2024): subject kept (dataset mask or GroundingDINO+SAM), LLM-captioned SDXL background, affine paste"
     paper = "Rahat et al., Data Augmentation for Image Classification using Generative AI (arXiv 2409.00547)"
+    version = "2"  # 2: the subject is shrunk to fit the frame; template captions record only what shaped them
     default_batch_size = 4
+    default_n = 10  # the paper's largest augmentation (10x), where it still found gains
 
     @config_dataclass
     class Config(PipelineOptions, MaskOptions, LLMOptions):
@@ -161,7 +184,7 @@ class AGA(Method):
         c = self.config
         if not (c.instructions and c.backgrounds and c.temporal):
             raise ConfigError("aga: instructions, backgrounds and temporal must each have at least one entry")
-        self.sd = self.background_files = None
+        self.sd = self.background_files = self.llm = None
         if c.backgrounds_dir:
             root = Path(c.backgrounds_dir)
             if not root.is_dir():
@@ -170,8 +193,15 @@ class AGA(Method):
             if not self.background_files:
                 raise ConfigError(f"aga: no images in backgrounds_dir {root}")
         else:
+            for key in ("{background}", "{temporal}"):  # a recorded phrase must shape the template caption
+                if key not in c.template_caption:
+                    raise ConfigError(f"aga: template_caption must contain {key}")
+            for key in ("{instruction}", "{background}", "{temporal}"):
+                if key not in c.caption_request:
+                    raise ConfigError(f"aga: caption_request must contain {key}")
             self.sd = c.diffusion(c.model, c.revision, task="text2img")
             self.llm = c.language_model(c.device)
+        self.warnings = [self.llm.warning] if self.llm is not None and self.llm.warning else []
         self.masker = c.masker(c.device)
         self.words: list[str] = []
         self.negative = ""
@@ -188,6 +218,8 @@ class AGA(Method):
 
     def prepare(self, source) -> None:
         labels = sorted({rec.label for rec in source.records() if rec.error is None})
+        if unknown := sorted(set(self.config.phrases) - set(labels)):
+            raise ConfigError(f"aga: phrases name class(es) not in the dataset: {unknown}; its classes: {labels}")
         self.words = class_words(labels, self.config.class_words)
         self.negative = self.config.negative_prompt.replace("{classes}", ", ".join(labels))
 
@@ -222,16 +254,22 @@ class AGA(Method):
         w, h = example.image.size
         bw, bh = box[2] - box[0], box[3] - box[1]
         flip = bool(rng.random() < c.flip_p)
-        scale = float(rng.uniform(*c.scale)) if c.scale[0] != c.scale[1] else float(c.scale[0])
-        angle = float(rng.uniform(*c.rotation)) if c.rotation[0] != c.rotation[1] else float(c.rotation[0])
+        sampled = float(rng.uniform(*c.scale)) if c.scale[0] != c.scale[1] else float(c.scale[0])
+        angle = round(float(rng.uniform(*c.rotation)) if c.rotation[0] != c.rotation[1] else float(c.rotation[0]), 6)
+        scale = fit_scale(w, h, bw, bh, sampled, angle)  # never lose a subject pixel past the frame's edge
+        if scale is None:
+            raise Rejected(f"aga: the subject cannot fit a {w}x{h} frame at rotation {angle}")
         tw, th = transformed_size(bw, bh, scale, angle)
-        if c.position == "keep":
-            center = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        if c.position == "keep":  # its own centre, moved only as far as the frame requires
+            center = tuple(min(max((lo + hi) / 2, t / 2), size - t / 2)
+                           for lo, hi, t, size in ((box[0], box[2], tw, w), (box[1], box[3], th, h)))
         else:
             center = tuple(float(rng.uniform(t / 2, size - t / 2)) if t < size else size / 2
                            for t, size in ((tw, w), (th, h)))
+        shrunk = scale < round(sampled, 6)
         p: dict[str, Any] = {**{k: v for k, v in info.items() if k != "reason"}, "subject_box": list(box),
-                             "flip": flip, "scale": round(scale, 6), "rotation": round(angle, 6),
+                             "flip": flip, "scale": scale, "scale_shrunk": shrunk,
+                             **({"scale_sampled": round(sampled, 6)} if shrunk else {}), "rotation": angle,
                              "center": [round(center[0], 3), round(center[1], 3)], "feather": c.feather}
         if self.background_files is not None:
             i = int(rng.integers(len(self.background_files)))
@@ -241,9 +279,11 @@ class AGA(Method):
             ins, bg, tmp = (str(x[rng.integers(len(x))]) for x in (c.instructions, c.backgrounds, c.temporal))
             variant = int(rng.integers(c.caption_variants))
             caption, source, removed = self.caption(ins, bg, tmp, variant)
-            p |= {"instruction": ins, "background": bg, "temporal": tmp, "caption_variant": variant,
-                  "caption": caption, "caption_source": source, "caption_removed": removed,
-                  "negative_prompt": self.negative, "guidance_scale": c.guidance_scale, "steps": c.steps}
+            if source == "llm":  # a template caption is written from the background and temporal phrases alone
+                p |= {"instruction": ins, "caption_variant": variant}
+            p |= {"background": bg, "temporal": tmp, "caption": caption, "prompt_source": source,
+                  "caption_removed": removed, "negative_prompt": self.negative, "guidance_scale": c.guidance_scale,
+                  "steps": c.steps}
         return p
 
     # ---- generation ------------------------------------------------------------------------------
@@ -262,5 +302,6 @@ class AGA(Method):
                     else c.subject(self.masker, ex)[0])  # the mask sample_params found (cached)
             image = paste_subject(ex.image, mask, bg, p["flip"], p["scale"], p["rotation"], tuple(p["center"]),
                                   c.feather)
+            image = refuse(image, refusal(bg))  # a flagged (black) background: the subject on it is no data
             out.append(Synthetic(image=image, label=ex.label, source_id=ex.id, params=self.recorded(p)))
         return out

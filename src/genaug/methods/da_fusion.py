@@ -18,7 +18,7 @@ from .base import Method
 
 @register_method("da_fusion")
 class DAFusion(Method):
-    version = "2"  # 2: prompts encoded one at a time (batch-independent)
+    version = "3"  # 2: prompts encoded one at a time (batch-independent); 3: DA-Fusion's TI recipe ("the", lr 2e-3)
     description = "DA-Fusion (Trabucco et al. 2024): textual-inversion class tokens + SD img2img at random strength"
     paper = "Trabucco et al., Effective Data Augmentation With Diffusion Models (ICLR 2024, arXiv 2302.07944)"
     default_batch_size = 8

@@ -2,16 +2,21 @@
 Few-Shot Learning", GCPR 2024), built on DA-Fusion:
 
 1. a textual-inversion token per class (DA-Fusion's, shared cache);
-2. Gaussian noise on the learned class embedding, drawn per image with a standard deviation chosen from
-   `noise_stds` (DIAGen's code: 0.005 / 0.01 / 0.025, in embedding units, added to every text encoder's row);
+2. Gaussian noise on the learned class embedding (`noise_stds` are standard deviations σ, as in DIAGen's
+   aggregate_embeddings.py, `randn_like(v) * std`: 0.005 / 0.01 / 0.025, in embedding units, added to every
+   text encoder's row). DIAGen's code draws K = len(noise_stds) noisy vectors per class once and gives each
+   image one of them or the clean vector (`noise_mode="fixed"`, the default); `"per_image"` draws fresh noise
+   for every image instead;
 3. class prompts written by a language model in DIAGen's structure "a photo of a [adjective] <class>
    [location] [weather] [time of day]" (optional slots), the class name replaced by the token; prompts the
    model did not write (no model configured, or a bad completion) come from a deterministic template over
    the same slots, and every image records which source its prompt came from;
 4. Stable Diffusion img2img at strength 0.7, guidance 15, M = 10 images per real image;
-5. weighting (the `weight` stage, run by the pipeline after generation): a classifier trained on the real images, calibrated by temperature scaling on
-   held-out real images, scores each synthetic image; weight 1 if p >= 0.5 else 2p, normalised per source
-   (see `genaug.scoring.weighting`), written to the manifest's `weight` column.
+5. weighting (the `weight` stage, run by the pipeline after generation): a linear probe on the ImageNet ResNet-50
+   (256 px, RandAugment; the offline MobileNetV2 where ResNet-50's weights cannot be had, recorded) trained on
+   the real images, calibrated by temperature scaling on the validation split `weight_val` (DIAGen's) or, without
+   one, on `weight_holdout` of the real images held out of training, scores each synthetic image; weight 1 if
+   p >= 0.5 else 2p, normalised per source (see `genaug.scoring.weighting`), written to the manifest's `weight`.
 """
 from __future__ import annotations
 
@@ -44,6 +49,14 @@ INSTRUCTION = (
     "\"{name}\" exactly once and no other object class.")
 
 
+def noise_slots(stds: tuple[float, ...], clean: bool, seed: int, label: str) -> list[tuple[float, int | None]]:
+    """DIAGen's fixed embedding-noise vectors of one class, as `[(std, noise seed)]`: the clean vector first
+    (std 0, no seed) when `clean`, then one vector per std, each from its own seed (derived from `seed` and the
+    class), so every image given slot j of a class gets the very same vector."""
+    return ([(0.0, None)] if clean else []) + [
+        (float(std), derive_seed(seed, f"diagen-noise/{label}", j)) for j, std in enumerate(stds)]
+
+
 def add_embedding_noise(vectors: dict[str, torch.Tensor], std: float, seed: int) -> dict[str, torch.Tensor]:
     """DIAGen's embedding noise: every text encoder's row plus N(0, std²) noise from one seeded generator."""
     g = torch.Generator().manual_seed(int(seed))
@@ -62,7 +75,7 @@ class DIAGen(DAFusion):
                    "+ classifier-confidence weights")
     paper = ("Lingenberg et al., DIAGen: Semantically Diverse Image Augmentation with Generative Models for "
              "Few-Shot Learning (GCPR 2024, arXiv 2408.14584)")
-    version = "1"
+    version = "2"  # 2: DIAGen's fixed noisy vectors + the clean one; DA-Fusion's textual-inversion recipe
     default_n = 10
 
     @config_dataclass
@@ -70,7 +83,13 @@ class DIAGen(DAFusion):
         prompt: str = "a photo of a {token}"  # used as is for template prompts with no slot drawn
         strengths: values_option(gt=0, le=1) = (0.7,)  # DIAGen's t0
         guidance_scale: float = Field(15.0, ge=0)
-        noise_stds: values_option(ge=0, allow_empty=True) = (0.005, 0.01, 0.025)  # one drawn per image; () = no noise
+        # standard deviations σ (not σ²) of the noise on the class embedding, DIAGen's --std-deviation; () = none
+        noise_stds: values_option(ge=0, allow_empty=True) = (0.005, 0.01, 0.025)
+        # fixed: DIAGen's code, one noisy vector per std drawn once per class (seeded by noise_seed), each image
+        # given one of them or the clean vector (noise_clean); per_image: fresh noise for every image
+        noise_mode: Literal["fixed", "per_image"] = "fixed"
+        noise_clean: bool = True
+        noise_seed: int = 0
         prompts_per_class: int = Field(10, ge=1)
         slots: tuple[str, ...] = SLOTS  # optional parts of the prompt structure
         adjectives: tuple[str, ...] = ADJECTIVES
@@ -80,19 +99,25 @@ class DIAGen(DAFusion):
         llm_instruction: str = INSTRUCTION
         prompt_seed: int = 0
         weighting: Literal["diagen", "confidence", "none"] = "diagen"
-        weight_holdout: float = Field(0.2, gt=0, lt=1)
+        weight_holdout: float = Field(0.2, gt=0, lt=1)  # used only without weight_val
+        weight_val: str | None = None  # a validation split (DIAGen's): trains on all real images, calibrates here
+        weight_backbone: Literal["resnet50", "mobilenet_v2"] = "resnet50"  # DIAGen's; mobilenet_v2 is the fallback
+        weight_image_size: int | None = Field(None, ge=8)  # None: the backbone's (resnet50 256 px, mobilenet_v2 64)
         weight_epochs: int = Field(15, ge=1)
         weight_seed: int = 0
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
         c = self.config
+        if c.noise_mode == "fixed" and not c.noise_clean and not c.noise_stds:
+            raise ConfigError("diagen: noise_mode=fixed with noise_clean=false needs noise_stds (no vector left)")
         if unknown := set(c.slots) - set(SLOTS):
             raise ConfigError(f"diagen: unknown slot(s) {sorted(unknown)}; choose from {SLOTS}")
         for key in ("{n}", "{name}"):
             if key not in c.llm_instruction:
                 raise ConfigError(f"diagen: llm_instruction must contain {key}")
         self.llm = c.language_model(c.device)
+        self.warnings = [self.llm.warning] if self.llm.warning else []  # llm=auto found no model: to the summary
         self.class_prompts: dict[str, list[tuple[str, str]]] = {}  # label -> [(prompt with {token}, source)]
         self.vectors: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -151,17 +176,28 @@ class DIAGen(DAFusion):
         prompts = self.class_prompts[example.label]
         i = int(rng.integers(len(prompts)))
         template, source = prompts[i]
-        return {"prompt": template.replace("{token}", token), "prompt_source": source, "prompt_index": i,
-                "token": token, "noise_std": float(c.noise_stds[rng.integers(len(c.noise_stds))]) if c.noise_stds else 0.0,
-                "noise_seed": int(rng.integers(2**63 - 1)),
-                "strength": float(c.strengths[rng.integers(len(c.strengths))]),
-                "guidance_scale": c.guidance_scale, "steps": c.steps}
+        p = {"prompt": template.replace("{token}", token), "prompt_source": source, "prompt_index": i,
+             "token": token}
+        if c.noise_mode == "fixed" and c.noise_stds:
+            slots = noise_slots(c.noise_stds, c.noise_clean, c.noise_seed, example.label)
+            # uniform over the slots from the variant's seed (DIAGen cycles a per-class counter; a method here
+            # does not see the variant index, and its choice must not depend on order): equal shares on average
+            j = int(rng.integers(len(slots)))
+            std, seed = slots[j]
+            p |= {"noise_slot": j, "noise_std": std} | ({"noise_seed": seed} if seed is not None else {})
+        elif c.noise_mode == "per_image" and c.noise_stds:
+            p |= {"noise_std": float(c.noise_stds[rng.integers(len(c.noise_stds))]),
+                  "noise_seed": int(rng.integers(2**63 - 1))}
+        return p | {"strength": float(c.strengths[rng.integers(len(c.strengths))]),
+                    "guidance_scale": c.guidance_scale, "steps": c.steps}
 
     def __call__(self, batch: list[Example], params: list[dict[str, Any]]) -> list[Synthetic]:
         c = self.config
         embeds = []
-        for ex, p in zip(batch, params):  # each image has its own noisy class embedding, encoded alone
-            rows = add_embedding_noise(self.vectors[ex.label], p["noise_std"], p["noise_seed"])
+        for ex, p in zip(batch, params):  # each image's class embedding (clean or noisy), encoded alone
+            rows = self.vectors[ex.label]
+            if p.get("noise_std"):
+                rows = add_embedding_noise(rows, p["noise_std"], p["noise_seed"])
             embeds.append(self.sd.encode(p["prompt"], rows={p["token"]: rows}))
         images: list = [None] * len(batch)
         for s in sorted({p["strength"] for p in params}):  # one pipeline call per strength
@@ -178,5 +214,8 @@ class DIAGen(DAFusion):
         c = self.config
         if c.weighting == "none":
             return []
-        return [("weight", {"rule": c.weighting, "holdout": c.weight_holdout,
-                            "classifier": {"epochs": c.weight_epochs}, "seed": c.weight_seed})]
+        return [("weight", {"rule": c.weighting, "holdout": c.weight_holdout, "val": c.weight_val,
+                            "backbone": c.weight_backbone,
+                            "classifier": {"epochs": c.weight_epochs,
+                                           **({"image_size": c.weight_image_size} if c.weight_image_size else {})},
+                            "seed": c.weight_seed})]

@@ -10,7 +10,12 @@ Stable Diffusion inpainting pipeline, guided by the subject mask.
   i.e. ±8 px).
 - `mode=foreground` repaints the dilated subject; `background` repaints everything outside it (the
   dilated foreground mask, inverted, as in the paper); `both` repaints the whole image (the paper's
-  "augments the whole image"; use `strength` < 1 to keep the layout).
+  "augments the whole image").
+- `strength` unset: 1.0 for `foreground` / `background` (the region is regenerated), 0.5 for `both` (and for
+  an image without a subject repainted whole under `on_missing=whole_image`): the whole image masked at 1.0
+  starts from pure noise and is plain text-to-image, nothing of the source survives; the paper inserts the
+  source SDEdit-style (its eq. 10) and compares against DA-Fusion / Real Guidance at t0 = 0.5. An explicit
+  `strength=1.0` with the whole image repainted is honoured, with a warning in the run summary.
 - `composite=true` (default) pastes the untouched pixels back from the source, so everything outside the
   repainted region is exactly the source (the VAE round trip would otherwise alter it slightly).
 - The prompt is "a photo of a {label}"; with `tokens_from` set to a base model (e.g. SD 1.5), the class
@@ -25,7 +30,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
-from ..components.diffusion import SD15_INPAINT_MODEL, PipelineOptions, text_encoders
+from ..components.diffusion import SD15_INPAINT_MODEL, PipelineOptions, refusal, refuse, text_encoders
 from ..components.segment import MaskOptions, dilate, to_bool
 from ..components.textual_inversion import TextualInversionOptions, token_vectors
 from ..core.config import ConfigError, config_dataclass
@@ -33,6 +38,11 @@ from ..data.images import Rejected
 from .registry import register_method
 from ..core.records import Example, Synthetic
 from .base import Method
+
+
+# the whole image repainted SDEdit-style (the paper's eq. 10) at DA-Fusion's / Real Guidance's t0, which the
+# paper compares against: 1.0 would start from pure noise and keep nothing of the source
+BOTH_STRENGTH = 0.5
 
 
 @register_method("inpaint")
@@ -50,7 +60,7 @@ class Inpaint(Method):
         dilation_kind: Literal["radius", "window"] = "radius"
         prompt: str = "a photo of a {label}"  # {label}, or {token} with tokens_from
         negative_prompt: str = ""
-        strength: float = Field(1.0, gt=0, le=1)
+        strength: float | None = Field(None, gt=0, le=1)  # None: 1.0 for foreground/background, 0.5 for both
         guidance_scale: float = Field(7.5, ge=0)
         steps: int = Field(50, ge=1)
         composite: bool = True
@@ -64,13 +74,22 @@ class Inpaint(Method):
         self.prompt = c.prompt.replace("{label}", "{token}") if c.tokens_from else c.prompt
         if "{token}" in self.prompt and not c.tokens_from:
             raise ConfigError("inpaint: a prompt with {token} needs tokens_from (the base model of the tokens)")
-        if int(c.steps * c.strength) < 1:
-            raise ConfigError(f"inpaint: steps x strength must be at least 1 (got {c.steps} x {c.strength})")
+        whole = c.mode == "both" or c.on_missing == "whole_image"  # may repaint a whole image
+        for strength in {self.strength(c.mode), *([self.strength("both")] if whole else [])}:
+            if int(c.steps * strength) < 1:
+                raise ConfigError(f"inpaint: steps x strength must be at least 1 (got {c.steps} x {strength})")
+        self.warnings: list[str] = []
+        if whole and self.strength("both") == 1.0:
+            which = "mode=both" if c.mode == "both" else "on_missing=whole_image (images without a subject)"
+            self.warnings.append(f"inpaint: {which} at strength 1.0 repaints the whole image from pure noise: "
+                                 f"text-to-image, nothing of the source kept (leave strength unset for "
+                                 f"{BOTH_STRENGTH}, or set one below 1)")
         self.sd = c.diffusion(c.model, c.revision, task="inpaint")
         self.masker = c.masker(c.device)
         self.tokens: dict[str, str] = {}
         # the base model of the tokens, loaded now: models resolve against --models while the method is built
-        self.base = c.diffusion(c.tokens_from, c.tokens_revision, scheduler=None) if c.tokens_from else None
+        self.base = (c.diffusion(c.tokens_from, c.tokens_revision, scheduler=None, safety_checker=False)
+                     if c.tokens_from else None)  # only lends its tokens: never generates
 
     def models(self) -> dict[str, dict[str, str]]:
         out = {"diffusion": {"id": self.sd.id, "revision": self.sd.revision or "local"}}
@@ -102,6 +121,12 @@ class Inpaint(Method):
                 self.sd.pipe.load_textual_inversion({token: vectors[name]}, token=token, tokenizer=tok,
                                                     text_encoder=te)
 
+    def strength(self, mode: str) -> float:
+        """The strength an image repainted in `mode` gets: the configured one, else the mode's default."""
+        if self.config.strength is not None:
+            return self.config.strength
+        return BOTH_STRENGTH if mode == "both" else 1.0
+
     def subject(self, example: Example) -> tuple[Image.Image | None, dict[str, Any]]:
         return self.config.subject(self.masker, example)
 
@@ -117,7 +142,7 @@ class Inpaint(Method):
             raise ConfigError(f"inpaint: no token for class {example.label!r}; prepare(source) learns them")
         prompt = self.prompt.replace("{label}", example.label).replace("{token}", self.tokens.get(example.label, ""))
         p = {**{k: v for k, v in info.items() if k != "reason"}, "mode": mode, "dilation": c.dilation,
-             "dilation_kind": c.dilation_kind, "prompt": prompt, "strength": c.strength,
+             "dilation_kind": c.dilation_kind, "prompt": prompt, "strength": self.strength(mode),
              "guidance_scale": c.guidance_scale, "steps": c.steps}
         if not self.repaint_mask(example, p, mask).any():
             raise Rejected(f"inpaint: nothing to repaint in mode {mode}: the subject dilated by {c.dilation} px "
@@ -136,14 +161,20 @@ class Inpaint(Method):
         c = self.config
         regions = [self.repaint_mask(ex, p) for ex, p in zip(batch, params)]
         masks = [Image.fromarray(r.astype(np.uint8) * 255, "L") for r in regions]
-        images = self.sd.inpaint([ex.image for ex in batch], masks, [p["prompt"] for p in params],
-                                 [p["seed"] for p in params], strength=c.strength, guidance_scale=c.guidance_scale,
-                                 steps=c.steps, negative_prompt=c.negative_prompt)
+        images: list[Image.Image | None] = [None] * len(batch)
+        for strength in sorted({p["strength"] for p in params}):  # one pipeline call per strength (per mode)
+            idx = [i for i, p in enumerate(params) if p["strength"] == strength]
+            made = self.sd.inpaint([batch[i].image for i in idx], [masks[i] for i in idx],
+                                   [params[i]["prompt"] for i in idx], [params[i]["seed"] for i in idx],
+                                   strength=strength, guidance_scale=c.guidance_scale, steps=c.steps,
+                                   negative_prompt=c.negative_prompt)
+            for i, im in zip(idx, made):
+                images[i] = im
         out = []
         for ex, p, im, region in zip(batch, params, images, regions):
-            if c.composite:
-                im = Image.fromarray(np.where(region[..., None], np.asarray(im.convert("RGB")),
-                                              np.asarray(ex.image.convert("RGB"))))
+            if c.composite:  # a flagged (black) repaint stays refused, though the kept pixels are not blank
+                im = refuse(Image.fromarray(np.where(region[..., None], np.asarray(im.convert("RGB")),
+                                                     np.asarray(ex.image.convert("RGB")))), refusal(im))
             out.append(Synthetic(image=im, label=ex.label, source_id=ex.id,
                                  params=self.recorded(p, repainted_fraction=round(float(region.mean()), 6))))
         return out

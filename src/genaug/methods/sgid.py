@@ -4,7 +4,11 @@ re-implementation report in shared/papers:
 1. BLIP writes `n_beam` beam-search and `n_nucleus` nucleus-sampled captions of the image (cached);
 2. CLIP picks the caption most similar to the image (similarity s*, cached);
 3. prompt "<caption>. A picture of <label>" with weights caption 0.9 / label 1.5 (compel);
-4. guidance scale from s* through the guidance mapping (default the report's f(s) = -4 s^2 + 2 s + 1);
+4. guidance scale from s* through the guidance mapping: default the report's f(s) = -4 s^2 + 2 s + 1, which
+   gives only 1.0-1.25 for any similarity (1.24 at s = 0.3, 1.17 at 0.4: nearly unguided) and falls for
+   s > 0.25, against the report's stated intent ("higher similarity scores result in higher guidance
+   scales"); `guidance_mapping=linear` is that intent: s in `similarity_range` maps linearly (clamped) onto
+   `guidance_range`;
 5. Stable Diffusion img2img at noise (strength) 0.3; small images are upscaled to the model's size first.
 Optional filter (the report's suggestion): each output's CLIP image-image similarity to its source is
 scored, and outputs below `min_similarity` get weight 0 (kept on disk with their score, never drawn in
@@ -22,7 +26,7 @@ from pydantic import Field
 from ..components.captioner import BLIP_MODEL, Captioner
 from ..components.clip import Clip
 from ..components.diffusion import SD15_MODEL, Diffusion
-from ..core.config import ConfigError, config_dataclass
+from ..core.config import ConfigError, config_dataclass, range_option
 from ..data.cache import Cache, content_key
 from .registry import register_method
 from ..core.records import Example, Synthetic
@@ -36,6 +40,14 @@ _COMPEL_SYNTAX = re.compile(r"[()\[\]+\-]")
 def sgid_quadratic(s: float) -> float:
     """The report's guidance mapping f(s*) = -4 s*^2 + 2 s* + 1."""
     return -4 * s * s + 2 * s + 1
+
+
+def linear_guidance(s: float, similarity_range: tuple[float, float], guidance_range: tuple[float, float]) -> float:
+    """The report's intent, higher similarity -> higher guidance: s in [s_lo, s_hi] maps linearly onto
+    [g_lo, g_hi], clamped outside it."""
+    (s_lo, s_hi), (g_lo, g_hi) = similarity_range, guidance_range
+    t = 1.0 if s_hi == s_lo else (s - s_lo) / (s_hi - s_lo)
+    return g_lo + (g_hi - g_lo) * min(max(t, 0.0), 1.0)
 
 
 @register_method("sgid")
@@ -58,14 +70,18 @@ class SGID(Method):
         top_p: float = Field(0.9, gt=0, le=1)
         label_weight: float = Field(1.5, gt=0)
         caption_weight: float = Field(0.9, gt=0)
-        guidance_mapping: Literal["sgid_quadratic", "constant"] = "sgid_quadratic"
+        guidance_mapping: Literal["sgid_quadratic", "linear", "constant"] = "sgid_quadratic"
         guidance_scale: float = Field(7.5, ge=0)  # used by guidance_mapping=constant
+        # guidance_mapping=linear: CLIP (B/32) caption similarity s* in similarity_range -> guidance in guidance_range
+        similarity_range: range_option(ge=-1, le=1) = (0.2, 0.4)  # typical image-caption cosines of CLIP B/32
+        guidance_range: range_option(ge=0) = (5.0, 10.0)  # around SD's usual 7.5
         strength: float = Field(0.3, gt=0, le=1)  # the report's noise rate
         steps: int = Field(50, ge=1)
         scheduler: str | None = None
         resolution: int | None = None
         min_similarity: float | None = None  # filter: outputs less CLIP-similar to their source get weight 0
         device: str | None = None
+        safety_checker: bool = False  # as PipelineOptions.safety_checker: off (not loaded); on: flagged -> rejected
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
@@ -75,7 +91,8 @@ class SGID(Method):
         if int(c.steps * c.strength) < 1:
             raise ConfigError(f"sgid: steps x strength must be at least 1 (got {c.steps} x {c.strength})")
         # one image per pipeline call: every image has its own guidance scale
-        self.sd = Diffusion(c.model, c.revision, c.scheduler, c.device, micro_batch=1, resolution=c.resolution)
+        self.sd = Diffusion(c.model, c.revision, c.scheduler, c.device, micro_batch=1, resolution=c.resolution,
+                            safety_checker=c.safety_checker)
         self.captioner = Captioner(c.captioner, c.captioner_revision, c.device)
         self.clip = Clip(c.clip, c.clip_revision or (CLIP_B32_REVISION if c.clip == CLIP_B32 else None), c.device)
         self.similarities = Cache("sgid-clip")
@@ -105,13 +122,20 @@ class SGID(Method):
     def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
         c = self.config
         caption, sim = self.best_caption(example.image)
-        guidance = sgid_quadratic(sim) if c.guidance_mapping == "sgid_quadratic" else c.guidance_scale
+        mapping: dict[str, Any] = {"guidance_mapping": c.guidance_mapping}
+        if c.guidance_mapping == "sgid_quadratic":
+            guidance = sgid_quadratic(sim)
+        elif c.guidance_mapping == "linear":
+            guidance = linear_guidance(sim, c.similarity_range, c.guidance_range)
+            mapping |= {"similarity_range": list(c.similarity_range), "guidance_range": list(c.guidance_range)}
+        else:
+            guidance = c.guidance_scale
         caption_text = " ".join(_COMPEL_SYNTAX.sub(" ", caption).split())
         label_text = " ".join(_COMPEL_SYNTAX.sub(" ", example.label).split())
         weighted = f"({caption_text}){c.caption_weight:g} (A picture of {label_text}){c.label_weight:g}"
         return {"caption": caption, "similarity": sim, "prompt": f"{caption}. A picture of {example.label}",
-                "weighted_prompt": weighted, "guidance_scale": round(float(guidance), 6), "strength": c.strength,
-                "steps": c.steps}
+                "weighted_prompt": weighted, **mapping, "guidance_scale": round(float(guidance), 6),
+                "strength": c.strength, "steps": c.steps}
 
     def _prompt_embeds(self, weighted: str) -> dict[str, torch.Tensor]:
         """compel's conditioning of one prompt, alone (cached): it never depends on the batch."""

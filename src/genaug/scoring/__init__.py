@@ -1,3 +1,3 @@
-from .metrics import fid_kid, prdc_scores, synthetic_metrics
+from .metrics import cmmd, distance_keys, feature_space, frechet_kernel_distances, prdc_scores, synthetic_metrics
 
-__all__ = ["fid_kid", "prdc_scores", "synthetic_metrics"]
+__all__ = ["cmmd", "distance_keys", "feature_space", "frechet_kernel_distances", "prdc_scores", "synthetic_metrics"]

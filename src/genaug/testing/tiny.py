@@ -136,17 +136,42 @@ def _sd_scheduler():
                          num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
-def make_sd15(seed: int = 0, inpaint: bool = False):
+def make_safety_checker(flag_all: bool, image_size: int = 32):
+    """diffusers' SD safety checker on a tiny CLIP vision tower, with its feature extractor. Its concept
+    thresholds decide: `flag_all` flags every image (threshold -2 < any cosine), else none (threshold 2)."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    cfg = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                      num_attention_heads=4),
+                     vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                        num_attention_heads=4, image_size=image_size, patch_size=16),
+                     projection_dim=16)
+    checker = StableDiffusionSafetyChecker(cfg).eval()
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(-2.0 if flag_all else 2.0)
+        checker.special_care_embeds_weights.fill_(2.0)
+    extractor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                   crop_size={"height": image_size, "width": image_size})
+    return checker, extractor
+
+
+def make_sd15(seed: int = 0, inpaint: bool = False, safety_checker: str | None = None):
     """A Stable Diffusion 1.x pipeline (UNet, VAE, CLIP text encoder, DDIM) at 64 px, no safety checker;
-    `inpaint=True`: an inpainting checkpoint (9-channel UNet: latents, mask, masked-image latents)."""
+    `inpaint=True`: an inpainting checkpoint (9-channel UNet: latents, mask, masked-image latents);
+    `safety_checker="flag_all"` / `"flag_none"`: with a tiny safety checker, as hub SD 1.x checkpoints have."""
     from diffusers import StableDiffusionInpaintPipeline, StableDiffusionPipeline
 
     tok = make_clip_tokenizer()
     torch.manual_seed(seed)
     unet, vae, text = _sd_unet(9 if inpaint else 4), _sd_vae(), _clip_text(len(tok))
+    checker = extractor = None
+    if safety_checker is not None:
+        checker, extractor = make_safety_checker(safety_checker == "flag_all")
     cls = StableDiffusionInpaintPipeline if inpaint else StableDiffusionPipeline
-    return cls(unet=unet, vae=vae, text_encoder=text, tokenizer=tok, scheduler=_sd_scheduler(), safety_checker=None,
-               feature_extractor=None, image_encoder=None, requires_safety_checker=False), None
+    return cls(unet=unet, vae=vae, text_encoder=text, tokenizer=tok, scheduler=_sd_scheduler(),
+               safety_checker=checker, feature_extractor=extractor, image_encoder=None,
+               requires_safety_checker=checker is not None), None
 
 
 def make_sd15_inpaint(seed: int = 0):

@@ -1,11 +1,14 @@
 """`genaug train`: a classifier on real (+ synthetic) images, evaluated in and out of distribution.
 
 Mixing real and synthetic images, as the papers do:
-- `synthetic_prob: null` (default) pools real and synthetic images and shuffles them (SGID's "added").
-- `synthetic_prob: p` makes synthetic images a fixed share of every batch: round(p × batch_size) of them
-  (DA-Fusion / DIAGen's synthetic probability, without its batch-to-batch noise). An epoch is
-  ceil(images / batch_size) steps (real images, or the pool when pooled), unless `steps_per_epoch` says
-  otherwise.
+- `synthetic_prob: p` (default 0.5, DA-Fusion's and DIAGen's synthetic probability) makes synthetic images a
+  fixed share of every batch: round(p × batch_size) of them (the papers' share, without its batch-to-batch
+  noise). An epoch is ceil(real images / batch_size) steps, as the papers' epoch is one pass over the real set.
+- `synthetic_prob: pool` (or null) pools real and synthetic images and shuffles them (SGID's "added"); then the
+  synthetic share is M / (M + 1) for M variants per real image (91 % for M = 10), and an epoch is one pass over
+  the pool.
+`steps_per_epoch` overrides the epoch length. The share actually drawn is recorded in the results
+(`synthetic_share`, and per epoch in results.csv).
 The data and the batches come from `AugmentedDataset` and `SyntheticShareSampler` (train/dataset.py), the
 same pieces a user can put into a training loop of their own.
 - Per-image weights from the synthetic manifest (`weight`, e.g. DIAGen's confidence weights) scale each
@@ -18,13 +21,13 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from tqdm.auto import tqdm
 
 from ..core.config import ConfigError, build_config, config_dataclass, to_dict
@@ -38,6 +41,15 @@ from .models import create_classifier
 from .transforms import OnlineAugment
 
 log = get_logger(__name__)
+
+
+def _share_option(v: Any) -> Any:
+    if v is None or v == "pool":
+        return v
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+        raise ValueError("must be a number in [0, 1] (the synthetic share of every batch), "
+                         "or pool (null) to pool real and synthetic images")
+    return float(v)
 
 
 @config_dataclass
@@ -57,7 +69,8 @@ class TrainConfig:
     weight_decay: float = Field(5e-4, ge=0)
     schedule: Literal["cosine", "constant"] = "cosine"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    synthetic_prob: float | None = Field(None, ge=0, le=1)
+    # the share of synthetic images in every batch (DA-Fusion / DIAGen: 0.5); "pool" or null: pooled with the real
+    synthetic_prob: Annotated[float | Literal["pool"] | None, BeforeValidator(_share_option)] = 0.5
     use_weights: bool = True
     augment: str | None = None  # online augmentation: a classical transform (randaugment, cutout, …) or cutmix / mixup
     augment_options: dict[str, Any] = Field(default_factory=dict)
@@ -65,7 +78,14 @@ class TrainConfig:
     device: str = "auto"
     eval_batch_size: int = Field(256, ge=1)
     sic_images: int = Field(0, ge=0)  # > 0: SIC explainability score (AGA) on this many test images
-    sic_saliency: Literal["integrated_gradients", "saliency"] = "integrated_gradients"
+    # SIC saliency: xrai (AGA's and the XRAI paper's; PAIR's reference, 2 x 100 IG steps per image, slow on a CPU),
+    # or the faster captum integrated_gradients / saliency (plain gradients)
+    sic_saliency: Literal["xrai", "integrated_gradients", "saliency"] = "xrai"
+
+
+def synthetic_share(cfg: TrainConfig) -> float | None:
+    """The sampler's share of synthetic images per batch; None: real and synthetic pooled."""
+    return None if cfg.synthetic_prob in (None, "pool") else float(cfg.synthetic_prob)
 
 
 def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, batch_size: int = 256) -> dict:
@@ -142,9 +162,10 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
            else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True))
-    n_base = data.n_real + (data.n_synthetic if cfg.synthetic_prob is None else 0)
+    share = synthetic_share(cfg)
+    n_base = data.n_real + (data.n_synthetic if share is None else 0)
     steps = cfg.steps_per_epoch or max(1, math.ceil(n_base / cfg.batch_size))
-    sampler = SyntheticShareSampler(data, cfg.batch_size, cfg.synthetic_prob, num_batches=steps, seed=cfg.seed)
+    sampler = SyntheticShareSampler(data, cfg.batch_size, share, num_batches=steps, seed=cfg.seed)
     total = steps * cfg.epochs
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
@@ -157,7 +178,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
     meta = {"classes": classes, "model": cfg.model, "image_size": cfg.image_size, "mean": mean, "std": std}
 
-    history, best, step = [], (-1.0, 0), 0
+    history, best, step, syn_total, seen_total = [], (-1.0, 0), 0, 0, 0
     bar = tqdm(total=total, desc="genaug train", unit="step", disable=bar_disabled(progress))
     with open(out / "results.csv", "w", newline="") as f:
         writer = None
@@ -189,6 +210,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
                 correct += int((logits.argmax(1).cpu() == y).sum())
                 seen += len(idx)
                 bar.update(1)
+            syn_total, seen_total = syn_total + syn_seen, seen_total + seen
             row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                    "synthetic_share": syn_seen / seen, "lr": sched.get_last_lr()[0],
                    "seconds": time.perf_counter() - t0, "val_acc": None}
@@ -213,6 +235,9 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     load_model(model, str(out / "best.safetensors"), device=str(device))
     result: dict[str, Any] = {"run_dir": str(out), "best_epoch": best[1], "classes": classes,
                               "n_real": data.n_real, "n_synthetic": data.n_synthetic,
+                              # how real and synthetic were mixed, and the share of synthetic samples drawn
+                              "synthetic_prob": (None if not data.n_synthetic else "pool" if share is None else share),
+                              "synthetic_share": syn_total / max(1, seen_total),
                               "train_seconds": time.perf_counter() - t_start, "history": history}
     if val_set is not None:
         result["val"] = evaluate(model, val_set, classes, mean, std, device, cfg.eval_batch_size)
