@@ -96,6 +96,18 @@ def overrides(options: dict) -> list[str]:
     return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in options.items()]
 
 
+def make_cutouts(root: Path, digit_images, per_class: int) -> Path:
+    """Real handwritten digits as RGBA cut-outs (alpha = the ink), 40x40, two classes named like words (cat, dog)."""
+    images, labels, names = digit_images
+    for c, name in (("0", "cat"), ("1", "dog")):
+        (root / name).mkdir(parents=True)
+        for j, i in enumerate(np.flatnonzero(labels == names.index(c))[:per_class]):
+            g = np.asarray(images[i].convert("L").resize((40, 40), Image.NEAREST))
+            rgba = np.dstack([g, 255 - g, np.full_like(g, 90), np.where(g > 60, 255, 0).astype(np.uint8)])
+            Image.fromarray(rgba, "RGBA").save(root / name / f"{j}.png")
+    return root
+
+
 def cli(*args: str, expect: int = 0):
     result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == expect, f"exit {result.exit_code}, expected {expect}:\n{result.output}"

@@ -173,6 +173,13 @@ def test_fixed_noise_vectors_plus_the_clean_one_are_diagens_default(tmp_path, di
     assert {slot for _, slot in vectors} == {0, 1, 2, 3}  # the clean one used too
     seeds_of = {label: {next(iter(v)) for (lab, slot), v in vectors.items() if lab == label and slot} for label in "01"}
     assert not seeds_of["0"] & seeds_of["1"]  # each class has its own noise
+    # an image's variants cycle through the K + 1 slots (DIAGen's rotation): 4 variants, 4 slots, each once
+    by_source = {}
+    for r in rows:
+        by_source.setdefault(r["source_id"], {})[r["variant"]] = r["params"]["noise_slot"]
+    for slots in by_source.values():
+        assert sorted(slots.values()) == [0, 1, 2, 3]
+        assert all(slots[k] == (slots[0] + k) % 4 for k in slots)
 
     # the clean slot is the learned token itself: those images are the very images of a run without noise
     cli("augment", src, "--out", tmp_path / "clean", *base, "noise_stds=[]")

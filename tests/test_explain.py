@@ -1,7 +1,6 @@
 """SIC, AGA's explainability score: XRAI saliency by default (as AGA and the XRAI paper), the others as options."""
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import load_model
 
 from conftest import make_imagefolder
@@ -71,3 +70,13 @@ def test_bad_saliency_requests_are_config_errors(trained, tmp_path):
         sic_score(model, images, norm, n_images=1, xrai_steps=0)
     with pytest.raises(ConfigError, match="sic_saliency"):
         train(tmp_path, tmp_path / "r", config={"sic_saliency": "xria"})
+
+
+def test_xrai_settings_come_from_the_training_config(tmp_path, digit_images):
+    folder = make_imagefolder(tmp_path / "src", digit_images, per_class=10)
+    result = train(folder, tmp_path / "run", test=folder, progress=False,
+                   config={**CFG, "epochs": 1, "sic_images": 1, "sic_xrai_steps": 4, "sic_xrai_algorithm": "fast"})
+    sic = result["test"]["sic"]
+    assert sic["method"] == "xrai" and sic["xrai_steps"] == 4 and sic["xrai_algorithm"] == "fast"
+    with pytest.raises(ConfigError, match="sic_xrai_steps"):
+        train(folder, tmp_path / "r", config={"sic_xrai_steps": 1})

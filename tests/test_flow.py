@@ -248,3 +248,61 @@ def test_object_centric_editing_on_a_rectified_flow_pipeline(tiny_sd3, digits16,
     out = flow.generate_inside(z + th.randn(z.shape, generator=th.Generator().manual_seed(0)), cond, region, z, x,
                                steps=4)
     assert th.equal(out[..., :, 6:], x[..., :, 6:]) and (out[..., :, :6] - x[..., :, :6]).abs().mean() > 0.1
+
+
+def _tokens_run(tiny_sd3, src, out, *extra, expect=0):
+    return cli("augment", src, "--out", out, "--method", "semantic_flow", "-n", 2, f"model={tiny_sd3}", "steps=4",
+               "--seed", 3, *extra, expect=expect)
+
+
+def test_textual_inversion_tokens_on_a_rectified_flow_pipeline(tiny_sd3, tiny_models, tmp_path, digit_images):
+    """Paper 3.2's class tokens on the SD3 path: learned on an SDXL pipeline (same CLIP-L / CLIP-G architectures),
+    put into SD3's two CLIP encoders; the prompt carries the token, T5 the label; recorded; deterministic."""
+    from conftest import png_bytes
+    from genaug.data import Source
+
+    sdxl = tiny_models["sdxl"]
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=2, classes=("0", "1"))
+    ti = [f"tokens_from={sdxl}", "ti_steps=2", "ti_batch_size=2"]
+    _tokens_run(tiny_sd3, src, tmp_path / "plain")
+    _tokens_run(tiny_sd3, src, tmp_path / "a", *ti)
+    _tokens_run(tiny_sd3, src, tmp_path / "b", *ti)  # the tokens come from the cache: the same bytes
+    plain, a = png_bytes(tmp_path / "plain"), png_bytes(tmp_path / "a")
+    assert a == png_bytes(tmp_path / "b") and len(a) == 8
+    assert all(a[k] != plain[k] for k in a)  # the tokens shaped every image
+    rows = {r["label"]: r for r in read_rows(tmp_path / "a")}
+    assert rows["0"]["params"]["token"] == "<genaug-class-0>" and rows["1"]["params"]["token"] == "<genaug-class-1>"
+    assert rows["0"]["params"]["prompt"] == "a photo of a <genaug-class-0>"
+    assert rows["0"]["params"]["prompt_t5"] == "a photo of a 0" and rows["0"]["params"]["tokens_from"] == str(sdxl)
+    assert rows["0"]["models"]["tokens_from"] == {"id": str(sdxl), "revision": "local"}
+    assert "token" not in read_rows(tmp_path / "plain")[0]["params"]  # off by default: today's outputs
+
+    # SD3's own tokenizers know the tokens, and its CLIP encoders hold the rows learned on SDXL
+    m = create_method("semantic_flow", {"model": str(tiny_sd3), "tokens_from": str(sdxl), "ti_steps": 2,
+                                        "ti_batch_size": 2})
+    m.prepare(Source(src))
+    pipe = m.flow.pipe
+    for tok in (pipe.tokenizer, pipe.tokenizer_2):
+        assert {"<genaug-class-0>", "<genaug-class-1>"} <= set(tok.get_vocab())
+        assert tok.tokenize("a photo of a <genaug-class-1>")[-1] == "<genaug-class-1>"
+    sdxl_pipe = create_method("da_fusion", {"model": str(sdxl), "ti_steps": 2, "ti_batch_size": 2,
+                                           "device": "cpu"})
+    sdxl_pipe.prepare(Source(src))  # the same cache entries: SDXL with the learned tokens loaded
+    for name, (tok_name, xl_te) in {"text_encoder": ("tokenizer", sdxl_pipe.sd.pipe.text_encoder),
+                                    "text_encoder_2": ("tokenizer_2", sdxl_pipe.sd.pipe.text_encoder_2)}.items():
+        token_id = getattr(pipe, tok_name).convert_tokens_to_ids("<genaug-class-1>")
+        xl_id = getattr(sdxl_pipe.sd.pipe, tok_name).convert_tokens_to_ids("<genaug-class-1>")
+        row = getattr(pipe, name).get_input_embeddings().weight[token_id]
+        assert torch.equal(row, xl_te.get_input_embeddings().weight[xl_id])
+
+
+def test_textual_inversion_tokens_need_an_sdxl_pipeline(tiny_sd3, tiny_models, tiny_flow, tmp_path, digit_images):
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=1, classes=("0",))
+    res = _tokens_run(tiny_sd3, src, tmp_path / "o", f"tokens_from={tiny_models['sd15']}", "ti_steps=1", expect=2)
+    assert "tokens_from" in res.output and "SDXL" in res.output
+    res = _tokens_run(tiny_sd3, src, tmp_path / "o2", f"tokens_from={tmp_path / 'nothing-here'}", "ti_steps=1",
+                      expect=2)
+    assert "nothing-here" in res.output
+    res = cli("augment", src, "--out", tmp_path / "o3", "--method", "semantic_flow", f"model={tiny_flow}",
+              f"tokens_from={tiny_models['sdxl']}", expect=2)
+    assert "tokens_from needs a pipeline model" in res.output

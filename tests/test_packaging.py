@@ -7,8 +7,6 @@ import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
-import pytest
-
 import genaug
 from conftest import make_imagefolder, read_rows
 from genaug.core.extras import EXTRAS

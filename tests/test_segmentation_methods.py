@@ -7,21 +7,13 @@ import pytest
 from PIL import Image
 from genaug.data.images import InputConfig, load_image
 
-from conftest import ChatServer, cli, png_bytes, read_rows
+from conftest import ChatServer, cli, make_cutouts, png_bytes, read_rows
 
 
 @pytest.fixture(scope="module")
 def cutouts(tmp_path_factory, digit_images):
     """Real handwritten digits as RGBA cut-outs (alpha = the ink), 40x40, two classes named like words."""
-    images, labels, names = digit_images
-    root = tmp_path_factory.mktemp("cutouts")
-    for c, name in (("0", "cat"), ("1", "dog")):
-        (root / name).mkdir()
-        for j, i in enumerate(np.flatnonzero(labels == names.index(c))[:3]):
-            g = np.asarray(images[i].convert("L").resize((40, 40), Image.NEAREST))
-            rgba = np.dstack([g, 255 - g, np.full_like(g, 90), np.where(g > 60, 255, 0).astype(np.uint8)])
-            Image.fromarray(rgba, "RGBA").save(root / name / f"{j}.png")
-    return root
+    return make_cutouts(tmp_path_factory.mktemp("cutouts"), digit_images, per_class=3)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import cli, make_imagefolder
+from conftest import cli, make_cutouts, make_imagefolder
 from visible import (assert_differs, assert_no_class_words, assert_not_blank, assert_pixels_kept, check_output,
                      dataset_subject)
 
@@ -41,15 +41,7 @@ def test_the_checks_catch_what_they_must(digit_images):
 @pytest.fixture(scope="module")
 def cutouts(tmp_path_factory, digit_images):
     """Digits as RGBA cut-outs (alpha = the ink), 40x40, classes named like words."""
-    images, labels, names = digit_images
-    root = tmp_path_factory.mktemp("cutouts")
-    for c, name in (("0", "cat"), ("1", "dog")):
-        (root / name).mkdir()
-        for j, i in enumerate(np.flatnonzero(labels == names.index(c))[:2]):
-            g = np.asarray(images[i].convert("L").resize((40, 40), Image.NEAREST))
-            rgba = np.dstack([g, 255 - g, np.full_like(g, 90), np.where(g > 60, 255, 0).astype(np.uint8)])
-            Image.fromarray(rgba, "RGBA").save(root / name / f"{j}.png")
-    return root
+    return make_cutouts(tmp_path_factory.mktemp("cutouts"), digit_images, per_class=2)
 
 
 def test_inpaint_background_output_passes_the_checks(cutouts, tmp_path, tiny_models):

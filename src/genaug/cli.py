@@ -359,6 +359,50 @@ def metrics(
     _write_json(json_out, r)
 
 
+@app.command()
+def audit(
+    synthetic: Annotated[Path, typer.Argument(help="a genaug augment output folder")],
+    real: Annotated[Path, typer.Option("--real", help="the real training images: ImageFolder, manifest or split file")] = ...,
+    test: Annotated[Optional[Path], typer.Option("--test", help="test images, for leakage")] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="validation images, for leakage")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="a CLIP model (hub id or local dir): its image embeddings as the feature space [the ImageNet MobileNetV2's, offline]")] = None,
+    quantile: Annotated[float, typer.Option(help="near-copy threshold: this quantile of the similarities of training images to their nearest other training image")] = 0.99,
+    threshold: Annotated[Optional[float], typer.Option(help="a fixed cosine threshold instead of the calibrated one")] = None,
+    top_k: Annotated[int, typer.Option(help="closest pairs to record")] = 20,
+    feature_size: Annotated[int, typer.Option(help="input size of the MobileNetV2 feature extractor")] = 224,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the audit as JSON (it is always written to SYNTHETIC/audit.json)")] = None,
+) -> None:
+    """Memorisation and leakage: synthetic images that are near-copies of a training image (or of their own
+    source), or closer to a test / validation image than to any training image; writes SYNTHETIC/audit.json."""
+    from .scoring.audit import AUDIT, audit as run_audit
+
+    try:
+        clip_model = None
+        if clip:
+            from .components.clip import Clip
+
+            clip_model = Clip(clip)
+        r = run_audit(synthetic, real, test=test, val=val, clip=clip_model, quantile=quantile, threshold=threshold,
+                      top_k=top_k, feature_size=feature_size)
+    except ConfigError as e:
+        _fail(str(e))
+    t = r["threshold"]
+    how = f"quantile {t['quantile']} of train nearest-neighbour similarities" if t["method"] == "quantile" else "fixed"
+    typer.echo(f"{r['n_synthetic']} synthetic vs {r['n_train']} train"
+               + "".join(f", {r[f'n_{k}']} {k}" for k in ("test", "val") if f"n_{k}" in r)
+               + f" images, {r['features']} features; near-copy threshold {t['value']:.4f} ({how})")
+    rows = [[c, str(v["n"]), str(v["near_copy"]), str(v["source_copy"]), str(v["leak"])] for c, v in r["per_class"].items()]
+    rows.append(["all", str(r["n_synthetic"]), *(str(r["counts"][k]) for k in ("near_copy", "source_copy", "leak"))])
+    _echo_table(["class", "n", "near-copy", "source-copy", "leak"], rows)
+    flagged = [p for p in r["closest_pairs"] if p["flag"]][:5]
+    if flagged:
+        typer.echo("closest flagged pairs:")
+        _echo_table(["synthetic", "real", "split", "similarity"],
+                    [[p["synthetic"], p["real"], p["split"], f"{p['similarity']:.4f}"] for p in flagged])
+    typer.echo(f"audit: {synthetic / AUDIT}")
+    _write_json(json_out, r)
+
+
 @app.command(context_settings={"allow_interspersed_args": True})
 def bench(
     config: Annotated[Path, typer.Argument(help="bench YAML: data, splits, methods, budget, train (see README)")],

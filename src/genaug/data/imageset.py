@@ -5,7 +5,6 @@ memory: 10k images at 32 px are 30 MB. Sources go through the same validation as
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from tqdm.auto import tqdm
 from ..core.config import ConfigError
 from .images import InputConfig, Rejected, load_image
 from .sources import Source
-from .metadata import METADATA, is_output_dir, read_rows
+from .metadata import is_output_dir, read_rows
 from ..core.log import bar_disabled, get_logger
 
 log = get_logger(__name__)

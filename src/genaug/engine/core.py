@@ -6,7 +6,6 @@ The executors (`local`, `ray`) sit beside this module and import only it, never 
 from __future__ import annotations
 
 import platform
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,7 +17,7 @@ from pydantic import Field
 
 from ..components.diffusion import refusal
 from ..components.hub import models_dir
-from ..core.config import ConfigError, build_config, config_dataclass, config_hash, to_dict
+from ..core.config import build_config, config_dataclass, config_hash, to_dict
 from ..core.log import get_logger
 from ..core.records import Example
 from ..core.seeding import derive_seed
@@ -180,12 +179,12 @@ def generate(m, items: list[tuple[Example, int, int]], row_base: dict[str, Any]
     Every method's output passes here, on every executor, so none writes a blank or flagged image; the others
     are returned untouched. Shared by every executor, so they write the same rows and the same pixels."""
     drawn, refused = [], {}
-    for e, _, s in items:
+    for e, k, s in items:
         if e.id in refused:
             drawn.append(None)
             continue
         try:
-            drawn.append({"seed": s, **m.sample_params(e, np.random.default_rng(s))})
+            drawn.append({"seed": s, **m.sample_params(e, np.random.default_rng(s), variant=k)})
         except Rejected as err:
             refused[e.id] = (e, str(err))
             drawn.append(None)

@@ -241,7 +241,7 @@ class AGA(Method):
             removed += more
         return text, source, removed
 
-    def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
+    def sample_params(self, example: Example, rng: np.random.Generator, variant: int = 0) -> dict[str, Any]:
         c = self.config
         mask, info = c.subject(self.masker, example)
         if mask is None:

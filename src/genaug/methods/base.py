@@ -26,10 +26,12 @@ class Method(ABC):
     def prepare(self, source) -> None:
         """Per-dataset work (learned tokens, caption caches); cached on disk by content hash."""
 
-    def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
+    def sample_params(self, example: Example, rng: np.random.Generator, variant: int = 0) -> dict[str, Any]:
         """Every random choice for one output, drawn up front from `rng` so it can be recorded and replayed.
 
-        The engine adds the variant's `seed` itself; methods whose library draws from torch's RNG use it.
+        `variant` is the output's index k among its source's n variants (for schemes that cycle, e.g. DIAGen's
+        noisy vectors); `rng` is seeded from (run seed, source id, k). The engine adds the variant's `seed`
+        itself; methods whose library draws from torch's RNG use it.
         """
         return {}
 

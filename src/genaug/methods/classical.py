@@ -8,7 +8,7 @@ there, not in the method registry.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from typing import Any, ClassVar, Literal
 
 import torch

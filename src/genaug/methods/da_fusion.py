@@ -48,7 +48,7 @@ class DAFusion(Method):
         """Learn (or load from the cache) one token per class from that class's images."""
         self.tokens = self.config.class_tokens(self.sd, source)
 
-    def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
+    def sample_params(self, example: Example, rng: np.random.Generator, variant: int = 0) -> dict[str, Any]:
         c = self.config
         if example.label not in self.tokens:
             raise ConfigError(f"da_fusion: no token for class {example.label!r}; prepare(source) learns them")

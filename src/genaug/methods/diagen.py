@@ -168,7 +168,7 @@ class DIAGen(DAFusion):
             self.class_prompts[label] = self.write_prompts(label, tuple(self.tokens))
 
     # ---- generation ------------------------------------------------------------------------------
-    def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
+    def sample_params(self, example: Example, rng: np.random.Generator, variant: int = 0) -> dict[str, Any]:
         c = self.config
         if example.label not in self.tokens:
             raise ConfigError(f"diagen: no token for class {example.label!r}; prepare(source) learns them")
@@ -180,9 +180,10 @@ class DIAGen(DAFusion):
              "token": token}
         if c.noise_mode == "fixed" and c.noise_stds:
             slots = noise_slots(c.noise_stds, c.noise_clean, c.noise_seed, example.label)
-            # uniform over the slots from the variant's seed (DIAGen cycles a per-class counter; a method here
-            # does not see the variant index, and its choice must not depend on order): equal shares on average
-            j = int(rng.integers(len(slots)))
+            # DIAGen cycles its vectors with a per-class counter; here an image's variants k = 0, 1, … cycle through
+            # the slots from an offset of its own (from the source id, not from the order images are generated in),
+            # so every image's M variants spread over the slots as evenly as M allows
+            j = (variant + derive_seed(c.noise_seed, f"diagen-slot/{example.id}", 0)) % len(slots)
             std, seed = slots[j]
             p |= {"noise_slot": j, "noise_std": std} | ({"noise_seed": seed} if seed is not None else {})
         elif c.noise_mode == "per_image" and c.noise_stds:

@@ -130,7 +130,7 @@ class Inpaint(Method):
     def subject(self, example: Example) -> tuple[Image.Image | None, dict[str, Any]]:
         return self.config.subject(self.masker, example)
 
-    def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
+    def sample_params(self, example: Example, rng: np.random.Generator, variant: int = 0) -> dict[str, Any]:
         c = self.config
         mask, info = self.subject(example)
         mode = c.mode

@@ -43,7 +43,7 @@ class RealGuidance(Method):
     def models(self) -> dict[str, dict[str, str]]:
         return {"diffusion": {"id": self.sd.id, "revision": self.sd.revision or "local"}}
 
-    def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
+    def sample_params(self, example: Example, rng: np.random.Generator, variant: int = 0) -> dict[str, Any]:
         c = self.config
         return {"prompt": c.prompt.format(label=example.label), "negative_prompt": c.negative_prompt,
                 "strength": c.strength, "guidance_scale": c.guidance_scale, "steps": c.steps}

@@ -17,6 +17,10 @@ Modes, each drawn per output image:
 The generator (`model=`) is a `genaug fit-flow` directory, or a pretrained text-conditioned rectified-flow
 pipeline from diffusers (SD3 family; a hub id or a local directory), which then works in its VAE latent
 space with the prompt `prompt` made from the label (see `genaug.flow.pipeline`).
+Textual inversion on a pipeline (the paper's tokens for novel classes, 3.2): with `tokens_from=` an SDXL
+pipeline, one token per class is learned there with genaug's textual inversion (a denoising loss, which SD3's
+flow-matching transformer has not) and its rows are put into SD3's CLIP-L / CLIP-G encoders, the same
+architectures as SDXL's two; the CLIP encoders then see the token where the prompt has `{label}`, T5 the label.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ from PIL import Image
 from pydantic import Field
 
 from ..components.segment import MaskOptions, dilate, to_bool
+from ..components.textual_inversion import TextualInversionOptions, token_vectors
 from ..core.config import ConfigError, config_dataclass, range_option, values_option
 from ..data.images import Rejected
 from ..core.devices import resolve_device
@@ -47,12 +52,14 @@ class SemanticFlow(Method):
     default_batch_size = 128  # images are grouped by start time, then run in fixed micro-batches: keep groups full
 
     @config_dataclass
-    class Config(MaskOptions):
+    class Config(MaskOptions, TextualInversionOptions):
         model: str = ""  # a genaug fit-flow directory, or a diffusers rectified-flow pipeline (hub id or directory)
         revision: str | None = None  # pipeline: the hub revision to pin
         prompt: str = "a photo of a {label}"  # pipeline: the text condition
         negative_prompt: str = ""  # pipeline: for classifier-free guidance
         resolution: int | None = None  # pipeline: working size (default: the pipeline's native size)
+        tokens_from: str | None = None  # pipeline: SDXL (hub id or dir) to learn class tokens on (ti_* options); off
+        tokens_revision: str | None = None  # tokens_from: the hub revision to pin
         mode: Literal["latent", "sdedit", "compose"] = "latent"
         delta: range_option(ge=0) = (0.3, 0.6)  # latent / compose: perturbation scale, uniform in this range
         renormalize: bool = False  # latent: (z + delta eps) / sqrt(1 + delta^2), keeping z' on the N(0, I) prior
@@ -96,20 +103,29 @@ class SemanticFlow(Method):
             self.flow = PipelineFlow(c.model, c.revision, c.prompt, c.negative_prompt, c.resolution, device)
         else:
             self.flow = FlowModel.from_pretrained(c.model, device=device)
+        if c.tokens_from and not self.is_pipeline:
+            raise ConfigError("semantic_flow: tokens_from needs a pipeline model (SD3 family); a fit-flow model is "
+                              "conditioned on its own class embedding")
+        self.tokens: dict[str, str] = {}
         self.masker = c.masker(device) if c.region != "all" else None  # its models load on first use only
         if c.mode == "compose" and c.compose_noise == "path" and self.flow.sigma_min == 0 and (c.p is None or c.p[-1] > 0):
-            raise ConfigError(f"semantic_flow: compose_noise=path adds no noise at t = k/k = 1 (sigma_min = 0), so D_k "
-                              f"would return the source unchanged; give D_k probability 0 (p=[..., 0]) or use "
-                              f"compose_noise=constant")
+            raise ConfigError("semantic_flow: compose_noise=path adds no noise at t = k/k = 1 (sigma_min = 0), so D_k "
+                              "would return the source unchanged; give D_k probability 0 (p=[..., 0]) or use "
+                              "compose_noise=constant")
 
     def models(self) -> dict[str, dict[str, str]]:
         if self.is_pipeline:
-            return {"pipeline": {"id": self.config.model, "revision": self.config.revision or
-                                 ("local" if Path(self.config.model).is_dir() else "main")}} | self._masker_models()
+            return ({"pipeline": {"id": self.config.model, "revision": _revision(self.config.model, self.config.revision)}}
+                    | self._token_models() | self._masker_models())
         weights = Path(self.config.model) / "unet" / "diffusion_pytorch_model.safetensors"
         digest = hashlib.blake2b(weights.read_bytes(), digest_size=8).hexdigest() if weights.is_file() else "unknown"
         out = {"flow": {"id": str(Path(self.config.model).resolve()), "revision": f"sha:{digest}"}}
         return out | self._masker_models()
+
+    def _token_models(self) -> dict[str, dict[str, str]]:
+        c = self.config
+        return {"tokens_from": {"id": c.tokens_from, "revision": _revision(c.tokens_from, c.tokens_revision)}} \
+            if c.tokens_from else {}
 
     def _masker_models(self) -> dict[str, dict[str, str]]:
         return self.masker.describe() if self.masker is not None and self.config.masks == "auto" else {}
@@ -119,9 +135,41 @@ class SemanticFlow(Method):
         if unknown:
             raise ConfigError(f"semantic_flow: the model {self.config.model} knows no class {unknown[:5]}; "
                               f"it was trained on {self.flow.spec.classes[:10]}")
+        if self.config.tokens_from:
+            self._learn_tokens(source)
 
-    def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
-        return {**self._draw(rng), **self._region_params(example)}
+    def _learn_tokens(self, source) -> None:
+        """One token per class, learned (or taken from the cache) on the `tokens_from` SDXL pipeline, then its
+        CLIP-L / CLIP-G rows added to the SD3 pipeline. The SDXL pipeline is loaded for this only."""
+        from ..components.diffusion import Diffusion
+
+        c = self.config
+        sdxl = Diffusion(c.tokens_from, c.tokens_revision, device=self.device, task="text2img")
+        pipe = sdxl.pipe
+        if not (hasattr(pipe, "unet") and getattr(pipe, "text_encoder", None) is not None
+                and getattr(pipe, "text_encoder_2", None) is not None):
+            raise ConfigError(f"semantic_flow: tokens_from={c.tokens_from} is a {type(pipe).__name__}; tokens for an "
+                              "SD3 pipeline are learned on an SDXL pipeline (a UNet and two CLIP text encoders, "
+                              "CLIP-L and CLIP-G, as SD3 has)")
+        tokens = c.class_tokens(sdxl, source)
+        vectors = {token: token_vectors(pipe, token) for token in tokens.values()}
+        del sdxl, pipe
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.flow.add_tokens(tokens, vectors)
+        self.tokens = tokens
+
+    def sample_params(self, example: Example, rng: np.random.Generator, variant: int = 0) -> dict[str, Any]:
+        return {**self._draw(rng), **self._region_params(example), **self._token_params(example)}
+
+    def _token_params(self, example: Example) -> dict[str, Any]:
+        c = self.config
+        if not c.tokens_from:
+            return {}
+        if example.label not in self.tokens:
+            raise ConfigError(f"semantic_flow: no token for class {example.label!r}; prepare(source) learns them")
+        clip, t5 = self.flow.prompts(example.label)
+        return {"prompt": clip, "prompt_t5": t5, "token": self.tokens[example.label], "tokens_from": c.tokens_from}
 
     def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
         c = self.config
@@ -202,3 +250,7 @@ class SemanticFlow(Method):
             results.append(Synthetic(image=im, label=ex.label, source_id=ex.id,
                                      params=self.recorded(p, regenerated_fraction=round(float(m.mean()), 6))))
         return results
+
+
+def _revision(model: str, revision: str | None) -> str:
+    return revision or ("local" if Path(model).is_dir() else "main")

@@ -119,7 +119,7 @@ class SGID(Method):
         caption, similarity = self.similarities.get_or_put(key, best)
         return caption, similarity
 
-    def sample_params(self, example: Example, rng: np.random.Generator) -> dict[str, Any]:
+    def sample_params(self, example: Example, rng: np.random.Generator, variant: int = 0) -> dict[str, Any]:
         c = self.config
         caption, sim = self.best_caption(example.image)
         mapping: dict[str, Any] = {"guidance_mapping": c.guidance_mapping}

@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 from ..core.config import ConfigError, build_config, config_dataclass, to_dict
 from ..core.devices import resolve_device
 from ..core.log import bar_disabled, get_logger
-from ..core.seeding import derive_seed
 from ..data.imageset import ImageSet, load_any
 from .dataset import AugmentedDataset, SyntheticShareSampler
 from ..features import normalize
@@ -81,6 +80,11 @@ class TrainConfig:
     # SIC saliency: xrai (AGA's and the XRAI paper's; PAIR's reference, 2 x 100 IG steps per image, slow on a CPU),
     # or the faster captum integrated_gradients / saliency (plain gradients)
     sic_saliency: Literal["xrai", "integrated_gradients", "saliency"] = "xrai"
+    # XRAI's settings (PAIR's reference values): IG steps per baseline, the full or the fast region search, and
+    # IG steps per model call (speed only)
+    sic_xrai_steps: int = Field(100, ge=2)
+    sic_xrai_algorithm: Literal["full", "fast"] = "full"
+    sic_xrai_batch_size: int = Field(20, ge=1)
 
 
 def synthetic_share(cfg: TrainConfig) -> float | None:
@@ -249,7 +253,9 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
 
             result["test"]["sic"] = sic_score(model, test_set.images, lambda x: normalize(x, mean, std),
                                               n_images=cfg.sic_images, seed=cfg.seed, method=cfg.sic_saliency,
-                                              device=device)
+                                              device=device, xrai_steps=cfg.sic_xrai_steps,
+                                              xrai_algorithm=cfg.sic_xrai_algorithm,
+                                              xrai_batch_size=cfg.sic_xrai_batch_size)
     result["ood"] = {name: evaluate(model, load_any(p, cfg.image_size, name), classes, mean, std, device,
                                     cfg.eval_batch_size) for name, p in (ood or {}).items()}
     shown = result.get("test") or result.get("val")
