@@ -73,6 +73,20 @@ def load_real(src: str | Path, size: int, desc: str = "real", input_cfg: InputCo
     return ImageSet(_stack(images, size), labels, torch.ones(len(labels)), ids, rejected)
 
 
+def load_files(paths: list[str], size: int) -> ImageSet:
+    """Image files outside any dataset (e.g. the sources a synthetic folder names) as an ImageSet, label "?";
+    unreadable ones are left out (the set's `ids` are the paths that loaded)."""
+    cfg = InputConfig(min_side=1, max_aspect=1e9)
+    loaded, tensors = [], []
+    for p in paths:
+        try:
+            tensors.append(_to_tensor(load_image(p, cfg)[0], size))
+        except Rejected:
+            continue
+        loaded.append(p)
+    return ImageSet(_stack(tensors, size), ["?"] * len(loaded), torch.ones(len(loaded)), loaded)
+
+
 def load_synthetic(out_dir: str | Path, size: int, keep_zero_weight: bool = False) -> ImageSet:
     """A `genaug augment` output directory: its images, labels and manifest weights, in manifest order.
 

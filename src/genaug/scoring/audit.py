@@ -25,7 +25,7 @@ from torch import nn
 
 from ..core.config import ConfigError
 from ..core.files import atomic_write
-from ..data.imageset import ImageSet, load_real, load_synthetic
+from ..data.imageset import ImageSet, load_files, load_real, load_synthetic
 from ..data.metadata import CONFIG, METADATA, is_output_dir, json_default, read_rows
 from .metrics import extract
 
@@ -207,20 +207,10 @@ def _source_similarities(synthetic: Path, syn_set: ImageSet, rows: dict, real: s
     found = src >= 0
     out[found] = (sf[found] * tf[src[found]]).sum(-1)
     if elsewhere:
-        from ..data.images import InputConfig, Rejected, load_image
-        from ..data.imageset import _stack, _to_tensor
-
-        cfg = InputConfig(min_side=1, max_aspect=1e9)
-        paths, tensors = [], []
-        for p in elsewhere:
-            try:
-                tensors.append(_to_tensor(load_image(p, cfg)[0], image_size))
-            except Rejected:  # an unreadable source has no similarity, like a missing one
-                continue
-            paths.append(p)
+        imgs = load_files(list(elsewhere), image_size)  # an unreadable source has no similarity, like a missing one
+        paths = imgs.ids
         if not paths:
             return out
-        imgs = ImageSet(_stack(tensors, image_size), ["?"] * len(paths), torch.ones(len(paths)), paths)
         pf = _features(imgs, extractor, "source features")
         for j, p in enumerate(paths):
             out[elsewhere[p]] = sf[elsewhere[p]] @ pf[j]
