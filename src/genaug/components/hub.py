@@ -54,7 +54,8 @@ class ModelNotAvailable(ConfigError):
     """A pretrained model could not be loaded; the message says how to get it."""
 
 
-def _offline() -> bool:
+def offline() -> bool:
+    """HF_HUB_OFFLINE is set: nothing may be downloaded."""
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
@@ -86,8 +87,8 @@ def resolve(model: str, revision: str | None = None) -> tuple[str, dict[str, Any
     except Exception:  # noqa: BLE001 - any failure here just means "not cached"
         pass
     where = f"the Hugging Face cache (HF_HOME) and the hub, as {model!r} at revision {revision or 'main'}"
-    if _offline() or not _hub_reachable():
-        why = "HF_HUB_OFFLINE is set" if _offline() else "the hub cannot be reached from this machine"
+    if offline() or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline() else "the hub cannot be reached from this machine"
         raise ModelNotAvailable(
             f"model {model!r} (revision {revision or 'main'}) is not in the local cache and {why}. "
             f"Fix: download it on a machine with network access (e.g. `huggingface-cli download {model}`) and "

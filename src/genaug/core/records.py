@@ -32,3 +32,22 @@ class Synthetic:
     params: dict[str, Any]  # what the method drew and applied (the engine records `seed` and `variant` beside it)
     scores: dict[str, float] = field(default_factory=dict)
     weight: float = 1.0
+
+
+# The `Image.info` key under which a generated image carries why it must not be used as data (a component
+# refused it, e.g. the safety checker flagged it). PIL copies `info` through resize / crop / copy; a method that
+# builds a new image from a refused one passes the reason on (`refuse(new, refusal(old))`). The engine rejects
+# every output carrying one; nothing writes it into a PNG.
+REFUSAL = "genaug_refusal"
+
+
+def refusal(image: Image.Image) -> str | None:
+    """Why this generated image must not be written as data (None: it may)."""
+    return image.info.get(REFUSAL)
+
+
+def refuse(image: Image.Image, reason: str | None) -> Image.Image:
+    """Mark `image` as refused for `reason` (no-op for None); returns it."""
+    if reason:
+        image.info[REFUSAL] = reason
+    return image

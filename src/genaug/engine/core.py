@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from ..components.diffusion import refusal
 from ..components.hub import models_dir
 from ..core.config import build_config, config_dataclass, config_hash, to_dict
 from ..core.log import get_logger
-from ..core.records import Example
+from ..core.records import Example, refusal
 from ..core.seeding import derive_seed
 from ..core.version import __version__
 from ..data.images import InputConfig, Rejected
@@ -174,7 +173,7 @@ def generate(m, items: list[tuple[Example, int, int]], row_base: dict[str, Any]
     """One method call over `items` (example, variant, seed): `([(metadata row, image)], refused)`, where
     `refused` maps the id of every example the method declined (e.g. no subject found) to (example, reason),
     and `(id, variant)` of every output that must not be data — one a component refused (the safety checker
-    flagged it: `components.diffusion.refusal`) or a blank one of a source that is not — to (example, reason
+    flagged it: `core.records.refusal`) or a blank one of a source that is not — to (example, reason
     naming the variant).
     Every method's output passes here, on every executor, so none writes a blank or flagged image; the others
     are returned untouched. Shared by every executor, so they write the same rows and the same pixels."""

@@ -29,14 +29,14 @@ import numpy as np
 from PIL import Image, ImageChops, ImageFilter, ImageOps
 from pydantic import Field
 
-from ..components.diffusion import SDXL_MODEL, PipelineOptions, refusal, refuse
+from ..components.diffusion import SDXL_MODEL, PipelineOptions
 from ..components.llm import LLMOptions
 from ..components.segment import MaskOptions
 from ..core.config import ConfigError, config_dataclass, range_option
 from ..data.images import Rejected, is_image_name
 from .registry import register_method
 from ..core.seeding import derive_seed
-from ..core.records import Example, Synthetic
+from ..core.records import Example, Synthetic, refusal, refuse
 from .base import Method
 
 INSTRUCTIONS = ("Write a one-sentence caption for a realistic photo of",

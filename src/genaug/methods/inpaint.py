@@ -30,13 +30,13 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
-from ..components.diffusion import SD15_INPAINT_MODEL, PipelineOptions, refusal, refuse, text_encoders
+from ..components.diffusion import SD15_INPAINT_MODEL, PipelineOptions, text_encoders
 from ..components.segment import MaskOptions, dilate, to_bool
 from ..components.textual_inversion import TextualInversionOptions, token_vectors
 from ..core.config import ConfigError, config_dataclass
 from ..data.images import Rejected
 from .registry import register_method
-from ..core.records import Example, Synthetic
+from ..core.records import Example, Synthetic, refusal, refuse
 from .base import Method
 
 

@@ -27,7 +27,7 @@ from ..core.config import ConfigError
 from ..core.files import atomic_write
 from ..data.imageset import ImageSet, load_files, load_real, load_synthetic
 from ..data.metadata import CONFIG, METADATA, is_output_dir, json_default, read_rows
-from .metrics import extract
+from .metrics import default_extractor, extract
 
 AUDIT = "audit.json"
 # Similarities this close to 1 are the same image (float round-off of a cosine of a vector with itself).
@@ -105,12 +105,7 @@ def audit(synthetic: str | Path, real: str | Path, test: str | Path | None = Non
 
     if extractor is None and clip is not None:
         extractor = clip.as_feature_extractor()
-        image_size = image_size or int(clip.model.config.vision_config.image_size)
-    if extractor is None:
-        from ..features import ImageFeatures
-
-        extractor = ImageFeatures(size=feature_size)
-    image_size = image_size or int(getattr(extractor, "size", 128))
+    extractor, image_size = default_extractor(extractor, feature_size, image_size)
 
     syn_set = load_synthetic(synthetic, image_size, keep_zero_weight=True)  # weight 0 is still a copy
     if not len(syn_set):

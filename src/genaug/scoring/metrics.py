@@ -50,6 +50,17 @@ def extract(images: ImageSet, extractor: nn.Module, batch_size: int = 64, desc: 
     return torch.cat(chunks).float() if chunks else torch.empty(0, extractor.num_features)
 
 
+def default_extractor(extractor: nn.Module | None, feature_size: int = 224,
+                      image_size: int | None = None) -> tuple[nn.Module, int]:
+    """`(extractor, image size to load at)`: `extractor`, else the ImageNet MobileNetV2's at `feature_size` px;
+    `image_size`, else the extractor's own input size (its `size`, else 128)."""
+    if extractor is None:
+        from ..features import ImageFeatures
+
+        extractor = ImageFeatures(size=feature_size)
+    return extractor, image_size or int(getattr(extractor, "size", 128))
+
+
 def feature_space(extractor: nn.Module) -> str:
     """The short name of an extractor's feature space: its `name` (else its class name) up to the first
     character outside `[a-z0-9_]` ("mobilenet_v2-imagenet@224px" -> "mobilenet_v2", "clip:openai/..." ->
@@ -139,12 +150,7 @@ def synthetic_metrics(real: str | Path, synthetic: str | Path, extractor: nn.Mod
     Images are loaded at `image_size` px, by default the extractor's input size (its `size`, else 128), and
     at the CLIP vision tower's input size for CMMD and the CLIP score.
     """
-    if extractor is None:
-        from ..features import ImageFeatures
-
-        extractor = ImageFeatures(size=feature_size)
-    if image_size is None:
-        image_size = int(getattr(extractor, "size", 128))
+    extractor, image_size = default_extractor(extractor, feature_size, image_size)
     space = feature_space(extractor)
     fd_key, kd_key = distance_keys(space)
     real_set, syn_set = load_any(real, image_size, "real"), load_any(synthetic, image_size, "synthetic")
@@ -159,10 +165,11 @@ def synthetic_metrics(real: str | Path, synthetic: str | Path, extractor: nn.Mod
                               "overall": {**prdc_scores(rf, sf, k), **frechet_kernel_distances(rf, sf, space)}}
     rl, sl = np.array(real_set.labels), np.array(syn_set.labels)
     if clip is not None:
-        clip_size = int(clip.model.config.vision_config.image_size)
+        clip_size = clip.image_size
         if clip_size != image_size:
             real_set, syn_set = load_any(real, clip_size, "real"), load_any(synthetic, clip_size, "synthetic")
-        r_emb, s_emb = _clip_embeds(clip, real_set.images), _clip_embeds(clip, syn_set.images)
+        embed = clip.as_feature_extractor()
+        r_emb, s_emb = extract(real_set, embed, desc="real CLIP"), extract(syn_set, embed, desc="synthetic CLIP")
         result["overall"]["cmmd"] = cmmd(r_emb, s_emb)
         texts = [prompt.format(label=label) for label in syn_set.labels]
         result["overall"]["clip_score"] = clip.clip_score(syn_set.images, texts)
@@ -182,10 +189,3 @@ def synthetic_metrics(real: str | Path, synthetic: str | Path, extractor: nn.Mod
                                                     [prompt.format(label=c)] * int(s_in.sum()))
             result["per_class"][str(c)] = row
     return result
-
-
-def _clip_embeds(clip, images: torch.Tensor) -> torch.Tensor:
-    """L2-normalised CLIP image embeddings of uint8 `(N, 3, H, W)` images."""
-    from torchvision.transforms.v2.functional import to_pil_image
-
-    return clip.image_embeds([to_pil_image(im) for im in images])

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 
 from ..core.config import ConfigError
+from ..components.hub import offline
 from ..core.files import atomic_write
 from ..data.cache import cache_root
 from ..data.sources import Source
@@ -64,7 +64,7 @@ def resolve_classifier(backbone: str = "resnet50", overrides: dict[str, Any] | N
     if "model" in overrides:
         return {**PROBE, **overrides}, "custom", None
     if download is None:
-        download = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes")
+        download = not offline()
     used, fallback, pretrained = backbone, None, "imagenet"
     if backbone == "resnet50":
         try:
@@ -161,7 +161,7 @@ def _weight_synthetic(synthetic: str | Path, real: str | Path, rule: str, holdou
     from ..train.models import create_classifier
 
     synthetic = Path(synthetic)
-    rows = read_rows(synthetic)  # a clear error when it is not an output folder
+    rows = read_rows(synthetic)  # read under the folder lock: the rows rewritten below
     if not 0 < holdout < 1:
         raise ConfigError(f"holdout must be in (0, 1), got {holdout}")
     cfg, used, fallback = resolve_classifier(backbone, classifier)

@@ -34,6 +34,14 @@ XRAI_STEPS = 100  # IG steps per baseline: saliency.core.XRAIParameters' default
 XRAI_BATCH_SIZE = 20  # IG steps per model call: PAIR's example notebooks (the library's own default is 1)
 
 
+def _check_request(method: str, xrai_steps: int, xrai_batch_size: int, xrai_algorithm: str) -> None:
+    if method not in SALIENCY_METHODS:
+        raise ConfigError(f"unknown SIC saliency {method!r}; choose one of {', '.join(SALIENCY_METHODS)}")
+    if method == "xrai" and (xrai_steps < 2 or xrai_batch_size < 1 or xrai_algorithm not in ("full", "fast")):
+        raise ConfigError(f"XRAI needs xrai_steps >= 2, xrai_batch_size >= 1 and xrai_algorithm full or fast; "
+                          f"got {xrai_steps}, {xrai_batch_size}, {xrai_algorithm!r}")
+
+
 def _xrai_maps(model, images: torch.Tensor, normalize, target: torch.Tensor, steps: int, batch_size: int,
                algorithm: str) -> np.ndarray:
     """XRAI maps `(B, H, W)` of uint8 images `(B, 3, H, W)` through PAIR's reference implementation. The
@@ -64,12 +72,8 @@ def saliency_maps(model, images: torch.Tensor, normalize, target: torch.Tensor,
                   xrai_batch_size: int = XRAI_BATCH_SIZE, xrai_algorithm: Literal["full", "fast"] = "full") -> np.ndarray:
     """`(B, H, W)` saliency of uint8 images `(B, 3, H, W)` for classes `target`; `normalize` maps uint8 to the
     model's input. XRAI via PAIR's `saliency`; the others via captum."""
-    if method not in SALIENCY_METHODS:
-        raise ConfigError(f"unknown SIC saliency {method!r}; choose one of {', '.join(SALIENCY_METHODS)}")
+    _check_request(method, xrai_steps, xrai_batch_size, xrai_algorithm)
     if method == "xrai":
-        if xrai_steps < 2 or xrai_batch_size < 1 or xrai_algorithm not in ("full", "fast"):
-            raise ConfigError(f"XRAI needs xrai_steps >= 2, xrai_batch_size >= 1 and xrai_algorithm full or fast; "
-                              f"got {xrai_steps}, {xrai_batch_size}, {xrai_algorithm!r}")
         return _xrai_maps(model, images, normalize, target, xrai_steps, xrai_batch_size, xrai_algorithm)
     from captum.attr import IntegratedGradients, Saliency
 
@@ -89,8 +93,7 @@ def sic_score(model, images: torch.Tensor, normalize, n_images: int = 50, seed: 
     `fast`) shape XRAI's map; `xrai_batch_size` (IG steps per model call) only its speed."""
     from saliency.metrics import pic
 
-    if method not in SALIENCY_METHODS:  # before any work: a typo should not cost a trained model's SIC run
-        raise ConfigError(f"unknown SIC saliency {method!r}; choose one of {', '.join(SALIENCY_METHODS)}")
+    _check_request(method, xrai_steps, xrai_batch_size, xrai_algorithm)  # before any work, not at the first image
     model.eval()
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.permutation(len(images))[:n_images])
