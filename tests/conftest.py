@@ -7,6 +7,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import json
+import shutil
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -152,3 +154,33 @@ def chat_server():
     ChatServer.requests = []
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
+
+
+def digit_folder(root: Path, digit_images, rows: slice, classes: str = "012") -> Path:
+    """An ImageFolder of the digits `rows` (a slice of each class's images, so disjoint slices are disjoint
+    sets), 16 px."""
+    images, labels, names = digit_images
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for j, i in enumerate(np.flatnonzero(labels == names.index(c))[rows]):
+            images[i].save(root / c / f"img_{j}.png")
+    return root
+
+
+needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
+                                    reason="Debian's chromium is not installed (make test installs it as root)")
+
+
+def render_in_chromium(html: Path, tmp_path: Path) -> tuple[str, "np.ndarray"]:
+    """`(DOM after the page's scripts ran, 1200 x 1600 screenshot as grey pixels)` from headless Chromium."""
+    from PIL import Image
+
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run(["chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", html.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    shot = tmp_path / f"{html.stem}.png"
+    subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1200,1600", html.as_uri()],
+                   capture_output=True, timeout=120)
+    return dom, np.asarray(Image.open(shot).convert("L"))

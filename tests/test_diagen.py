@@ -134,7 +134,7 @@ def test_template_prompts_are_deterministic_and_use_the_slots(tiny_models):
 def test_weighting_that_cannot_run_is_reported_not_fatal(tmp_path, digit_images, tiny_models):
     src = make_imagefolder(tmp_path / "one", digit_images, per_class=1, classes=("0", "1"))
     res = cli("augment", src, "--out", tmp_path / "o", *_args(tiny_models), "-n", 1)
-    assert "weighting: skipped" in res.output and "weighting needs 2" in res.output
+    assert "weighting: skipped" in res.output and "the classifier needs 2" in res.output
     assert [r["weight"] for r in read_rows(tmp_path / "o")] == [1.0, 1.0]
 
 

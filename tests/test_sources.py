@@ -229,10 +229,10 @@ def test_per_class_order_is_seeded_and_stratified():
 
 
 def test_weighting_holdout_is_the_shared_order(tmp_path, digit_images):
-    from genaug.scoring.weighting import _split_real
+    from genaug.scoring.probe import split_real
 
     src = make_imagefolder(tmp_path / "src", digit_images, per_class=5)
-    train_csv, held_csv = _split_real(src, 0.4, 7, tmp_path / "w")
+    train_csv, held_csv = split_real(src, 0.4, 7, tmp_path / "w")
     recs = list(Source(src).records())
     old_held = []
     for label in sorted({r.label for r in recs}):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from conftest import cli, make_imagefolder, read_rows
-from genaug.scoring.weighting import fit_temperature, normalise_per_source, rule_weights
+from genaug.scoring.probe import fit_temperature
+from genaug.scoring.weighting import normalise_per_source, rule_weights
 
 FAST = ["model=genaug_small_cnn", "pretrained=null", "mode=scratch", "image_size=16", "epochs=6", "lr=0.003",
         "batch_size=16"]
@@ -45,7 +46,7 @@ def test_weight_command_rewrites_metadata_and_manifest(tmp_path, digit_images):
     from genaug.data.cache import cache_root
 
     work = Path(json.loads((syn / "weighting.json").read_text())["work_dir"])
-    assert work.parent == cache_root() / "work" / "weighting" and (work / "classifier" / "best.safetensors").is_file()
+    assert work.parent == cache_root() / "work" / "probe" and (work / "classifier" / "best.safetensors").is_file()
     assert sorted(p.name for p in syn.iterdir()) == [".genaug.lock", "0", "1", "2", "config.yaml", "manifest.parquet",
                                                      "metadata.jsonl", "rejected.jsonl", "weighting.json"]
     rows = read_rows(syn)
@@ -106,7 +107,7 @@ def test_weight_calibrates_on_a_validation_split_when_given(tmp_path, digit_imag
 
 
 def test_the_default_classifier_is_diagens_resnet50_probe_where_its_weights_exist(tmp_path, monkeypatch):
-    from genaug.scoring.weighting import resolve_classifier
+    from genaug.scoring.probe import resolve_classifier
     from genaug.train.models import create_classifier
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -129,7 +130,7 @@ def test_the_default_classifier_is_diagens_resnet50_probe_where_its_weights_exis
     # asked for by name, the MobileNetV2 is no fallback; a model of one's own replaces the backbone
     assert resolve_classifier("mobilenet_v2", download=False)[1:] == ("mobilenet_v2", None)
     assert resolve_classifier("resnet50", {"model": "genaug_small_cnn"})[1] == "custom"
-    with pytest.raises(Exception, match="unknown weighting backbone"):
+    with pytest.raises(Exception, match="unknown classifier backbone"):
         resolve_classifier("vgg")
 
 

@@ -1,5 +1,7 @@
 """The public `genaug.augment()`: the engine's run (plan, prepare, executor, close), then the
-post-generation stages the method names (e.g. DIAGen's weighting), each run on the finished output folder.
+post-generation stages, each run on the finished output folder: the user's filters (`filter=`, see
+genaug.scoring.filters) first, then the stages the method names (e.g. DIAGen's weighting, which then
+leaves the filtered images out of its per-source average).
 
 A method never opens its output folder and never trains a classifier: it names its stages, and this module,
 which sits above both the engine and scoring, runs them.
@@ -19,15 +21,20 @@ def _stage_runner(name: str):
         from .scoring.weighting import weight_stage
 
         return weight_stage
+    if name == "filter":
+        from .scoring.filters import filter_stage
+
+        return filter_stage
     raise ConfigError(f"unknown post-generation stage {name!r}")
 
 
 def augment(source: str | Path, out: str | Path, method: str, n: int | None = None, seed: int = 0,
             batch_size: int | None = None, options: dict[str, Any] | None = None, input: dict[str, Any] | None = None,
             progress: bool | None = None, models: str | Path | None = None, executor: str = "local",
-            **executor_options: Any) -> RunSummary:
+            filter: dict[str, Any] | None = None, **executor_options: Any) -> RunSummary:
     """Write `n` synthetic variants of every usable image in `source` to `out` (resuming if it exists), then
-    run the method's post-generation stages. `executor="ray"` runs the method in a Ray Data actor pool
+    run the post-generation stages: `filter` (genaug.scoring.filters.FilterConfig options; judged against
+    `source`), then the method's own. `executor="ray"` runs the method in a Ray Data actor pool
     (see `genaug.engine.ray`)."""
     if executor not in ("local", "ray"):
         raise ConfigError(f"unknown executor {executor!r}: local or ray")
@@ -38,6 +45,11 @@ def augment(source: str | Path, out: str | Path, method: str, n: int | None = No
     if method in BATCH_TRANSFORMS:
         raise ConfigError(f"{method!r} is a batch-level augmentation applied while training (genaug train "
                           f"augment={method}); it writes no images. Generators: see `genaug methods`.")
+    if filter is not None:
+        from .core.config import build_config
+        from .scoring.filters import FilterConfig
+
+        build_config(FilterConfig, filter, where="filter")  # bad filter options fail before anything is generated
     p = plan(source, out, method, n, seed, batch_size, options, input, models)
     summary = RunSummary(out=Path(out), warnings=list(p.source.warnings))
     t0 = time.perf_counter()
@@ -55,7 +67,8 @@ def augment(source: str | Path, out: str | Path, method: str, n: int | None = No
         raise
     p.outdir.close()
     reports = {}
-    for name, stage_options in p.method.stages():
+    stages = ([("filter", filter)] if filter is not None else []) + list(p.method.stages())
+    for name, stage_options in stages:
         reports.update(_stage_runner(name)(Path(out), p.source, **stage_options) or {})
     summary.stages = reports or None
     summary.rejected = p.outdir.n_rejected

@@ -11,7 +11,7 @@ from __future__ import annotations
 EXTRAS: dict[str, str] = {
     **dict.fromkeys(("diffusers", "transformers", "huggingface_hub", "accelerate", "compel", "torchdiffeq", "scipy",
                      "requests"), "models"),
-    **dict.fromkeys(("timm", "sklearn", "matplotlib", "captum", "saliency"), "train"),
+    **dict.fromkeys(("timm", "sklearn", "matplotlib", "captum", "saliency", "cleanlab"), "train"),
     **dict.fromkeys(("torchmetrics", "torch_fidelity", "prdc"), "metrics"),
     **dict.fromkeys(("pandas", "tabulate", "jinja2"), "bench"),
     "datasets": "hf",

@@ -90,8 +90,8 @@ def load_files(paths: list[str], size: int) -> ImageSet:
 def load_synthetic(out_dir: str | Path, size: int, keep_zero_weight: bool = False) -> ImageSet:
     """A `genaug augment` output directory: its images, labels and manifest weights, in manifest order.
 
-    Images of weight 0 are left out entirely (so adding them to a run changes nothing at all), unless
-    `keep_zero_weight` (re-scoring every image).
+    Images of weight 0, and images a filter removed (`filtered`, genaug.scoring.filters), are left out entirely
+    (so adding them to a run changes nothing at all), unless `keep_zero_weight` (re-scoring every image).
     """
     out_dir = Path(out_dir)
     cfg = InputConfig(min_side=1, max_aspect=1e9)
@@ -101,7 +101,7 @@ def load_synthetic(out_dir: str | Path, size: int, keep_zero_weight: bool = Fals
         w = float(r.get("weight", 1.0))
         if not np.isfinite(w) or w < 0:
             raise ConfigError(f"{out_dir / r['file_name']}: weight must be a finite number >= 0, got {w}")
-        if w == 0 and not keep_zero_weight:
+        if (w == 0 or r.get("filtered")) and not keep_zero_weight:
             continue
         image, _ = load_image(out_dir / r["file_name"], cfg)
         images.append(_to_tensor(image, size))

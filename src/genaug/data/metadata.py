@@ -16,6 +16,7 @@ METADATA = "metadata.jsonl"
 MANIFEST = "manifest.parquet"
 CONFIG = "config.yaml"
 REJECTED = "rejected.jsonl"
+FILTERED = "filtered.jsonl"  # rows a filter dropped (genaug.scoring.filters, action=drop): done, not data
 
 
 def json_default(o: Any):
@@ -70,6 +71,20 @@ def read_rows(folder: str | Path) -> list[dict[str, Any]]:
                               "command that wrote it to repair the folder")
         rows.append(row)
     return rows
+
+
+def filtered_keys(folder: str | Path) -> set[tuple[str, int]]:
+    """`(source_id, variant)` of every row a filter dropped: a resumed run does not generate them again."""
+    keys = set()
+    path = Path(folder) / FILTERED
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                keys.add((row["source_id"], int(row["variant"])))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn line of a killed filter run: that variant is simply generated again
+    return keys
 
 
 def write_manifest_parquet(folder: str | Path, rows: list[dict[str, Any]] | None = None) -> None:

@@ -114,10 +114,10 @@ class Source:
 
     def _output_records(self) -> Iterator[Record]:
         """A genaug output folder: the label is the row's own (`T-shirt/top`, not its folder `T-shirt_top-…`),
-        the id its `file_name`. Rows of weight 0 are left out: a scorer judged them unusable, and training
-        leaves them out too."""
+        the id its `file_name`. Rows of weight 0, and rows a filter removed (`filtered`), are left out: a
+        scorer judged them unusable, and training leaves them out too."""
         for r in read_rows(self.root):
-            if float(r.get("weight", 1.0)) == 0:
+            if float(r.get("weight", 1.0)) == 0 or r.get("filtered"):
                 continue
             name = str(r["file_name"])
             label = r["label"]

@@ -35,7 +35,8 @@ from ..core.config import ConfigError
 from ..core.log import get_logger
 from ..core.files import atomic_write
 from .labels import label_folder
-from .metadata import CONFIG, MANIFEST, METADATA, REJECTED, dumps_row, iter_lines, write_manifest_parquet
+from .metadata import (CONFIG, MANIFEST, METADATA, REJECTED, dumps_row, filtered_keys, iter_lines,
+                       write_manifest_parquet)
 
 log = get_logger(__name__)
 TMP_DIR = ".genaug-tmp"
@@ -112,6 +113,7 @@ class OutputDir:
             self.tmp.mkdir()
             atomic_write(self.root / CONFIG, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
             self.done, rows_dropped = self._load_rows()
+            self.filtered = filtered_keys(self.root)  # dropped by a filter: done, never generated again
             self._meta = open(self.root / METADATA, "a", encoding="utf-8")
             self._rejected_tmp = open(self.tmp / REJECTED, "w", encoding="utf-8")
         except BaseException:
@@ -167,7 +169,7 @@ class OutputDir:
             return False
 
     def is_done(self, source_id: str, variant: int) -> bool:
-        return (source_id, variant) in self.done
+        return (source_id, variant) in self.done or (source_id, variant) in self.filtered
 
     # ---- writing -------------------------------------------------------------------------------
     def write(self, image, row: dict[str, Any]) -> None:

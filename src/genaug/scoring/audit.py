@@ -11,6 +11,12 @@ Exact duplicates inside the training set (similarity 1) are left out of the cali
 
 Leakage: a synthetic image whose nearest neighbour among train ∪ test ∪ val is a test or validation image
 (closer to it than to any training image) with a similarity above the same threshold.
+
+Near-duplicates among the synthetic images: each image's most similar *earlier* synthetic image (metadata order);
+above the same threshold it is a `duplicate` — so the first of a group never is, every later one is.
+
+The `top_k` closest synthetic / real pairs are also drawn side by side, one row per pair, into
+`audit_pairs.png` beside `audit.json`.
 """
 from __future__ import annotations
 
@@ -21,15 +27,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 from torch import nn
 
 from ..core.config import ConfigError
-from ..core.files import atomic_write
+from ..core.files import atomic_path, atomic_write
 from ..data.imageset import ImageSet, load_files, load_real, load_synthetic
+from ..data.images import InputConfig, Rejected, load_image
 from ..data.metadata import CONFIG, METADATA, is_output_dir, json_default, read_rows
+from ..data.sources import Source
 from .metrics import default_extractor, extract
 
 AUDIT = "audit.json"
+PAIRS_IMAGE = "audit_pairs.png"
 # Similarities this close to 1 are the same image (float round-off of a cosine of a vector with itself).
 DUPLICATE_SIM = 1 - 1e-5
 
@@ -51,6 +61,28 @@ def nearest(a: torch.Tensor, b: torch.Tensor, exclude_self: bool = False,
         sims.append(v[:, 0])
         idx.append(i[:, 0])
     return torch.cat(sims), torch.cat(idx)
+
+
+def nearest_earlier(a: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row `i` of `a (n, D)` (L2-normalised) its most similar row `j < i`: `(sims, indices)`, NaN / -1
+    for row 0. Blocks of `chunk` rows against blocks of `chunk` earlier rows, so at most chunk x chunk
+    similarities are held at once; on a tie the earliest row wins."""
+    n = len(a)
+    best = torch.full((n,), float("-inf"))
+    arg = torch.full((n,), -1, dtype=torch.long)
+    for r0 in range(0, n, chunk):
+        rows = a[r0:r0 + chunk]
+        r_idx = torch.arange(r0, r0 + len(rows))
+        for c0 in range(0, r0 + len(rows), chunk):  # only the prefix: columns before the block's last row
+            s = rows @ a[c0:c0 + chunk].T
+            c_idx = torch.arange(c0, c0 + s.shape[1])
+            s[c_idx[None, :] >= r_idx[:, None]] = float("-inf")
+            v, i = s.max(dim=1)
+            better = v > best[r0:r0 + len(rows)]  # strict: an earlier column block keeps a tie
+            best[r0:r0 + len(rows)][better] = v[better]
+            arg[r0:r0 + len(rows)][better] = i[better] + c0
+    best[arg < 0] = float("nan")
+    return best, arg
 
 
 def calibrate(train: torch.Tensor, quantile: float) -> dict[str, Any]:
@@ -112,6 +144,8 @@ def audit(synthetic: str | Path, real: str | Path, test: str | Path | None = Non
         raise ConfigError(f"{synthetic} holds no images")
     train_set = load_real(real, image_size, "train")
     held = {name: load_real(path, image_size, name) for name, path in (("test", test), ("val", val)) if path}
+    real_paths = {"train": _file_paths(real), **{name: _file_paths(path) for name, path in
+                                                (("test", test), ("val", val)) if path}}
 
     sf = _features(syn_set, extractor, "synthetic features")
     tf = _features(train_set, extractor, "train features")
@@ -124,6 +158,9 @@ def audit(synthetic: str | Path, real: str | Path, test: str | Path | None = Non
     t_sim, t_idx = nearest(sf, tf)
     rows = {r["file_name"]: r for r in read_rows(synthetic)}
     src_sim = _source_similarities(synthetic, syn_set, rows, real, train_set.ids, sf, tf, extractor, image_size)
+
+    # Near-duplicates among the synthetic images: the most similar earlier one.
+    d_sim, d_idx = nearest_earlier(sf)
 
     # Leakage: the nearest held-out image (over test and val together), compared with the nearest training one.
     if hf:
@@ -139,6 +176,10 @@ def audit(synthetic: str | Path, real: str | Path, test: str | Path | None = Non
                "train_sim": float(t_sim[i]), "source_sim": None if src_sim[i].isnan() else float(src_sim[i])}
         rec["near_copy"] = rec["train_sim"] > thr
         rec["source_copy"] = rec["source_sim"] is not None and rec["source_sim"] > thr
+        j = int(d_idx[i])
+        rec["synthetic_dup_of"] = syn_set.ids[j] if j >= 0 else None
+        rec["synthetic_dup_sim"] = float(d_sim[i]) if j >= 0 else None
+        rec["duplicate"] = j >= 0 and rec["synthetic_dup_sim"] > thr
         rec["leak"] = False
         if hf:
             j = int(h_idx[i])
@@ -146,15 +187,19 @@ def audit(synthetic: str | Path, real: str | Path, test: str | Path | None = Non
                        heldout_sim=float(h_sim[i]))
             rec["leak"] = rec["heldout_sim"] > thr and rec["heldout_sim"] > rec["train_sim"]
         images.append(rec)
-        c = per_class.setdefault(rec["label"], Counter(n=0, near_copy=0, source_copy=0, leak=0))
-        c.update(n=1, near_copy=int(rec["near_copy"]), source_copy=int(rec["source_copy"]), leak=int(rec["leak"]))
+        c = per_class.setdefault(rec["label"], Counter(n=0, near_copy=0, source_copy=0, leak=0, duplicate=0))
+        c.update(n=1, near_copy=int(rec["near_copy"]), source_copy=int(rec["source_copy"]), leak=int(rec["leak"]),
+                 duplicate=int(rec["duplicate"]))
 
     pairs = [{"synthetic": r["file_name"], "real": r["nearest_train"], "split": "train", "similarity": r["train_sim"],
               "label": r["label"], "real_label": r["nearest_train_label"], "flag": r["near_copy"]} for r in images]
     pairs += [{"synthetic": r["file_name"], "real": r["nearest_heldout"], "split": r["heldout_split"],
                "similarity": r["heldout_sim"], "label": r["label"], "real_label": r["heldout_label"],
                "flag": r["leak"]} for r in images if "heldout_sim" in r]
+    for p in pairs:
+        p["real_path"] = real_paths[p["split"]].get(p["real"])
     pairs.sort(key=lambda p: -p["similarity"])
+    top = pairs[:top_k]
 
     result = {
         "synthetic": str(synthetic), "real": {"train": str(real), **{k: str(v) for k, v in
@@ -165,15 +210,107 @@ def audit(synthetic: str | Path, real: str | Path, test: str | Path | None = Non
         "counts": {"near_copy": sum(r["near_copy"] for r in images),
                    "source_copy": sum(r["source_copy"] for r in images),
                    "leak": sum(r["leak"] for r in images),
+                   "duplicate": sum(r["duplicate"] for r in images),
                    "source_found": sum(r["source_sim"] is not None for r in images)},
         "per_class": {c: dict(v) for c, v in sorted(per_class.items())},
-        "closest_pairs": pairs[:top_k], "images": images,
+        "closest_pairs": top, "pairs_image": PAIRS_IMAGE if write and top else None, "images": images,
     }
     if clip is not None:
         result["clip"] = {"model": clip.id, "revision": clip.revision}
     if write:
+        if top:
+            # a real image that lives in no file (a Hugging Face dataset's Arrow rows) is drawn from its tensor
+            sets = {"train": train_set, **held}
+            index = {(split, rid): (s, i) for split, s in sets.items() for i, rid in enumerate(s.ids)}
+            fallback = {(p["split"], p["real"]): _tensor_image(*index[p["split"], p["real"]])
+                        for p in top if p["real_path"] is None and (p["split"], p["real"]) in index}
+            with atomic_path(synthetic / PAIRS_IMAGE) as tmp:
+                render_pairs(top, synthetic, fallback).save(tmp, format="PNG")
+        else:
+            (synthetic / PAIRS_IMAGE).unlink(missing_ok=True)  # an earlier audit's pairs are not this one's
         atomic_write(synthetic / AUDIT, json.dumps(result, indent=2, default=json_default))
     return result
+
+
+def _file_paths(src: str | Path) -> dict[str, str]:
+    """Real image id -> absolute path of its file, for the ids `load_real` gives (the same `Source` listing;
+    nothing is decoded). Images stored inside a dataset (Arrow rows) have no file and are left out."""
+    out = {}
+    for rec in Source(src).records():
+        if rec.error is None and rec.row is None and Path(rec.path).is_file():
+            out.setdefault(rec.id, str(Path(rec.path).resolve()))
+    return out
+
+
+def _tensor_image(images: ImageSet, i: int) -> Image.Image:
+    return Image.fromarray(images.images[i].permute(1, 2, 0).numpy())
+
+
+THUMB = 96  # px, the longer side of each thumbnail
+_PAD = 6
+_CAPTION_W = 330
+_FLAG = (220, 30, 30)
+
+
+def render_pairs(pairs: list[dict], synthetic: str | Path,
+                 fallback: dict[tuple[str, str], Image.Image] | None = None) -> Image.Image:
+    """The pairs of an audit's `closest_pairs` as one image: a row per pair — the synthetic thumbnail, the real
+    one (from `real_path`, else `fallback[(split, real)]`), and a caption (synthetic file name, real id and
+    split, similarity, labels); flagged pairs get a red frame and say why. A missing image is a grey box."""
+    if not pairs:
+        raise ConfigError("no pairs to draw")
+    font = ImageFont.load_default()
+    row_h = THUMB + 2 * _PAD
+    width = 3 * _PAD + 2 * THUMB + _PAD + _CAPTION_W
+    canvas = Image.new("RGB", (width, row_h * len(pairs)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, p in enumerate(pairs):
+        y = k * row_h
+        syn = _thumb(Path(synthetic) / p["synthetic"])
+        real = _thumb(p.get("real_path")) if p.get("real_path") else None
+        if real is None and fallback and (p["split"], p["real"]) in fallback:
+            real = _fit(fallback[p["split"], p["real"]])
+        for col, im in enumerate((syn, real)):
+            x = _PAD + col * (THUMB + _PAD)
+            if im is None:
+                draw.rectangle([x, y + _PAD, x + THUMB - 1, y + _PAD + THUMB - 1], fill=(200, 200, 200))
+            else:  # centred in its THUMB x THUMB cell
+                canvas.paste(im, (x + (THUMB - im.width) // 2, y + _PAD + (THUMB - im.height) // 2))
+        why = ("near-copy" if p["split"] == "train" else f"leak ({p['split']})") if p["flag"] else None
+        lines = [f"{k + 1}. synthetic: {p['synthetic']}", f"real ({p['split']}): {p['real']}",
+                 f"similarity {p['similarity']:.4f}", f"labels: {p['label']} / {p['real_label']}"]
+        tx = 3 * _PAD + 2 * THUMB + _PAD
+        for n, line in enumerate(lines + ([why.upper()] if why else [])):
+            draw.text((tx, y + _PAD + 2 + 14 * n), _clip(draw, line, font, _CAPTION_W - _PAD), font=font,
+                      fill=_FLAG if n == len(lines) else (0, 0, 0))
+        if why:
+            draw.rectangle([0, y, width - 1, y + row_h - 1], outline=_FLAG, width=3)
+        elif k:
+            draw.line([0, y, width - 1, y], fill=(210, 210, 210))
+    return canvas
+
+
+def _fit(im: Image.Image) -> Image.Image:
+    im = im.convert("RGB")
+    small = im.width <= THUMB and im.height <= THUMB  # tiny images grow as blocks, not blurs
+    return ImageOps.contain(im, (THUMB, THUMB), Image.NEAREST if small else Image.BICUBIC)
+
+
+def _thumb(path: str | Path) -> Image.Image | None:
+    try:
+        return _fit(load_image(path, InputConfig(min_side=1, max_aspect=1e9))[0])
+    except Rejected:
+        return None
+
+
+def _clip(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """`text`, cut in the middle with an ellipsis until it fits `width` px (file names keep both ends)."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    head, tail = len(text) // 2, len(text) // 2
+    while head > 1 and draw.textlength(f"{text[:head]}...{text[-tail:]}", font=font) > width:
+        head, tail = head - 1, max(tail - 1, 1)
+    return f"{text[:head]}...{text[-tail:]}"
 
 
 def _source_similarities(synthetic: Path, syn_set: ImageSet, rows: dict, real: str | Path, train_ids: list[str],
