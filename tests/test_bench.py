@@ -1,13 +1,12 @@
 """A small bench end to end on real data; the report rendered in headless Chromium."""
 import json
-import shutil
-import subprocess
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-from conftest import cli
+from conftest import cli, needs_chromium, render_in_chromium
 from genaug.data.builtin import fashion_mnist_available
 
 DATASET = "fashion-mnist" if fashion_mnist_available() else "digits"
@@ -50,6 +49,14 @@ def test_bench_grid_runs_end_to_end(bench_run):
     assert "| arm" in md and "crop+flip" in md and "accuracy_vs_proportion.png" in md
     assert (run / "accuracy_vs_proportion.png").is_file() and (run / "grids" / "randaugment.png").is_file()
     assert "report.html" in res.output
+    # each generator's own columns: label agreement with the real arm's classifier, and the CAS (a classifier
+    # trained on its images alone: one per arm, split and seed, whatever the synthetic proportion)
+    assert gen["label_agreement"].between(0, 1).all() and gen["cas_acc"].between(0, 1).all()
+    assert (gen.groupby(["arm", "seed"])["cas_acc"].nunique() == 1).all()
+    assert (run / "runs" / "randaugment-cas" / "shots-4" / "seed-0" / "best.safetensors").is_file()
+    assert results.loc[results["kind"] != "generator", "label_agreement"].isna().all()
+    assert "CAS acc %" in md and "label agreement %" in md
+    assert "learning_curves.png" in md and (run / "learning_curves.png").is_file()
 
 
 def test_bench_rerun_reuses_everything(bench_run):
@@ -70,27 +77,14 @@ def test_report_rerenders(bench_run, tmp_path):
     assert "has no results.csv" in cli("report", tmp_path, expect=2).output
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (make test installs it as root)")
+@needs_chromium
 def test_report_shows_tables_and_images_in_chromium(bench_run, tmp_path):
     root, _ = bench_run
-    html = root / "run" / "report.html"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(["chromium", *flags, "--virtual-time-budget=5000", "--dump-dom", html.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom, shot = render_in_chromium(root / "run" / "report.html", tmp_path)
     n_img = dom.count("<img")
     assert n_img >= 3 and f'data-images-loaded="{n_img}"' in dom  # every image decoded and laid out
     assert dom.count("<table") == 1 and "randaugment" in dom and "± " in dom
-    shot = tmp_path / "report.png"
-    subprocess.run(["chromium", *flags, f"--screenshot={shot}", "--window-size=1200,1600", html.as_uri()],
-                   capture_output=True, timeout=120)
-    from PIL import Image
-
-    import numpy as np
-
-    im = Image.open(shot).convert("L")
-    assert im.size == (1200, 1600) and len(np.unique(np.asarray(im))) > 50  # a rendered page, not a blank one
+    assert shot.shape == (1600, 1200) and len(np.unique(shot)) > 50  # a rendered page, not a blank one
 
 
 @pytest.mark.parametrize("change, message", [

@@ -18,12 +18,23 @@ def demo_run(tmp_path_factory):
 def test_demo_runs_end_to_end_on_real_data(demo_run):
     root, res = demo_run
     table = json.loads((root / "demo.json").read_text())
-    assert set(table) == {"real", "classical", "semantic_flow", "both", "details"}
-    for arm in ("real", "classical", "semantic_flow", "both"):
+    picked = table["classical"]["method"]
+    other = "randaugment" if picked == "flipcrop" else "flipcrop"
+    assert set(table) == {"real", "classical", "semantic_flow", "both", f"classical:{other}", "details"}
+    for arm in ("real", "classical", "semantic_flow", "both", f"classical:{other}"):
         assert 0 <= table[arm]["mean"] <= 1 and table[arm]["std"] >= 0 and table[arm]["seeds"] == 2
     details = table["details"]
     assert details["dataset"] == ("fashion-mnist" if fashion_mnist_available() else "digits")
-    assert table["classical"]["method"] in ("flipcrop", "randaugment")
+    # every candidate ran on every seed; the pick is the best mean validation accuracy
+    assert picked in ("flipcrop", "randaugment") and details["classical_validation"][picked] == \
+        max(details["classical_validation"].values()) == table["classical"]["val_mean"]
+    # each generator's own columns; the generation time is the real one
+    for arm in ("classical", "semantic_flow", f"classical:{other}"):
+        assert 0 <= table[arm]["label_agreement"] <= 1 and table[arm]["generation_seconds"] > 0
+    assert 0 <= table["semantic_flow"]["cas_acc"] <= 1 and 0 <= table["classical"]["cas_acc"] <= 1
+    assert "cas_acc" not in table[f"classical:{other}"] and "label_agreement" not in table["real"]
+    assert table["both"]["generation_seconds"] == pytest.approx(
+        table["classical"]["generation_seconds"] + table["semantic_flow"]["generation_seconds"], abs=0.2)
     assert details["flow"]["reconstruction"]["mse"] < 0.05
     grid = Image.open(details["grid"])
     assert grid.width > 3 * 28 and grid.height > 28
@@ -32,6 +43,9 @@ def test_demo_runs_end_to_end_on_real_data(demo_run):
     rows = [json.loads(line) for line in open(demo / "synthetic" / "semantic_flow" / "metadata.jsonl")]
     assert len(rows) == 2 * details["real_images"] and rows[0]["params"]["mode"] == "sdedit"
     assert (demo / "report.html").is_file() and (demo / "flow-model" / "flow_config.json").is_file()
+    html = (demo / "report.html").read_text()
+    assert 'alt="learning curves"' in html and 'alt="grid semantic_flow"' in html and "CAS acc %" in html
+    assert "label agreement %" in html and (demo / "learning_curves.png").is_file()
 
 
 def test_demo_rerun_reuses_everything(demo_run):
@@ -39,8 +53,9 @@ def test_demo_rerun_reuses_everything(demo_run):
     first = json.loads((root / "demo.json").read_text())
     cli("demo", "--out", root / "demo", "--quick", "--json", root / "again.json")
     again = json.loads((root / "again.json").read_text())
-    assert {k: again[k] for k in ("real", "classical", "semantic_flow", "both")} == \
-        {k: first[k] for k in ("real", "classical", "semantic_flow", "both")}
+    arms = [k for k in first if k != "details"]
+    assert {k: {m: v for m, v in again[k].items() if m != "generation_seconds"} for k in arms} == \
+        {k: {m: v for m, v in first[k].items() if m != "generation_seconds"} for k in arms}
     assert again["details"]["seconds"] < first["details"]["seconds"] / 2
 
 

@@ -306,3 +306,60 @@ def test_textual_inversion_tokens_need_an_sdxl_pipeline(tiny_sd3, tiny_models, t
     res = cli("augment", src, "--out", tmp_path / "o3", "--method", "semantic_flow", f"model={tiny_flow}",
               f"tokens_from={tiny_models['sdxl']}", expect=2)
     assert "tokens_from needs a pipeline model" in res.output
+
+
+def _pool_manifest(src, path, shuffle_labels: bool):
+    rows = list(csv.DictReader(open(src)))
+    labels = [r["label"] for r in rows]
+    if shuffle_labels:
+        labels = labels[1:] + labels[:1]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label"])
+        w.writeheader()
+        w.writerows({"path": r["path"], "label": lab} for r, lab in zip(rows, labels))
+    return path
+
+
+def test_an_unlabelled_pool_trains_the_generator_without_its_labels(digits16, digit_images, tmp_path):
+    """The pool's labels never reach training (permuted labels give the same weights byte for byte), a folder of
+    loose images is a pool too, and the result and the checkpoint say what the generator saw."""
+    from genaug.data.splits import write_manifest
+    from genaug.data.sources import Source
+
+    pool_dir = make_imagefolder(tmp_path / "pooldir", (digit_images[0][400:], digit_images[1][400:],
+                                                       digit_images[2]), per_class=10)
+    listed = write_manifest(list(Source(pool_dir).records()), tmp_path / "listed.csv")
+    a = _pool_manifest(listed, tmp_path / "a.csv", shuffle_labels=False)
+    b = _pool_manifest(listed, tmp_path / "b.csv", shuffle_labels=True)
+    cfg = {**TINY_FLOW, "steps": 4, "unlabeled_share": 0.5}
+    ra = fit_flow(digits16, tmp_path / "ma", cfg, progress=False, unlabeled=a)
+    fit_flow(digits16, tmp_path / "mb", cfg, progress=False, unlabeled=b)
+    wa, wb = load_file(tmp_path / "ma" / UNET), load_file(tmp_path / "mb" / UNET)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert ra["n_unlabeled"] == 30 and ra["unlabeled"] == str(a.resolve()) and ra["n_images"] == 90
+    fit_flow(digits16, tmp_path / "m0", {**cfg, "unlabeled_share": 0.0}, progress=False, unlabeled=a)
+    w0 = load_file(tmp_path / "m0" / UNET)
+    assert not all(torch.equal(wa[k], w0[k]) for k in wa)  # the pool's images did train it
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for i, p in enumerate(sorted(pool_dir.rglob("*.png"))):
+        (loose / f"{i:03d}.png").write_bytes(p.read_bytes())
+    res = cli("fit-flow", digits16, "--out", tmp_path / "ml", "--unlabeled", loose,
+              *[f"{k}={json.dumps(v)}" for k, v in cfg.items()])
+    assert "+ 30 unlabelled" in res.output
+    assert "another training run" in cli("fit-flow", digits16, "--out", tmp_path / "ma",
+                                         *[f"{k}={json.dumps(v)}" for k, v in cfg.items()], expect=2).output
+    assert "unlabeled pool not found" in cli("fit-flow", digits16, "--out", tmp_path / "mx", "--unlabeled",
+                                             tmp_path / "nope", expect=2).output
+
+
+def test_a_resumed_training_reports_all_its_seconds(digits16, tmp_path):
+    cfg = {**TINY_FLOW, "steps": 6, "checkpoint_every": 3}
+    first = fit_flow(digits16, tmp_path / "m", {**cfg, "steps": 3}, progress=False)
+    second = fit_flow(digits16, tmp_path / "m", cfg, progress=False)
+    with open(tmp_path / "m" / "train_log.csv") as f:
+        logged = [float(r["seconds"]) for r in csv.DictReader(f)]
+    # the log's clock runs on across the resume, and the result reports that clock, not the second call's
+    assert len(logged) == 6 and logged == sorted(logged) and second["steps"] == 6
+    assert second["seconds"] >= first["seconds"] and abs(second["seconds"] - logged[-1]) <= 0.5
+    assert "call_seconds" in second

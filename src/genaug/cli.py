@@ -178,22 +178,24 @@ def _layered(config: Optional[Path], overrides: dict, flags: Optional[dict] = No
 
 
 def _run_config(config: Optional[Path], overrides: list[str], **flags) -> dict:
-    """`augment`'s layers: bare key=value keys are method options (`options`), `input.*` keys input checks."""
+    """`augment`'s layers: bare key=value keys are method options (`options`), `input.*` keys input checks,
+    `filter.*` keys the filter stage's options."""
     over = parse_overrides(overrides)
-    nested = {"input": over.pop("input")} if "input" in over else {}
+    nested = {k: over.pop(k) for k in ("input", "filter") if k in over}
     return _layered(config, {**nested, "options": over} if over else nested, flags)
 
 
 @app.command(context_settings={"allow_interspersed_args": True})
 def augment(
     src: Annotated[Path, typer.Argument(help="ImageFolder directory, or a .csv / .jsonl manifest (path,label[,mask][,id])")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="method options as key=value; input.<key>=value for input checks")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="method options as key=value; input.<key>=value for input checks; filter.<key>=value for the filter stage (see `genaug filter`)")] = None,
     method: Annotated[Optional[str], typer.Option("--method", "-m", help="a generator from `genaug methods`")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory (rerun to resume)")] = ...,
     n: Annotated[Optional[int], typer.Option("-n", help="variants per source image [the method's default: the paper's M, else 1]")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="global seed [0]")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="images per method call [the method's default]")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with the same keys (method, n, seed, batch_size, options, input, models)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with the same keys (method, n, seed, batch_size, options, input, models, filter)")] = None,
+    filters: Annotated[Optional[str], typer.Option("--filter", help="after generating, run these filters (comma-separated: blank,duplicate,clip,agreement,cleanlab, or `default`) against the source; see `genaug filter`")] = None,
     models: Annotated[Optional[Path], typer.Option("--models", help="folder of local models: components load from DIR/<component> (clip, blip, sd15, sd15-inpaint, sdxl, sd3, llm, grounding-dino, sam, flow; `genaug tiny-models DIR` writes one)")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the run summary as JSON")] = None,
     executor: Annotated[Literal["local", "ray"], typer.Option("--executor", help="local (this process) or ray (a Ray Data actor pool)")] = "local",
@@ -206,10 +208,11 @@ def augment(
 
     try:
         cfg = _run_config(config, overrides or [], method=method, n=n, seed=seed, batch_size=batch_size,
-                          models=str(models) if models else None)
+                          models=str(models) if models else None,
+                          filter=None if filters is None else {"filters": _filter_names(filters)})
         if not cfg.get("method"):
             _fail("no method given: use --method NAME (see `genaug methods`) or `method:` in --config")
-        unknown = set(cfg) - {"method", "n", "seed", "batch_size", "options", "input", "models"}
+        unknown = set(cfg) - {"method", "n", "seed", "batch_size", "options", "input", "models", "filter"}
         if unknown:
             _fail(f"unknown top-level key(s) in config: {sorted(unknown)}")
         ray_flags = {k: v for k, v in dict(ray_address=ray_address, workers=workers,
@@ -219,6 +222,12 @@ def augment(
         _fail(str(e))
     typer.echo(str(summary))
     _write_json(json_out, summary.__dict__)
+
+
+def _filter_names(text: str) -> Optional[list[str]]:
+    """`--filter a,b` -> ["a", "b"]; `default` -> None (the default filters)."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    return None if names in ([], ["default"]) else names
 
 
 def _write_json(path: Optional[Path], data) -> None:
@@ -368,12 +377,13 @@ def audit(
     clip: Annotated[Optional[str], typer.Option("--clip", help="a CLIP model (hub id or local dir): its image embeddings as the feature space [the ImageNet MobileNetV2's, offline]")] = None,
     quantile: Annotated[float, typer.Option(help="near-copy threshold: this quantile of the similarities of training images to their nearest other training image")] = 0.99,
     threshold: Annotated[Optional[float], typer.Option(help="a fixed cosine threshold instead of the calibrated one")] = None,
-    top_k: Annotated[int, typer.Option(help="closest pairs to record")] = 20,
+    top_k: Annotated[int, typer.Option(help="closest pairs to record, and draw side by side in SYNTHETIC/audit_pairs.png")] = 20,
     feature_size: Annotated[int, typer.Option(help="input size of the MobileNetV2 feature extractor")] = 224,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the audit as JSON (it is always written to SYNTHETIC/audit.json)")] = None,
 ) -> None:
     """Memorisation and leakage: synthetic images that are near-copies of a training image (or of their own
-    source), or closer to a test / validation image than to any training image; writes SYNTHETIC/audit.json."""
+    source), or closer to a test / validation image than to any training image, and near-duplicates among the
+    synthetic images; writes SYNTHETIC/audit.json and the closest pairs as thumbnails, SYNTHETIC/audit_pairs.png."""
     from .scoring.audit import AUDIT, audit as run_audit
 
     try:
@@ -391,14 +401,17 @@ def audit(
     typer.echo(f"{r['n_synthetic']} synthetic vs {r['n_train']} train"
                + "".join(f", {r[f'n_{k}']} {k}" for k in ("test", "val") if f"n_{k}" in r)
                + f" images, {r['features']} features; near-copy threshold {t['value']:.4f} ({how})")
-    rows = [[c, str(v["n"]), str(v["near_copy"]), str(v["source_copy"]), str(v["leak"])] for c, v in r["per_class"].items()]
-    rows.append(["all", str(r["n_synthetic"]), *(str(r["counts"][k]) for k in ("near_copy", "source_copy", "leak"))])
-    _echo_table(["class", "n", "near-copy", "source-copy", "leak"], rows)
+    keys = ("near_copy", "source_copy", "leak", "duplicate")
+    rows = [[c, str(v["n"]), *(str(v[k]) for k in keys)] for c, v in r["per_class"].items()]
+    rows.append(["all", str(r["n_synthetic"]), *(str(r["counts"][k]) for k in keys)])
+    _echo_table(["class", "n", "near-copy", "source-copy", "leak", "duplicate"], rows)
     flagged = [p for p in r["closest_pairs"] if p["flag"]][:5]
     if flagged:
         typer.echo("closest flagged pairs:")
         _echo_table(["synthetic", "real", "split", "similarity"],
                     [[p["synthetic"], p["real"], p["split"], f"{p['similarity']:.4f}"] for p in flagged])
+    if r["pairs_image"]:
+        typer.echo(f"closest pairs: {synthetic / r['pairs_image']}")
     typer.echo(f"audit: {synthetic / AUDIT}")
     _write_json(json_out, r)
 
@@ -429,6 +442,28 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a genaug bench run dire
 
     try:
         typer.echo(str(write_report(run_dir)))
+    except ConfigError as e:
+        _fail(str(e))
+
+
+@app.command()
+def card(
+    synthetic: Annotated[Path, typer.Argument(help="a genaug augment output folder")],
+    real: Annotated[Optional[Path], typer.Option("--real", help="real images shown beside the synthetic ones and measured against them [the run's source, where it still exists]")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="the HTML file to write [SYNTHETIC/card.html]")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="a CLIP model (hub id or local dir): adds CMMD and the CLIP score")] = None,
+    per_class: Annotated[int, typer.Option(help="real and synthetic thumbnails shown per class")] = 6,
+    no_metrics: Annotated[bool, typer.Option("--no-metrics", help="leave out the synthetic-data metrics (fast)")] = False,
+    feature_size: Annotated[int, typer.Option(help="input size of the MobileNetV2 feature extractor of the metrics")] = 224,
+) -> None:
+    """Write the data card of an output folder: one self-contained HTML page with its configuration and models,
+    real beside synthetic images per class, the metrics, the filter funnel, the weights and the audit."""
+    from .bench.card import write_card
+
+    try:
+        typer.echo(str(write_card(synthetic, real=real, out=out, clip=clip, per_class=per_class,
+                                  metrics=not no_metrics, feature_size=feature_size,
+                                  progress=_progress)))
     except ConfigError as e:
         _fail(str(e))
 
@@ -466,11 +501,51 @@ def weight(
     _write_json(json_out, r)
 
 
+@app.command("filter")
+def filter_cmd(
+    synthetic: Annotated[Path, typer.Argument(help="a genaug augment output folder")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="filter options as key=value (see below), e.g. clip_match=any action=drop classifier.epochs=5")] = None,
+    real: Annotated[Optional[Path], typer.Option("--real", help="the real training images [the folder's own source]")] = None,
+    test: Annotated[Optional[Path], typer.Option("--test", help="test images: synthetic images closer to one than to any training image are removed (leakage)")] = None,
+    val: Annotated[Optional[Path], typer.Option("--val", help="validation images: leakage as for --test; also calibrates the classifier (DIAGen)")] = None,
+    filters: Annotated[Optional[str], typer.Option("--filters", help="comma-separated, in funnel order: blank,duplicate,clip,agreement,cleanlab [blank,duplicate,agreement,cleanlab, and clip with --clip]")] = None,
+    action: Annotated[Optional[Literal["weight", "drop"]], typer.Option(help="weight: set a removed image's weight to 0 (reversible) [default]; drop: delete it (its row goes to filtered.jsonl)")] = None,
+    clip: Annotated[Optional[str], typer.Option("--clip", help="a CLIP model (hub id or local dir) for the clip filter (ALIA's semantic filter) and the audit's features")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of filter options")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the summary as JSON (it is always written to SYNTHETIC/filters.json)")] = None,
+) -> None:
+    """Judge every synthetic image (blank, near-duplicate or leaked, off-class for CLIP, disagreeing with a
+    real-only classifier, a confident-learning label issue); record each decision in the metadata and weight the
+    removed images 0 (or drop them). Training, chained augmentation and weighting leave them out.
+
+    Options (key=value): filters, action, quantile, threshold, duplicate_flags, clip, prompt, negative_prompts,
+    clip_match (label | any), backbone, holdout, classifier (genaug train options), seed, cleanlab_filter_by."""
+    from .scoring.filters import filter_folder
+
+    try:
+        flags = {"filters": None if filters is None else _filter_names(filters), "action": action, "clip": clip}
+        cfg = _layered(config, parse_overrides(overrides or []), flags)
+        r = filter_folder(synthetic, real, test=test, val=val, config=cfg)
+    except ConfigError as e:
+        _fail(str(e))
+    typer.echo(f"{r['n']} images, filters {', '.join(r['filters'])} (action {r['action']}): {r['kept']} kept")
+    _echo_table(["filter", "fails alone", "removed in order", "remaining"],
+                [[f["filter"], str(f["failed"]), str(f["removed"]), str(f["remaining"])] for f in r["funnel"]])
+    if "probe" in r["models"]:
+        typer.echo(f"classifier: {r['models']['probe']['backbone']}, right on "
+                   f"{r['models']['probe']['holdout_accuracy']:.0%} of its held-out real images")
+    for w in r["warnings"]:
+        typer.echo(f"warning: {w}")
+    typer.echo(f"decisions: {synthetic / 'metadata.jsonl'} (filters, filtered); summary: {synthetic / 'filters.json'}")
+    _write_json(json_out, r)
+
+
 @app.command("fit-flow")
 def fit_flow_cmd(
     src: Annotated[Path, typer.Argument(help="training images: ImageFolder, manifest or split file")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="training options as key=value (see README)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="model directory (rerun to resume)")] = ...,
+    unlabeled: Annotated[Optional[Path], typer.Option("--unlabeled", help="an unlabelled pool (any source, its labels ignored, or a folder of images): trains the \"no class\" model beside the labelled images (unlabeled_share of every batch)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of training options")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the result as JSON")] = None,
 ) -> None:
@@ -478,11 +553,13 @@ def fit_flow_cmd(
     from .flow.train import fit_flow
 
     try:
-        r = fit_flow(src, out, _layered(config, parse_overrides(overrides or [])), progress=_progress)
+        r = fit_flow(src, out, _layered(config, parse_overrides(overrides or [])), progress=_progress,
+                     unlabeled=unlabeled)
     except ConfigError as e:
         _fail(str(e))
     rec = r["reconstruction"]
-    typer.echo(f"model: {out}  ({r['n_images']} images, {len(r['classes'])} classes, {r['image_size']} px, "
+    pool = f" + {r['n_unlabeled']} unlabelled" if r["n_unlabeled"] else ""
+    typer.echo(f"model: {out}  ({r['n_images']} images{pool}, {len(r['classes'])} classes, {r['image_size']} px, "
                f"{r['channels']} channel(s), steps {r['steps']}, {r['seconds']:.0f} s)")
     typer.echo(f"inversion + regeneration ({rec['solver']}, {rec['steps']} steps): MSE {rec['mse']:.4f}, "
                f"PSNR {rec['psnr_db']:.1f} dB, latent std {rec['latent_std']:.2f}")

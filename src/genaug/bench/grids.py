@@ -31,5 +31,6 @@ def save_grid(synthetic_dir: Path, out_png: Path, per_row: int = 10, n_variants:
         row += [Image.new("RGB", row[0].size, (255, 255, 255))] * (width - len(row))
         tiles += [pil_to_tensor(im) for im in row]
     grid = make_grid(torch.stack(tiles), nrow=width, padding=2, pad_value=255)
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     save_image(grid.float() / 255, out_png)
     return out_png

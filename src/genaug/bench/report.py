@@ -2,7 +2,6 @@
 (tables, an accuracy-vs-synthetic-proportion plot, real-vs-synthetic image grids, all embedded)."""
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pandas as pd
 from markupsafe import Markup
 
 from ..core.config import ConfigError
+from .pages import IMAGES_LOADED_SCRIPT, img64 as _img64
 
 GROUP = ["arm", "kind", "split", "synthetic_prob"]
 
@@ -22,7 +22,7 @@ def write_results(root: Path, rows: list[dict]) -> Path:
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds per (arm, split, synthetic proportion)."""
-    acc_cols = [c for c in results.columns if c == "test_acc" or c == "val_acc" or c == "test_sic"
+    acc_cols = [c for c in results.columns if c in ("test_acc", "val_acc", "test_sic", "cas_acc", "label_agreement")
                 or (c.startswith("ood_") and c.endswith("_acc"))]
     df = results.copy()
     df["synthetic_prob"] = df["synthetic_prob"].astype("object").where(df["synthetic_prob"].notna(), "pooled")
@@ -45,10 +45,12 @@ def _fmt(mean: float, std: float) -> str:
 
 
 def _table(summary: pd.DataFrame) -> pd.DataFrame:
-    metric_cols = [c for c in summary.columns if (c.endswith("_acc") or c == "test_sic") and f"{c}_std" in summary]
+    metric_cols = [c for c in summary.columns if (c.endswith("_acc") or c in ("test_sic", "label_agreement"))
+                   and f"{c}_std" in summary]
     t = summary[["arm", "split", "synthetic_prob", "seeds"]].copy()
     for c in metric_cols:
-        label = {"test_acc": "test acc %", "val_acc": "val acc %", "test_sic": "test SIC ×100"}.get(
+        label = {"test_acc": "test acc %", "val_acc": "val acc %", "test_sic": "test SIC ×100",
+                 "cas_acc": "CAS acc %", "label_agreement": "label agreement %"}.get(
             c, c.removeprefix("ood_").removesuffix("_acc") + " (OOD) acc %")
         t[label] = [_fmt(m, s) for m, s in zip(summary[c], summary[f"{c}_std"])]
     if "budget" in summary:
@@ -80,6 +82,37 @@ def _proportion_plot(summary: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
+def learning_curves(results: pd.DataFrame, path: Path) -> Path | None:
+    """Validation accuracy against training step, mean over seeds, one line per arm (and split): where each
+    arm's selected epoch sits, and whether real-only training had converged and begun to overfit."""
+    curves = []
+    for row in results.itertuples():
+        log = Path(str(getattr(row, "run_dir", ""))) / "results.csv"
+        if not log.is_file():
+            continue
+        h = pd.read_csv(log)
+        if "val_acc" in h and h["val_acc"].notna().any():
+            curves.append(h[["step", "val_acc"]].assign(arm=row.arm, split=row.split))
+    if not curves:
+        return None
+    from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
+
+    df = pd.concat(curves)
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    many_splits = df["split"].nunique() > 1
+    for (arm, split), g in df.groupby(["arm", "split"], sort=False):
+        m = g.groupby("step")["val_acc"].agg(["mean", "std"]).reset_index()
+        line, = ax.plot(m["step"], 100 * m["mean"], marker=".", label=f"{arm} ({split})" if many_splits else arm)
+        ax.fill_between(m["step"], 100 * (m["mean"] - m["std"].fillna(0)), 100 * (m["mean"] + m["std"].fillna(0)),
+                        color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="training step", ylabel="validation accuracy (%)", title="learning curves (mean ± std over seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def _grids(root: Path) -> dict[str, Path]:
     from .grids import save_grid
 
@@ -91,10 +124,6 @@ def _grids(root: Path) -> dict[str, Path]:
             (root / "grids").mkdir(exist_ok=True)
             grids[arm_dir.name] = save_grid(first.parent, root / "grids" / f"{arm_dir.name}.png")
     return grids
-
-
-def _img64(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
 _HTML = """<!doctype html>
@@ -110,22 +139,19 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}
 <p>{{ intro }}</p>
 <h2>Accuracy (mean ± std over seeds)</h2>
 {{ table }}
+{% if curves %}<h2>Learning curves</h2><p>Validation accuracy against training step; each run keeps its best validation epoch.</p><img alt="learning curves" src="{{ curves }}">{% endif %}
 {% if plot %}<h2>Accuracy vs synthetic proportion</h2><img alt="accuracy vs synthetic proportion" src="{{ plot }}">{% endif %}
 {% if grids %}<h2>Real vs synthetic</h2><p>Each row: a real image, then its first synthetic variants.</p>
 {% for name, src in grids %}<figure><img alt="grid {{ name }}" src="{{ src }}"><figcaption>{{ name }}</figcaption></figure>{% endfor %}{% endif %}
 <h2>Configuration</h2><pre>{{ config }}</pre>
-<script>
-window.addEventListener("load", () => {
-  const ok = [...document.images].filter(i => i.complete && i.naturalWidth > 0).length;
-  document.documentElement.dataset.imagesLoaded = ok;
-});
-</script>
+{{ images_loaded }}
 </body></html>
 """
 
 
-def write_report(root: str | Path) -> Path:
-    """(Re-)render report.md and report.html from RUN_DIR/results.csv."""
+def write_report(root: str | Path, grids: dict[str, Path] | None = None) -> Path:
+    """(Re-)render report.md and report.html from RUN_DIR/results.csv; `grids` (name -> PNG) replaces the
+    real-vs-synthetic grids found under RUN_DIR/synthetic/."""
     import jinja2
 
     root = Path(root)
@@ -136,13 +162,16 @@ def write_report(root: str | Path) -> Path:
     summary.to_csv(root / "summary.csv", index=False)
     table = _table(summary)
     plot = _proportion_plot(summary, root / "accuracy_vs_proportion.png")
-    grids = _grids(root)
+    curves = learning_curves(results, root / "learning_curves.png")
+    grids = grids if grids is not None else _grids(root)
     config = (root / "config.yaml").read_text() if (root / "config.yaml").exists() else ""
     intro = (f"{len(results)} training runs: {results['arm'].nunique()} arms × {results['split'].nunique()} "
              f"split(s) × {results['seed'].nunique()} seed(s). Every arm trains the same classifier on the same "
              "split and seed; generators get the same number of synthetic images per real image.")
     md = ["# genaug bench report", "", intro, "", "## Accuracy (mean ± std over seeds)", "",
           table.to_markdown(index=False), ""]
+    if curves:
+        md += ["## Learning curves", "", f"![learning curves]({curves.name})", ""]
     if plot:
         md += ["## Accuracy vs synthetic proportion", "", f"![accuracy vs synthetic proportion]({plot.name})", ""]
     if grids:
@@ -151,7 +180,9 @@ def write_report(root: str | Path) -> Path:
     (root / "report.md").write_text("\n".join(md), encoding="utf-8")
     html = jinja2.Template(_HTML, autoescape=True).render(
         intro=intro, table=Markup(table.to_html(index=False, border=0)),
-        plot=_img64(plot) if plot else None, grids=[(n, _img64(p)) for n, p in grids.items()], config=config)
+        plot=_img64(plot) if plot else None, curves=_img64(curves) if curves else None,
+        grids=[(n, _img64(p)) for n, p in grids.items()], config=config,
+        images_loaded=Markup(IMAGES_LOADED_SCRIPT))
     (root / "report.html").write_text(html, encoding="utf-8")
     return root / "report.html"
 

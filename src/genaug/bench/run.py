@@ -3,7 +3,11 @@
 Every arm trains the same classifier with the same options on the same split and seed; only the data
 differs. Each generator writes its own paper's M synthetic images per real image (the method's `default_n`),
 unless `budget: N` gives every generator the same N (a budget-matched comparison); the budget each arm used
-is in results.csv, and its generation time next to accuracy. Training draws synthetic images as
+is in results.csv, and its generation time next to accuracy. Two more columns judge each generator's images
+on their own: `label_agreement`, the share a real-only classifier (the same split and seed's `real` arm)
+assigns to their label, and `cas_acc`, the classification accuracy score (Ravuri & Vinyals 2019): a
+classifier trained on the synthetic images alone, same options, tested on the real test set (`cas: false`
+skips its extra training). Training draws synthetic images as
 `train.synthetic_prob` says (0.5 of every batch by default, DA-Fusion's and DIAGen's share). Generations and trained runs are cached under the run directory, so a rerun
 (or a larger grid) only does what is missing.
 
@@ -11,7 +15,7 @@ is in results.csv, and its generation time next to accuracy. Training draws synt
     RUN_DIR/data/                           built-in datasets exported as files (when used)
     RUN_DIR/splits/<split>/seed-S/train.csv the split files
     RUN_DIR/synthetic/<arm>/<split>/seed-S/ genaug augment outputs (+ generation.json)
-    RUN_DIR/runs/<arm>/<split>/seed-S[/p-P] genaug train run directories
+    RUN_DIR/runs/<arm>/<split>/seed-S[/p-P] genaug train run directories (<arm>-cas: synthetic only)
     RUN_DIR/results.csv                     one row per trained run
     RUN_DIR/report.md, report.html          tables, plots, image grids
 """
@@ -31,7 +35,8 @@ from ..data.splits import make_splits, split_name
 from ..pipeline import augment
 from ..core.log import get_logger
 from ..methods import get_method_class
-from ..train import TrainConfig, train
+from ..core.devices import resolve_device
+from ..train import TrainConfig, evaluate, load_run, load_synthetic, train
 from ..train.transforms import BATCH_TRANSFORMS
 
 log = get_logger(__name__)
@@ -70,6 +75,7 @@ class BenchConfig:
     budget: int | None = Field(None, ge=1)  # synthetic images per real image for every generator; None: each its M
     synthetic_probs: list[float] = Field(default_factory=list)  # a sweep of train.synthetic_prob for generators
     train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig options, shared by every arm
+    cas: bool = True  # also train each generator's classifier on its synthetic images alone (the CAS column)
 
 
 def _resolve_data(spec: DataSpec, root: Path) -> tuple[str, str | None]:
@@ -120,6 +126,27 @@ def _generate(arm: ArmSpec, split_file: Path, out: Path, budget: int, seed: int)
     return out, summary.seconds
 
 
+def label_agreement(real_run: Path, synthetic: Path) -> float:
+    """The share of `synthetic`'s images (as training draws them: weight > 0, not filtered) that the real-only
+    classifier of the finished run `real_run` assigns to their label."""
+    device = resolve_device("auto")
+    model, meta = load_run(real_run, device)
+    images = load_synthetic(synthetic, meta["image_size"])
+    return evaluate(model, images, meta["classes"], meta["mean"], meta["std"], device)["accuracy"]
+
+
+def generator_scores(real_run: Path, synthetic: Path, cas_dir: Path | None, real_source, val, test, tcfg: dict,
+                     progress=None) -> dict[str, float | None]:
+    """`label_agreement` and (with `cas_dir`) `cas_acc` of one generator's images: the columns a generator gets
+    beside the accuracy its images buy."""
+    out: dict[str, float | None] = {"label_agreement": label_agreement(real_run, synthetic), "cas_acc": None}
+    if cas_dir is not None:
+        cas = train_cached(cas_dir, synthetic, [], val, test, {}, tcfg,
+                           row={"arm": "cas", "source": str(real_source)}, progress=progress)
+        out["cas_acc"] = cas["test_acc"] if cas["test_acc"] is not None else cas["val_acc"]
+    return out
+
+
 def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: bool | None = None) -> list[dict]:
     cfg = config if isinstance(config, BenchConfig) else build_config(BenchConfig, config, where="bench")
     base_train = build_config(TrainConfig, cfg.train, where="bench train")
@@ -160,11 +187,16 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
                         run_dir = run_dir / f"p-{p:g}"
                     tcfg_p = {**tcfg, "synthetic_prob": p if kind == "generator" else tcfg["synthetic_prob"]}
                     share = tcfg_p["synthetic_prob"] if kind == "generator" else None
-                    rows.append(train_cached(run_dir, sdir / "train.csv", synthetic, val, test, cfg.data.ood, tcfg_p,
-                                              row={"arm": name, "method": arm.method, "kind": kind, "split": split,
-                                                   "seed": seed, "synthetic_prob": None if share == "pool" else share,
-                                                   "budget": budget,
-                                                   "generation_seconds": gen_seconds}, progress=progress))
+                    row = train_cached(run_dir, sdir / "train.csv", synthetic, val, test, cfg.data.ood, tcfg_p,
+                                       row={"arm": name, "method": arm.method, "kind": kind, "split": split,
+                                            "seed": seed, "synthetic_prob": None if share == "pool" else share,
+                                            "budget": budget, "generation_seconds": gen_seconds}, progress=progress)
+                    if kind == "generator":
+                        cas_dir = root / "runs" / f"{name}-cas" / split / f"seed-{seed}" if cfg.cas else None
+                        row = {**row, **generator_scores(root / "runs" / REAL / split / f"seed-{seed}", synthetic[0],
+                                                         cas_dir, sdir / "train.csv", val, test, tcfg,
+                                                         progress=progress)}
+                    rows.append(row)
     from .report import write_report, write_results
 
     write_results(root, rows)

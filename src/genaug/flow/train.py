@@ -1,5 +1,11 @@
 """`genaug fit-flow`: train the class-conditional flow-matching generator on the user's images.
 
+An unlabelled pool (`unlabeled=`) can teach it more than the labelled images hold — the papers' premise,
+a generator that has seen more than the labelled set: pool images always carry the "no class" token, so
+they train the unconditional model that classifier-free guidance and inversion lean on, while the labelled
+images (with `label_dropout`) train the classes. `unlabeled_share` of every batch comes from the pool. The
+pool's own labels, if it has any, are never read.
+
 Resumable: a checkpoint (weights, EMA, optimiser, RNG, step) is written atomically every
 `checkpoint_every` steps; rerunning the same command continues from it, and a larger `steps` trains on.
 """
@@ -42,7 +48,10 @@ class FlowTrainConfig:
     ema_decay: float = Field(0.995, ge=0, lt=1)
     label_dropout: float = Field(0.1, ge=0, le=1)  # share of "no class" labels: enables classifier-free guidance
     time_sampling: Literal["uniform", "logit_normal"] = "logit_normal"
-    hflip: bool = True  # random horizontal flips of the training images
+    # random horizontal flips of the training images: right for most photos, wrong where a mirrored image is
+    # another thing (digits, letters, text, left/right anatomy) — hence off unless asked for
+    hflip: bool = False
+    unlabeled_share: float = Field(0.5, ge=0, le=1)  # share of every batch from the unlabelled pool, if one is given
     sigma_min: float = Field(0.0, ge=0, lt=1)
     checkpoint_every: int = Field(100, ge=1)
     seed: int = 0
@@ -60,8 +69,31 @@ def _sample_t(n: int, how: str, g: torch.Generator) -> torch.Tensor:
     return torch.sigmoid(torch.randn(n, generator=g))  # logit-normal(0, 1): more weight mid-path (SD3's choice)
 
 
+def load_pool(src: str | Path, size: int) -> torch.Tensor:
+    """The unlabelled pool's images, uint8 `(N, 3, S, S)`: any genaug source (its labels are dropped here and
+    never reach training), or a folder of image files in any layout."""
+    from ..data.images import is_image_name
+    from ..data.imageset import load_files
+
+    src = Path(src)
+    if not src.exists():
+        raise ConfigError(f"unlabeled pool not found: {src}")
+    try:
+        pool = load_real(src, size, "unlabeled pool")
+    except ConfigError:
+        if not src.is_dir():
+            raise
+        files = sorted(str(p) for p in src.rglob("*") if p.is_file() and is_image_name(p.name)
+                       and not any(part.startswith(".") for part in p.relative_to(src).parts))
+        pool = load_files(files, size)
+    if not len(pool):
+        raise ConfigError(f"unlabeled pool {src} holds no usable images")
+    return pool.images
+
+
 def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = None,
-             progress: bool | None = None) -> dict[str, Any]:
+             progress: bool | None = None, unlabeled: str | Path | None = None) -> dict[str, Any]:
+    """Train (or resume) the generator on the labelled images `src`, and the unlabelled pool `unlabeled`."""
     cfg = build_config(FlowTrainConfig, config or {}, where="fit-flow")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,10 +110,17 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
     data = load_real(src, size, "fit-flow")
     classes = sorted(set(data.labels))
     images = data.images
-    grey = bool((images[:, 0] == images[:, 1]).all() and (images[:, 1] == images[:, 2]).all())
+    pool = load_pool(unlabeled, size) if unlabeled is not None else None
+
+    def is_grey(x: torch.Tensor) -> bool:
+        return bool((x[:, 0] == x[:, 1]).all() and (x[:, 1] == x[:, 2]).all())
+
+    grey = is_grey(images) and (pool is None or is_grey(pool))
     channels = (1 if grey else 3) if cfg.channels == "auto" else cfg.channels
     x_all = images[:, :channels].float() / 127.5 - 1
     y_all = data.targets(classes)
+    x_pool = pool[:, :channels].float() / 127.5 - 1 if pool is not None else None
+    n_pool = 0 if pool is None else round(cfg.unlabeled_share * cfg.batch_size)
     spec = FlowSpec(classes=classes, image_size=size, channels=channels, sigma_min=cfg.sigma_min)
 
     torch.manual_seed(cfg.seed)
@@ -93,14 +132,17 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
     g = torch.Generator().manual_seed(cfg.seed)
     resolved = {"source": str(Path(src).resolve()), "n_images": len(data), "classes": classes, "image_size": size,
-                "channels": channels, "train": to_dict(cfg)}
+                "channels": channels, "train": to_dict(cfg),
+                "unlabeled": str(Path(unlabeled).resolve()) if unlabeled is not None else None,
+                "n_unlabeled": 0 if pool is None else len(pool)}
     step = 0
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         same = {k: v for k, v in ckpt["config"]["train"].items() if k != "steps"} == \
             {k: v for k, v in resolved["train"].items() if k != "steps"}
-        if not same or ckpt["config"]["classes"] != classes or ckpt["config"]["n_images"] != len(data):
+        if (not same or ckpt["config"]["classes"] != classes or ckpt["config"]["n_images"] != len(data)
+                or ckpt["config"].get("n_unlabeled", 0) != resolved["n_unlabeled"]):
             raise ConfigError(f"{out} holds a checkpoint of another training run (other data or options); "
                               "use another --out")
         model.unet.load_state_dict(ckpt["unet"])
@@ -123,13 +165,16 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
         model.train()
         window, t0 = [], time.perf_counter() - (float(ckpt["seconds"]) if step else 0.0)
         while step < cfg.steps:
-            idx = torch.randint(len(x_all), (cfg.batch_size,), generator=g)
+            idx = torch.randint(len(x_all), (cfg.batch_size - n_pool,), generator=g)
             x1, y = x_all[idx].clone(), y_all[idx].clone()
-            if cfg.hflip:
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                x1[flip] = x1[flip].flip(-1)
             y[torch.rand(len(idx), generator=g) < cfg.label_dropout] = len(classes)  # the "no class" token
-            t = _sample_t(len(idx), cfg.time_sampling, g)
+            if n_pool:  # pool images: always the "no class" token
+                x1 = torch.cat([x1, x_pool[torch.randint(len(x_pool), (n_pool,), generator=g)]])
+                y = torch.cat([y, torch.full((n_pool,), len(classes), dtype=y.dtype)])
+            if cfg.hflip:
+                flip = torch.rand(len(x1), generator=g) < 0.5
+                x1[flip] = x1[flip].flip(-1)
+            t = _sample_t(len(x1), cfg.time_sampling, g)
             eps = torch.randn(x1.shape, generator=g)
             loss = model.loss(x1.to(device), y.to(device), t.to(device), eps.to(device)).mean()
             opt.zero_grad(set_to_none=True)
@@ -150,13 +195,16 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
                               "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": g.get_state(),
                               "config": resolved, "seconds": time.perf_counter() - t0}, ckpt_path)
         bar.close()
+        train_seconds = time.perf_counter() - t0
 
     ema.copy_to(model.unet.parameters())  # the averaged weights are the ones we ship
     model.eval()
     model.save_pretrained(out)
     recon = reconstruction_error(model, x_all[:64].to(device), y_all[:64].to(device))
     result = {"model_dir": str(out), "steps": step, "image_size": size, "channels": channels, "classes": classes,
-              "n_images": len(data), "seconds": round(time.perf_counter() - t_start, 1),
+              "n_images": len(data), "unlabeled": resolved["unlabeled"], "n_unlabeled": resolved["n_unlabeled"],
+              # the whole training's seconds, resumed runs included; `call_seconds`: this call's (loading too)
+              "seconds": round(train_seconds, 1), "call_seconds": round(time.perf_counter() - t_start, 1),
               "reconstruction": recon}
     (out / "fit_result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     return result

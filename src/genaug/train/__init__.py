@@ -1,7 +1,7 @@
 from ..data.imageset import ImageSet, load_any, load_real, load_synthetic
 from .dataset import AugmentedDataset, SyntheticShareSampler
 from .models import create_classifier
-from .trainer import TrainConfig, evaluate, train
+from .trainer import TrainConfig, evaluate, load_run, train
 
 __all__ = ["AugmentedDataset", "ImageSet", "SyntheticShareSampler", "TrainConfig", "create_classifier", "evaluate",
-           "load_any", "load_real", "load_synthetic", "train"]
+           "load_any", "load_real", "load_run", "load_synthetic", "train"]

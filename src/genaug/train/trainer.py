@@ -111,6 +111,25 @@ def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, bat
             "confusion": cm.tolist()}
 
 
+def load_run(run_dir: str | Path, device="cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A finished `genaug train` run's selected model (best.safetensors) and what using it needs: `classes`,
+    `image_size`, `mean`, `std` (from the checkpoint's metadata)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_model
+
+    run_dir = Path(run_dir)
+    ckpt, cfg_file = run_dir / "best.safetensors", run_dir / "config.yaml"
+    if not ckpt.is_file() or not cfg_file.is_file():
+        raise ConfigError(f"{run_dir} is not a finished genaug train run (no best.safetensors / config.yaml)")
+    with safe_open(str(ckpt), "pt") as f:
+        meta = {k: json.loads(v) for k, v in f.metadata().items()}
+    opts = yaml.safe_load(cfg_file.read_text())["train"]
+    model, _, _ = create_classifier(meta["model"], len(meta["classes"]), None,
+                                    linear_probe=opts.get("mode") == "linear", **opts.get("model_options", {}))
+    load_model(model, str(ckpt), device=str(device))
+    return model.to(device).eval(), meta
+
+
 def _plots(out: Path, history: list[dict], confusion: list[list[int]] | None, classes: list[str]) -> None:
     from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
     from sklearn.metrics import ConfusionMatrixDisplay
