@@ -91,12 +91,18 @@ def folder_locked(root: str | Path) -> Iterator[None]:
         unlock_folder(Path(root), lock)
 
 
-def _holder(root: Path) -> str:
-    try:
-        info = json.loads((root / RUN_INFO).read_text(encoding="utf-8"))
-        return f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "it has only just started"  # the lock is taken before its details are written
+def _holder(root: Path, wait: float = 2.0) -> str:
+    """Who holds the lock. Its details are written just after it takes the lock: a run refused in between
+    waits up to `wait` seconds for them, so the message names the holder."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = json.loads((root / RUN_INFO).read_text(encoding="utf-8"))
+            return f"pid {info['pid']} on {info['host']}, started {info['started']}: {info['command']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            if time.monotonic() >= deadline:
+                return "it has only just started"
+            time.sleep(0.05)
 
 
 class OutputDir:
