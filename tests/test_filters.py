@@ -171,3 +171,21 @@ def test_filter_stage_of_augment_and_the_cli(base, tmp_path):
     assert "unknown option" in cli("augment", base["gen"], "--method", "flipcrop", "--out", tmp_path / "p",
                                    "filter.nosuch=1", expect=2).output
     assert not (tmp_path / "p" / "metadata.jsonl").exists()  # bad filter options fail before generating
+
+
+def test_the_duplicate_filter_reuses_a_matching_audit(filtered, base):
+    syn, spoiled, summary = filtered
+    assert summary["models"]["duplicate"]["audit_reused"] is False  # the first run audited
+    again = base["root"] / "reuse"
+    shutil.copytree(syn, again)  # copy2 keeps the times: the audit still describes these very images
+    audit_file = again / "audit.json"
+    before = audit_file.stat().st_mtime_ns
+    r = filter_folder(again, base["train"], config={"filters": ["duplicate"]})
+    assert r["models"]["duplicate"]["audit_reused"] is True and audit_file.stat().st_mtime_ns == before
+    assert {x["file_name"] for x in read_rows(again) if x["filtered"]} >= {spoiled["near_copy"], spoiled["duplicate"]}
+    # another threshold, or an image changed since, and the audit runs again
+    r = filter_folder(again, base["train"], config={"filters": ["duplicate"], "quantile": 0.95})
+    assert r["models"]["duplicate"]["audit_reused"] is False
+    Path(again / spoiled["blank"]).touch()
+    r = filter_folder(again, base["train"], config={"filters": ["duplicate"], "quantile": 0.95})
+    assert r["models"]["duplicate"]["audit_reused"] is False

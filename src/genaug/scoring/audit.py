@@ -39,6 +39,7 @@ from ..data.sources import Source
 from .metrics import default_extractor, extract
 
 AUDIT = "audit.json"
+DEFAULT_FEATURES = "mobilenet_v2-imagenet@224px"  # the name of the default feature space (features.ImageFeatures)
 PAIRS_IMAGE = "audit_pairs.png"
 # Similarities this close to 1 are the same image (float round-off of a cosine of a vector with itself).
 DUPLICATE_SIM = 1 - 1e-5

@@ -7,7 +7,8 @@ image failed (empty: kept). The filters, in the order the funnel applies them:
 - `blank`: one-colour images (genaug.engine.core.blank: a safety checker's black image, an fp16 overflow),
   unless the source image is itself one colour. genaug's engine already rejects these while generating; the
   filter catches them in folders written otherwise.
-- `duplicate`: the audit (scoring.audit, calibrated threshold): near-copies of a training image (memorisation),
+- `duplicate`: the audit (scoring.audit, calibrated threshold; the folder's audit.json is reused when it
+  judged exactly these images the same way): near-copies of a training image (memorisation),
   images closer to a test / validation image than to any training image (leakage), and near-duplicates of an
   earlier synthetic image. Which of the audit's flags count is `duplicate_flags`.
 - `clip`: CLIP semantic agreement (ALIA, lisadunlap/ALIA `filtering/filter.py`): each image against the class
@@ -104,10 +105,39 @@ def _blank(synthetic: Path, rows: list[dict]) -> list[dict]:
     return out
 
 
+def _reusable_audit(synthetic: Path, rows: list[dict], real, test, val, cfg: FilterConfig, clip) -> dict | None:
+    """The folder's audit.json when it judged exactly these images, against the same real sets, in the same
+    feature space and at the same threshold, and no image changed since; else None."""
+    from .audit import AUDIT, DEFAULT_FEATURES
+
+    path = synthetic / AUDIT
+    if not path.is_file():
+        return None
+    try:
+        a = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    want = {"train": str(real), **{k: str(v) for k, v in (("test", test), ("val", val)) if v}}
+    thr = a.get("threshold") or {}
+    same_threshold = (thr.get("method") == "fixed" and thr.get("value") == cfg.threshold if cfg.threshold is not None
+                      else thr.get("method") == "quantile" and thr.get("quantile") == cfg.quantile)
+    same_space = ((a.get("clip") or {}).get("model") == clip.id if clip is not None
+                  else "clip" not in a and a.get("features") == DEFAULT_FEATURES)
+    names = [r["file_name"] for r in rows]
+    if not (a.get("real") == want and same_threshold and same_space
+            and sorted(im["file_name"] for im in a.get("images", [])) == sorted(names)):
+        return None
+    newest = max((synthetic / n).stat().st_mtime_ns for n in names)
+    return a if newest <= path.stat().st_mtime_ns else None
+
+
 def _duplicate(synthetic: Path, rows: list[dict], real, test, val, cfg: FilterConfig, clip) -> tuple[list, dict]:
     from .audit import audit
 
-    r = audit(synthetic, real, test=test, val=val, clip=clip, quantile=cfg.quantile, threshold=cfg.threshold)
+    r = _reusable_audit(synthetic, rows, real, test, val, cfg, clip)
+    reused = r is not None
+    if r is None:
+        r = audit(synthetic, real, test=test, val=val, clip=clip, quantile=cfg.quantile, threshold=cfg.threshold)
     by_name = {rec["file_name"]: rec for rec in r["images"]}
     out = []
     for row in rows:
@@ -120,7 +150,8 @@ def _duplicate(synthetic: Path, rows: list[dict], real, test, val, cfg: FilterCo
         if "leak" in flags:
             d["nearest_heldout"] = rec.get("nearest_heldout")
         out.append(d)
-    return out, {"threshold": r["threshold"], "features": r["features"], "audit": "audit.json"}
+    return out, {"threshold": r["threshold"], "features": r["features"], "audit": "audit.json",
+                 "audit_reused": reused}
 
 
 def _classes(rows: list[dict], real) -> list[str]:
