@@ -118,8 +118,8 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool | None = None,
         if r["kind"] == "generator" and "+" not in r["method"]:
             cas_dir = (out / "runs" / "cas" / f"{r['method']}-seed-{r['seed']}"
                        if r["arm"] in ("classical", "semantic_flow") else None)
-            rows[i] = {**r, **generator_scores(real_runs[r["seed"]], synthetic[r["method"]], cas_dir, real, val,
-                                               test, {**cfg["train"], "seed": r["seed"]}, progress=progress)}
+            rows[i] = {**r, **generator_scores(real_runs[r["seed"]], synthetic[r["method"]], cas_dir, val, test,
+                                               {**cfg["train"], "seed": r["seed"]}, progress=progress)}
     timings["classifiers"] = time.perf_counter() - t
 
     write_results(out, rows)

@@ -91,6 +91,11 @@ def load_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 
+def image_features_name(size: int) -> str:
+    """The feature-space name of `ImageFeatures(size=size)`, as results record it."""
+    return f"mobilenet_v2-imagenet@{size}px"
+
+
 class ImageFeatures(nn.Module):
     """Pooled penultimate features of a real ImageNet network, for synthetic-data metrics.
 
@@ -101,7 +106,7 @@ class ImageFeatures(nn.Module):
     def __init__(self, weights: str | None = "imagenet", size: int = 224):
         super().__init__()
         self.size = size
-        self.name = f"mobilenet_v2-imagenet@{size}px"
+        self.name = image_features_name(size)
         import torchvision
 
         net = torchvision.models.mobilenet_v2(weights=None)

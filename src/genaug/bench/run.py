@@ -135,14 +135,14 @@ def label_agreement(real_run: Path, synthetic: Path) -> float:
     return evaluate(model, images, meta["classes"], meta["mean"], meta["std"], device)["accuracy"]
 
 
-def generator_scores(real_run: Path, synthetic: Path, cas_dir: Path | None, real_source, val, test, tcfg: dict,
+def generator_scores(real_run: Path, synthetic: Path, cas_dir: Path | None, val, test, tcfg: dict,
                      progress=None) -> dict[str, float | None]:
     """`label_agreement` and (with `cas_dir`) `cas_acc` of one generator's images: the columns a generator gets
     beside the accuracy its images buy."""
     out: dict[str, float | None] = {"label_agreement": label_agreement(real_run, synthetic), "cas_acc": None}
     if cas_dir is not None:
         cas = train_cached(cas_dir, synthetic, [], val, test, {}, tcfg,
-                           row={"arm": "cas", "source": str(real_source)}, progress=progress)
+                           row={"arm": "cas"}, progress=progress)
         out["cas_acc"] = cas["test_acc"] if cas["test_acc"] is not None else cas["val_acc"]
     return out
 
@@ -172,13 +172,17 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
                 kind = _kind(arm.method)
                 name = _arm_name(arm)
                 tcfg = {**to_dict(base_train), "seed": seed}
-                synthetic, gen_seconds, probs, budget = [], 0.0, [None], 0
+                synthetic, gen_seconds, probs, budget, scores = [], 0.0, [None], 0, {}
                 if kind == "generator":
                     budget = arm_budget(arm, cfg.budget)
                     syn, gen_seconds = _generate(arm, sdir / "train.csv", root / "synthetic" / name / split
                                                  / f"seed-{seed}", budget, seed)
                     synthetic = [syn]
                     probs = cfg.synthetic_probs or [base_train.synthetic_prob]
+                    # judged once per generation, whatever the synthetic proportions it is trained at
+                    cas_dir = root / "runs" / f"{name}-cas" / split / f"seed-{seed}" if cfg.cas else None
+                    scores = generator_scores(root / "runs" / REAL / split / f"seed-{seed}", syn, cas_dir, val, test,
+                                              tcfg, progress=progress)
                 elif kind == "batch":
                     tcfg.update(augment=arm.method, augment_options=arm.options)
                 for p in probs:
@@ -191,12 +195,7 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
                                        row={"arm": name, "method": arm.method, "kind": kind, "split": split,
                                             "seed": seed, "synthetic_prob": None if share == "pool" else share,
                                             "budget": budget, "generation_seconds": gen_seconds}, progress=progress)
-                    if kind == "generator":
-                        cas_dir = root / "runs" / f"{name}-cas" / split / f"seed-{seed}" if cfg.cas else None
-                        row = {**row, **generator_scores(root / "runs" / REAL / split / f"seed-{seed}", synthetic[0],
-                                                         cas_dir, sdir / "train.csv", val, test, tcfg,
-                                                         progress=progress)}
-                    rows.append(row)
+                    rows.append({**row, **scores})
     from .report import write_report, write_results
 
     write_results(root, rows)

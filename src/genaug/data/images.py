@@ -52,6 +52,11 @@ class InputConfig:
         return v
 
 
+# How images genaug wrote, or files a record names, are read back: any size is accepted (the checks above are
+# for the user's sources). Never mutated.
+ANY_SIZE = InputConfig(min_side=1, max_aspect=1e9)
+
+
 def background_rgb(colour: str | list[int]) -> tuple[int, int, int]:
     if isinstance(colour, str):
         try:

@@ -14,7 +14,7 @@ from torchvision.transforms.v2 import functional as TF
 from tqdm.auto import tqdm
 
 from ..core.config import ConfigError
-from .images import InputConfig, Rejected, load_image
+from .images import ANY_SIZE, InputConfig, Rejected, load_image
 from .sources import Source
 from .metadata import is_output_dir, read_rows
 from ..core.log import bar_disabled, get_logger
@@ -76,11 +76,10 @@ def load_real(src: str | Path, size: int, desc: str = "real", input_cfg: InputCo
 def load_files(paths: list[str], size: int) -> ImageSet:
     """Image files outside any dataset (e.g. the sources a synthetic folder names) as an ImageSet, label "?";
     unreadable ones are left out (the set's `ids` are the paths that loaded)."""
-    cfg = InputConfig(min_side=1, max_aspect=1e9)
     loaded, tensors = [], []
     for p in paths:
         try:
-            tensors.append(_to_tensor(load_image(p, cfg)[0], size))
+            tensors.append(_to_tensor(load_image(p, ANY_SIZE)[0], size))
         except Rejected:
             continue
         loaded.append(p)
@@ -94,7 +93,6 @@ def load_synthetic(out_dir: str | Path, size: int, keep_zero_weight: bool = Fals
     (so adding them to a run changes nothing at all), unless `keep_zero_weight` (re-scoring every image).
     """
     out_dir = Path(out_dir)
-    cfg = InputConfig(min_side=1, max_aspect=1e9)
     images, labels, weights, ids = [], [], [], []
     rows = read_rows(out_dir)
     for r in tqdm(rows, desc=f"load {out_dir.name}", unit="img", disable=bar_disabled(), leave=False):
@@ -103,7 +101,7 @@ def load_synthetic(out_dir: str | Path, size: int, keep_zero_weight: bool = Fals
             raise ConfigError(f"{out_dir / r['file_name']}: weight must be a finite number >= 0, got {w}")
         if (w == 0 or r.get("filtered")) and not keep_zero_weight:
             continue
-        image, _ = load_image(out_dir / r["file_name"], cfg)
+        image, _ = load_image(out_dir / r["file_name"], ANY_SIZE)
         images.append(_to_tensor(image, size))
         labels.append(r["label"])
         weights.append(w)

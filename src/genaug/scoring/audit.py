@@ -33,13 +33,15 @@ from torch import nn
 from ..core.config import ConfigError
 from ..core.files import atomic_path, atomic_write
 from ..data.imageset import ImageSet, load_files, load_real, load_synthetic
-from ..data.images import InputConfig, Rejected, load_image
+from ..data.images import ANY_SIZE, Rejected, load_image
 from ..data.metadata import CONFIG, METADATA, is_output_dir, json_default, read_rows
 from ..data.sources import Source
+from ..features import image_features_name
 from .metrics import default_extractor, extract
 
 AUDIT = "audit.json"
-DEFAULT_FEATURES = "mobilenet_v2-imagenet@224px"  # the name of the default feature space (features.ImageFeatures)
+FEATURE_SIZE = 224  # input size of the default feature extractor (the ImageNet MobileNetV2)
+DEFAULT_FEATURES = image_features_name(FEATURE_SIZE)
 PAIRS_IMAGE = "audit_pairs.png"
 # Similarities this close to 1 are the same image (float round-off of a cosine of a vector with itself).
 DUPLICATE_SIM = 1 - 1e-5
@@ -112,7 +114,7 @@ def _check_folder(path: Path, what: str) -> None:
 
 def audit(synthetic: str | Path, real: str | Path, test: str | Path | None = None, val: str | Path | None = None,
           extractor: nn.Module | None = None, clip=None, quantile: float = 0.99, threshold: float | None = None,
-          top_k: int = 20, feature_size: int = 224, image_size: int | None = None,
+          top_k: int = 20, feature_size: int = FEATURE_SIZE, image_size: int | None = None,
           write: bool = True) -> dict[str, Any]:
     """Audit the genaug output folder `synthetic` against its real training images `real` (and the held-out
     `test` / `val` images): per-image memorisation and leakage flags, per-class counts, the `top_k` closest
@@ -203,8 +205,7 @@ def audit(synthetic: str | Path, real: str | Path, test: str | Path | None = Non
     top = pairs[:top_k]
 
     result = {
-        "synthetic": str(synthetic), "real": {"train": str(real), **{k: str(v) for k, v in
-                                                                    (("test", test), ("val", val)) if v}},
+        "synthetic": str(synthetic), "real": real_sets(real, test, val),
         "n_synthetic": len(syn_set), "n_train": len(train_set), **{f"n_{k}": len(s) for k, s in held.items()},
         "features": getattr(extractor, "name", type(extractor).__name__), "image_size": image_size,
         "similarity": "cosine of L2-normalised features", "threshold": calib,
@@ -231,6 +232,11 @@ def audit(synthetic: str | Path, real: str | Path, test: str | Path | None = Non
             (synthetic / PAIRS_IMAGE).unlink(missing_ok=True)  # an earlier audit's pairs are not this one's
         atomic_write(synthetic / AUDIT, json.dumps(result, indent=2, default=json_default))
     return result
+
+
+def real_sets(real, test=None, val=None) -> dict[str, str]:
+    """The real sets an audit judged against, as audit.json records them (`real`)."""
+    return {"train": str(real), **{k: str(v) for k, v in (("test", test), ("val", val)) if v}}
 
 
 def _file_paths(src: str | Path) -> dict[str, str]:
@@ -299,7 +305,7 @@ def _fit(im: Image.Image) -> Image.Image:
 
 def _thumb(path: str | Path) -> Image.Image | None:
     try:
-        return _fit(load_image(path, InputConfig(min_side=1, max_aspect=1e9))[0])
+        return _fit(load_image(path, ANY_SIZE)[0])
     except Rejected:
         return None
 

@@ -37,7 +37,7 @@ from pydantic import Field
 
 from ..core.config import ConfigError, build_config, config_dataclass, load_yaml, to_dict
 from ..core.files import atomic_write
-from ..data.images import InputConfig, Rejected, load_image
+from ..data.images import ANY_SIZE, Rejected, load_image
 from ..data.metadata import CONFIG, FILTERED, METADATA, dumps_row, is_output_dir, read_rows, rewrite_rows
 from ..data.writer import folder_locked
 from ..engine.core import blank
@@ -90,14 +90,13 @@ def resolve_filters(cfg: FilterConfig) -> list[str]:
 
 
 def _blank(synthetic: Path, rows: list[dict]) -> list[dict]:
-    relaxed = InputConfig(min_side=1, max_aspect=1e9)
     out = []
     for r in rows:
-        image, _ = load_image(synthetic / r["file_name"], relaxed)
+        image, _ = load_image(synthetic / r["file_name"], ANY_SIZE)
         why = blank(image)
         if why and r.get("source_path") and Path(r["source_path"]).is_file():
             try:  # a flat source may give flat outputs
-                if blank(load_image(r["source_path"], relaxed)[0]):
+                if blank(load_image(r["source_path"], ANY_SIZE)[0]):
                     why = None
             except Rejected:
                 pass
@@ -108,7 +107,7 @@ def _blank(synthetic: Path, rows: list[dict]) -> list[dict]:
 def _reusable_audit(synthetic: Path, rows: list[dict], real, test, val, cfg: FilterConfig, clip) -> dict | None:
     """The folder's audit.json when it judged exactly these images, against the same real sets, in the same
     feature space and at the same threshold, and no image changed since; else None."""
-    from .audit import AUDIT, DEFAULT_FEATURES
+    from .audit import AUDIT, DEFAULT_FEATURES, real_sets
 
     path = synthetic / AUDIT
     if not path.is_file():
@@ -117,14 +116,13 @@ def _reusable_audit(synthetic: Path, rows: list[dict], real, test, val, cfg: Fil
         a = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         return None
-    want = {"train": str(real), **{k: str(v) for k, v in (("test", test), ("val", val)) if v}}
     thr = a.get("threshold") or {}
     same_threshold = (thr.get("method") == "fixed" and thr.get("value") == cfg.threshold if cfg.threshold is not None
                       else thr.get("method") == "quantile" and thr.get("quantile") == cfg.quantile)
     same_space = ((a.get("clip") or {}).get("model") == clip.id if clip is not None
                   else "clip" not in a and a.get("features") == DEFAULT_FEATURES)
     names = [r["file_name"] for r in rows]
-    if not (a.get("real") == want and same_threshold and same_space
+    if not (a.get("real") == real_sets(real, test, val) and same_threshold and same_space
             and sorted(im["file_name"] for im in a.get("images", [])) == sorted(names)):
         return None
     newest = max((synthetic / n).stat().st_mtime_ns for n in names)
@@ -182,10 +180,7 @@ def _clip(synthetic: Path, rows: list[dict], real, cfg: FilterConfig, clip) -> t
 
 
 def _probe_filters(synthetic: Path, rows: list[dict], probe, names: list[str], cfg: FilterConfig) -> dict[str, list]:
-    from ..data.imageset import load_synthetic
-
-    images = load_synthetic(synthetic, probe.image_size, keep_zero_weight=True).images
-    probs, targets = probe.label_probs(images, [r["label"] for r in rows])
+    probs, targets = probe.folder_probs(synthetic)  # in the order of `rows`
     pred = probs.argmax(1)
     out: dict[str, list] = {}
     if "agreement" in names:

@@ -147,13 +147,15 @@ class Probe:
         """Calibrated class probabilities `(N, C)`, columns in the order of `classes`."""
         return (self.logits(images) / self.temperature).softmax(1)
 
-    def label_probs(self, images: torch.Tensor, labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(probs (N, C), target indices (N,))`; a label the probe never saw is an error."""
-        unknown = sorted(set(labels) - set(self.classes))
-        if unknown:
-            raise ConfigError(f"synthetic labels {unknown[:5]} are not among the real classes")
-        index = {c: i for i, c in enumerate(self.classes)}
-        return self.probs(images), torch.tensor([index[label] for label in labels], dtype=torch.long)
+    def folder_probs(self, folder: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(probs (N, C), label indices (N,))` of every image of a genaug output folder, in the order of its
+        rows (weight 0 and filtered ones too: scorers judge them all); a label the probe never saw is an
+        error."""
+        from ..train import load_synthetic
+
+        images = load_synthetic(folder, self.image_size, keep_zero_weight=True)
+        targets = images.targets(self.classes)  # before any forward pass
+        return self.probs(images.images), targets
 
     @property
     def image_size(self) -> int:

@@ -61,18 +61,14 @@ def weight_synthetic(synthetic: str | Path, real: str | Path, rule: Literal["dia
 
 
 def _weight_rows(synthetic: Path, probe, rule: str, holdout: float, val: str | Path | None) -> dict[str, Any]:
-    from ..train import load_synthetic
-
     rows = read_rows(synthetic)  # read under the folder lock: the rows rewritten below
-    images = load_synthetic(synthetic, probe.image_size, keep_zero_weight=True).images  # every row, in order
-    probs, targets = probe.label_probs(images, [r["label"] for r in rows])
+    probs, targets = probe.folder_probs(synthetic)  # every row, in order
     p = probs[torch.arange(len(rows)), targets].numpy()
     removed = np.array([bool(r.get("filtered")) for r in rows])
     w_rule = rule_weights(p, rule)
-    w = np.where(removed, 0.0, w_rule)
-    weights = np.zeros(len(rows))
+    weights = np.zeros(len(rows))  # removed images stay at 0, outside their source's average
     kept = np.flatnonzero(~removed)
-    weights[kept] = normalise_per_source(w[kept], [rows[i]["source_id"] for i in kept])
+    weights[kept] = normalise_per_source(w_rule[kept], [rows[i]["source_id"] for i in kept])
     for i, (r, conf, wt, out) in enumerate(zip(rows, p, weights, removed)):
         r["weight"] = round(float(wt), 6)
         if out:  # given back if a later `genaug filter` keeps it (rerun the weighting to renormalise)
