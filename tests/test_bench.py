@@ -17,7 +17,7 @@ BENCH = {
     "methods": [{"method": "randaugment"}, {"method": "flipcrop", "name": "crop+flip"}, {"method": "mixup"}],
     "budget": 2,
     "synthetic_probs": [0.3, 0.7],
-    "train": {"epochs": 2, "image_size": 28, "batch_size": 16},
+    "train": {"epochs": 2, "image_size": 28, "batch_size": 16, "min_steps": 0},  # 0: no 1000-step floor, kept fast
 }
 
 
@@ -107,7 +107,7 @@ def test_each_generator_gets_its_own_m_unless_a_budget_is_given(tmp_path):
     cfg = tmp_path / "b.yaml"
     small = {**BENCH, "data": {**BENCH["data"], "pool_per_class": 6, "test_per_class": 2},
              "splits": {"shots": [2], "seeds": [0], "val": 0}, "methods": [{"method": "randaugment"}],
-             "train": {"epochs": 1, "image_size": 16, "batch_size": 8}}
+             "train": {"epochs": 1, "image_size": 16, "batch_size": 8, "min_steps": 0}}
     del small["budget"], small["synthetic_probs"]
     cfg.write_text(yaml.safe_dump(small))
     cli("bench", cfg, "--out", tmp_path / "own")
@@ -121,3 +121,47 @@ def test_each_generator_gets_its_own_m_unless_a_budget_is_given(tmp_path):
     cli("bench", cfg, "budget=3", "--out", tmp_path / "matched")
     matched = pd.read_csv(tmp_path / "matched" / "results.csv").set_index("arm")
     assert matched.loc["randaugment", "budget"] == 3 and matched.loc["randaugment", "n_synthetic"] == 3 * n_real
+
+
+def test_pseudo_labels_come_from_the_classifier_not_the_pool(bench_run, tmp_path):
+    """The unlabelled pool without a generator: labelled by the real-only classifier, confident ones only, at
+    most `per_class` per predicted class; the pool's own labels are never used (here they are all wrong)."""
+    import torch
+
+    from genaug.bench.run import pseudo_label
+    from genaug.data.imageset import load_real
+    from genaug.features import normalize
+    from genaug.train import load_run
+
+    run = bench_run[0] / "run"
+    real_run = run / "runs" / "real" / "shots-4" / "seed-0"
+    rest = run / "splits" / "shots-4" / "seed-0" / "rest.csv"
+    frame = pd.read_csv(rest, dtype=str, keep_default_na=False)
+    frame["label"] = "nonsense"  # labels the classifier would never give
+    pool = rest.with_name("pool-wrong-labels.csv")
+    frame.to_csv(pool, index=False)
+    model, meta = load_run(real_run)
+    images = load_real(pool, meta["image_size"])
+    with torch.no_grad():
+        probs = torch.softmax(model(normalize(images.images, meta["mean"], meta["std"])), 1)
+    conf, pred = probs.max(1)
+    threshold = float(conf.median())
+    out = tmp_path / "pseudo.csv"
+    report = pseudo_label(real_run, pool, out, threshold=threshold, per_class=3)
+    kept = pd.read_csv(out, dtype={"label": str})
+    assert 0 < len(kept) == report["kept"] <= 3 * len(meta["classes"])
+    assert kept["label"].value_counts().max() <= 3 and "nonsense" not in set(kept["label"])
+    assert (kept["confidence"] >= threshold - 1e-4).all()
+    by_id = {i: (meta["classes"][int(p)], float(c)) for i, p, c in zip(images.ids, pred, conf)}
+    for row in kept.itertuples():  # each kept image carries the classifier's label, most confident first
+        assert by_id[row.id][0] == row.label and by_id[row.id][1] == pytest.approx(row.confidence, abs=1e-4)
+    for _, g in kept.groupby("label"):
+        assert list(g["confidence"]) == sorted(g["confidence"], reverse=True)
+    assert report["accuracy_vs_withheld_labels"] == 0  # the pool's (wrong) labels only scored, never used
+    with pytest.raises(Exception, match="no image reached confidence"):
+        pseudo_label(real_run, pool, tmp_path / "none.csv", threshold=1.01)
+    # it trains as the synthetic share: a manifest is an added source, weight 1
+    r = cli("train", "--real", run / "splits" / "shots-4" / "seed-0" / "train.csv", "--synthetic", out,
+            "--out", tmp_path / "train", "epochs=1", "image_size=28", "batch_size=16", "min_steps=0", "--json",
+            tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["n_synthetic"] == len(kept), r.output

@@ -92,7 +92,8 @@ def test_quiet_and_verbose_together_is_an_error():
 @pytest.mark.parametrize("command, bars", [
     (("augment", "{src}", "--method", "flipcrop", "-n", 2, "--out", "{out}"), ["genaug flipcrop"]),
     # "load real" is drawn deep inside train, by a function that takes no `progress`
-    (("train", "--real", "{src}", "--out", "{out}", "epochs=1", "image_size=16"), ["genaug train", "load real"]),
+    (("train", "--real", "{src}", "--out", "{out}", "epochs=1", "image_size=16", "min_steps=0"),
+     ["genaug train", "load real"]),
 ], ids=["augment", "train"])
 def test_no_progress_draws_no_bar_even_on_a_terminal(imagefolder, tmp_path, command, bars):
     def args(out):
@@ -186,7 +187,8 @@ def test_precedence_defaults_yaml_flags_key_value(imagefolder, tmp_path):
 def test_train_takes_the_same_precedence(imagefolder, tmp_path):
     cfg = tmp_path / "train.yaml"
     cfg.write_text("epochs: 3\nimage_size: 16\n")
-    cli("--no-progress", "train", "--real", imagefolder, "--out", tmp_path / "run", "--config", cfg, "epochs=1")
+    cli("--no-progress", "train", "--real", imagefolder, "--out", tmp_path / "run", "--config", cfg, "epochs=1",
+        "min_steps=0")
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]
     assert resolved["epochs"] == 1 and resolved["image_size"] == 16 and resolved["batch_size"] == 64
 

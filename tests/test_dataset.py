@@ -43,3 +43,27 @@ def test_items_batches_and_weights(tmp_path, digit_images):
     assert all(sum(i >= ds.n_real for i in b) == 2 for b in sampler)
     flipped = AugmentedDataset(tmp_path / "data", image_size=16, transform=lambda x: x.flip(-1))
     assert torch.equal(flipped[0][0], ds[0][0].flip(-1))
+
+
+def test_shared_loads_decode_a_source_once_and_see_a_rewritten_manifest(tmp_path, digit_images):
+    import json
+    import os
+
+    from genaug.data.imageset import load_real, load_synthetic, shared_loads
+
+    make_imagefolder(tmp_path / "data", digit_images, per_class=4)
+    augment(tmp_path / "data", tmp_path / "aug", method="cutout", n=1, progress=False)
+    assert load_real(tmp_path / "data", 16) is not load_real(tmp_path / "data", 16)  # off outside the block
+    with shared_loads():
+        real = load_real(tmp_path / "data", 16)
+        assert load_real(tmp_path / "data", 16) is real and load_real(tmp_path / "data", 20) is not real
+        syn = load_synthetic(tmp_path / "aug", 16)
+        assert load_synthetic(tmp_path / "aug", 16) is syn and len(syn) == 12
+        meta = tmp_path / "aug" / "metadata.jsonl"
+        rows = [json.loads(line) for line in meta.read_text().splitlines()]
+        rows[0]["weight"] = 0.0  # a later stage re-weights: the next load must see it
+        meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        st = meta.stat()
+        os.utime(meta, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        assert len(load_synthetic(tmp_path / "aug", 16)) == 11
+    assert load_real(tmp_path / "data", 16) is not real

@@ -1,7 +1,11 @@
 """The main job on real data, offline (quick mode: every stage, smaller)."""
 import json
 
+from pathlib import Path
+
+import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
 from conftest import cli
@@ -20,8 +24,9 @@ def test_demo_runs_end_to_end_on_real_data(demo_run):
     table = json.loads((root / "demo.json").read_text())
     picked = table["classical"]["method"]
     other = "randaugment" if picked == "flipcrop" else "flipcrop"
-    assert set(table) == {"real", "classical", "semantic_flow", "both", f"classical:{other}", "details"}
-    for arm in ("real", "classical", "semantic_flow", "both", f"classical:{other}"):
+    arms = ("real", "classical", "pseudo_label", "semantic_flow", "both", f"classical:{other}")
+    assert set(table) == {*arms, "details"}
+    for arm in arms:
         assert 0 <= table[arm]["mean"] <= 1 and table[arm]["std"] >= 0 and table[arm]["seeds"] == 2
     details = table["details"]
     assert details["dataset"] == ("fashion-mnist" if fashion_mnist_available() else "digits")
@@ -46,6 +51,36 @@ def test_demo_runs_end_to_end_on_real_data(demo_run):
     html = (demo / "report.html").read_text()
     assert 'alt="learning curves"' in html and 'alt="grid semantic_flow"' in html and "CAS acc %" in html
     assert "label agreement %" in html and (demo / "learning_curves.png").is_file()
+    assert "What the generator saw" in html and "What the generator saw" in res.output
+
+
+def _paths(manifest):
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    return {(manifest.parent / p).resolve() for p in frame["path"]}
+
+
+def test_the_generator_sees_labelled_and_unlabelled_training_images_never_val_or_test(demo_run):
+    """The papers' premise done honestly: the generator trains on the labelled split and the rest of the
+    training set with its labels withheld; not one validation or test image reaches it."""
+    root, _ = demo_run
+    demo = root / "demo"
+    fit = yaml.safe_load((demo / "flow-model" / "fit_config.yaml").read_text())
+    split = demo / "splits" / "fraction-0.01" / "seed-0"
+    assert Path(fit["source"]) == (split / "train.csv").resolve()
+    pool = Path(fit["unlabeled"])
+    assert pool.parent == split.resolve() and fit["n_unlabeled"] == len(pd.read_csv(pool)) > 0
+    seen = _paths(split / "train.csv") | _paths(pool)
+    assert len(seen) == fit["n_images"] + fit["n_unlabeled"]
+    assert not seen & _paths(split / "val.csv")
+    test_manifest = demo / "data" / "fashion-mnist-test" / "manifest.csv"
+    if test_manifest.exists():
+        assert not seen & _paths(test_manifest)
+    saw = json.loads((root / "demo.json").read_text())["details"]["generator_saw"]
+    assert saw["unlabelled_images"] == fit["n_unlabeled"] and saw["labelled_images"] == fit["n_images"]
+    # the pseudo-label arm draws on exactly that pool, labelled by each seed's real-only classifier
+    for seed in (0, 1):
+        kept = _paths(demo / "pseudo_label" / f"seed-{seed}.csv")
+        assert kept and kept <= _paths(pool)
 
 
 def test_demo_rerun_reuses_everything(demo_run):

@@ -5,12 +5,16 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from conftest import cli, make_imagefolder
-from genaug.train import SyntheticShareSampler, create_classifier, train
+from genaug.core.config import build_config
+from genaug.train import SyntheticShareSampler, TrainConfig, create_classifier, train
+from genaug.train.trainer import epoch_length
 
-FAST = {"epochs": 2, "batch_size": 16, "image_size": 16}
+# min_steps=0: these tests are not about the epoch length, and the 1000-step floor would make each run ~50x longer
+FAST = {"epochs": 2, "batch_size": 16, "image_size": 16, "min_steps": 0}
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +76,10 @@ def test_synthetic_share_is_exact_in_every_batch():
     assert len(pooled) == 15 and sorted(i for b in pooled for i in b) == list(range(150))  # one permutation
     none = SyntheticShareSampler(batch_size=10, synthetic_share=0.0, num_batches=10, n_real=100, n_synthetic=50)
     assert all(i < 100 for b in none for i in b)
+    # an epoch: one pass over the real images at the real part of a batch; all-synthetic: over the synthetic ones
+    assert len(SyntheticShareSampler(batch_size=10, synthetic_share=0.5, n_real=100, n_synthetic=50)) == 20
+    only = SyntheticShareSampler(batch_size=10, synthetic_share=1.0, n_real=100, n_synthetic=50)
+    assert len(only) == 5 and sorted(i for b in only for i in b) == list(range(100, 150))
     first = list(sampler)
     assert first == list(sampler)  # seeded: the same batches again
     sampler.set_epoch(1)
@@ -107,7 +115,8 @@ def test_zero_weight_synthetic_images_change_nothing(digits_folder, tmp_path):
 def test_weights_scale_the_loss(digits_folder, tmp_path):
     half = _fake_synthetic(digits_folder, tmp_path / "half", [0.5] * 120)
     ones = _fake_synthetic(digits_folder, tmp_path / "ones", [1.0] * 120)
-    cfg = {**FAST, "epochs": 1, "synthetic_prob": 1.0, "lr": 1e-9}  # all-synthetic batches, weights unchanged
+    # all-synthetic batches, weights unchanged; 8 steps (with no real image in a batch, a pass would be 120)
+    cfg = {**FAST, "epochs": 1, "synthetic_prob": 1.0, "lr": 1e-9, "steps_per_epoch": 8}
     a = train(digits_folder, tmp_path / "a", synthetic=[half], config=cfg, progress=False)
     b = train(digits_folder, tmp_path / "b", synthetic=[ones], config=cfg, progress=False)
     assert a["history"][0]["train_loss"] == pytest.approx(0.5 * b["history"][0]["train_loss"], rel=1e-3)
@@ -121,7 +130,8 @@ def test_synthetic_data_is_half_of_every_batch_by_default_and_the_share_is_recor
     r = train(digits_folder, tmp_path / "default", synthetic=syn, config={**FAST, "epochs": 1}, progress=False)
     assert r["n_synthetic"] == 480 and r["synthetic_prob"] == 0.5  # the papers' synthetic probability
     assert r["synthetic_share"] == 0.5 and r["history"][0]["synthetic_share"] == 0.5
-    assert len(r["history"]) == 1 and r["history"][0]["step"] == 8  # an epoch is a pass over the 120 real images
+    # an epoch is a pass over the 120 real images at the 8 real images of each batch of 16
+    assert len(r["history"]) == 1 and r["history"][0]["step"] == 15
     metrics = json.loads((tmp_path / "default" / "metrics.json").read_text())
     assert metrics["synthetic_prob"] == 0.5 and metrics["synthetic_share"] == 0.5
     # pooling is still there when asked for, by name or by null, and is recorded as such
@@ -133,7 +143,7 @@ def test_synthetic_data_is_half_of_every_batch_by_default_and_the_share_is_recor
     real_only = train(digits_folder, tmp_path / "real", config={**FAST, "epochs": 1}, progress=False)
     assert real_only["synthetic_prob"] is None and real_only["synthetic_share"] == 0.0
     res = cli("train", "--real", digits_folder, "--synthetic", syn[0], "--out", tmp_path / "cli", "epochs=1",
-              "batch_size=16", "image_size=16", "synthetic_prob=pool", "--json", tmp_path / "r.json")
+              "batch_size=16", "image_size=16", "synthetic_prob=pool", "min_steps=0", "--json", tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["synthetic_prob"] == "pool", res.output
     assert "pool (null)" in cli("train", "--real", digits_folder, "--out", tmp_path / "bad", "synthetic_prob=half",
                                 expect=2).output
@@ -151,8 +161,8 @@ def test_training_is_deterministic_and_learns(digits_folder, tmp_path):
 def test_train_cli_writes_an_ecosystem_run_dir(digits_folder, tmp_path):
     run = tmp_path / "run"
     res = cli("train", "--real", digits_folder, "--test", digits_folder, "--ood", f"same={digits_folder}",
-              "--out", run, "epochs=2", "batch_size=16", "image_size=16", "augment=randaugment", "--json",
-              tmp_path / "r.json")
+              "--out", run, "epochs=2", "batch_size=16", "image_size=16", "augment=randaugment", "min_steps=0",
+              "--json", tmp_path / "r.json")
     assert "test: accuracy" in res.output and "same: accuracy" in res.output
     for name in ("config.yaml", "results.csv", "best.safetensors", "last.safetensors", "confusion.png",
                  "curves.png", "metrics.json"):
@@ -171,7 +181,8 @@ def test_online_augmentations_train(digits_folder, tmp_path, augment):
 @pytest.mark.parametrize("cfg, message", [
     ({"mode": "linear"}, "needs pretrained"), ({"pretrained": "x.pth"}, "mode=scratch"),
     ({"model": "no_such_model"}, "unknown model"), ({"epochs": 0}, "epochs"), ({"synthetic_prob": 2}, "synthetic_prob"),
-    ({"augment": "real_guidance"}, "not a training transform")])
+    ({"augment": "real_guidance"}, "not a training transform"),
+    ({"min_steps": -1}, "option 'min_steps': Input should be greater than or equal to 0 (got -1)")])
 def test_bad_training_options(digits_folder, tmp_path, cfg, message):
     res = cli("train", "--real", digits_folder, "--out", tmp_path / "r", *[f"{k}={v}" for k, v in cfg.items()], expect=2)
     assert message in res.output
@@ -183,7 +194,7 @@ def test_linear_probe_on_the_real_imagenet_mobilenet(digits_folder, tmp_path):
     assert trainable == ["classifier.1.weight", "classifier.1.bias"] and mean[0] == pytest.approx(0.485)
     r = train(digits_folder, tmp_path / "lp", test=digits_folder, progress=False,
               config={"model": "torchvision/mobilenet_v2", "pretrained": "imagenet", "mode": "linear",
-                      "epochs": 3, "image_size": 64, "lr": 1e-2, "batch_size": 32})
+                      "epochs": 3, "image_size": 64, "lr": 1e-2, "batch_size": 32, "min_steps": 0})
     assert r["test"]["accuracy"] > 0.6  # real ImageNet features separate digits linearly
 
 
@@ -205,3 +216,67 @@ def test_a_timm_model_from_scratch_and_as_linear_probe(digits_folder, tmp_path):
     probe, mean, _ = create_classifier("resnet18", 3, str(tmp_path / "r18.safetensors"), linear_probe=True)
     assert [n for n, p in probe.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
     assert mean[0] == pytest.approx(0.485)
+
+
+@pytest.fixture(scope="module")
+def few_shot(tmp_path_factory, digit_images):
+    """2 images per class: one pass over them is a single batch, the few-shot regime of issue 12."""
+    return make_imagefolder(tmp_path_factory.mktemp("few") / "src", digit_images, per_class=2)
+
+
+TINY = {"batch_size": 16, "image_size": 8}
+
+
+def test_few_shot_runs_train_at_least_min_steps(few_shot, tmp_path):
+    # 6 images at batch 16: one pass is 1 step, 3 epochs would be 3 steps; the floor (60 here) lengthens the epochs
+    r = train(few_shot, tmp_path / "run", config={**TINY, "epochs": 3, "min_steps": 60}, progress=False)
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["steps_per_epoch"] == 20 and resolved["steps_per_epoch_from"] == "min_steps"
+    assert resolved["total_steps"] == r["total_steps"] == 60
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["total_steps"] == 60
+    assert [int(row["step"]) for row in _rows(tmp_path / "run" / "results.csv")] == [20, 40, 60]
+
+
+@pytest.mark.parametrize("n_synthetic", [0, 70])
+def test_the_default_floor_gives_the_issues_few_shot_run_1000_steps(n_synthetic):
+    # 5 shots x 7 classes at the defaults (batch 64, 30 epochs, share 0.5): one pass is 1 step (2 with synthetic
+    # images), 30 or 60 steps in all; the default min_steps raises every epoch to ceil(1000 / 30) = 34 steps
+    cfg = build_config(TrainConfig, {}, where="train")
+    assert (cfg.min_steps, cfg.epochs, cfg.batch_size, cfg.synthetic_prob) == (1000, 30, 64, 0.5)
+    sampler = SyntheticShareSampler(batch_size=cfg.batch_size, synthetic_share=cfg.synthetic_prob, n_real=35,
+                                    n_synthetic=n_synthetic)
+    assert epoch_length(cfg, sampler.num_batches) == (34, "min_steps")
+    # a large set keeps its one pass per epoch: 10,000 real images are 157 steps, 4,710 in 30 epochs
+    big = SyntheticShareSampler(batch_size=64, synthetic_share=None, n_real=10_000)
+    assert epoch_length(cfg, big.num_batches) == (157, "real_pass")
+
+
+def test_a_synthetic_share_adds_steps_instead_of_taking_real_images(digits_folder, tmp_path):
+    syn = _fake_synthetic(digits_folder, tmp_path / "syn", [1.0] * 120)
+    cfg = {"epochs": 1, "batch_size": 20, "image_size": 8, "min_steps": 0}
+    real = train(digits_folder, tmp_path / "real", config=cfg, progress=False)
+    half = train(digits_folder, tmp_path / "half", synthetic=[syn], config=cfg, progress=False)
+    assert real["total_steps"] == 6 and half["total_steps"] == 12  # 120 real images at 20, then at 10 a batch
+    assert half["history"][0]["synthetic_share"] == 0.5  # so both saw every real image once
+    assert yaml.safe_load((tmp_path / "half" / "config.yaml").read_text())["steps_per_epoch_from"] == "real_pass"
+    pooled = train(digits_folder, tmp_path / "pool", synthetic=[syn], config={**cfg, "synthetic_prob": "pool"},
+                   progress=False)
+    assert pooled["total_steps"] == 12  # pooled: one pass over the 240 real and synthetic images, as before
+
+
+def test_an_explicit_steps_per_epoch_wins_over_min_steps(few_shot, tmp_path):
+    r = train(few_shot, tmp_path / "run", config={**TINY, "epochs": 2, "steps_per_epoch": 3, "min_steps": 1000},
+              progress=False)
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert r["total_steps"] == resolved["total_steps"] == 6 and resolved["steps_per_epoch_from"] == "given"
+
+
+def test_the_probe_keeps_its_short_training_unless_asked(few_shot):
+    """The real-only probe (weighting, filters) keeps its 15 passes, not train's 1000-step floor: a frozen backbone
+    on the CPU at that length would take an hour. `classifier.min_steps` still lengthens it."""
+    from genaug.scoring.probe import fit_probe
+
+    tiny = {"model": "genaug_small_cnn", "pretrained": None, "mode": "scratch", "image_size": 8}
+    for extra, steps in (({}, 15), ({"min_steps": 30}, 30)):  # 3 training images: 1 step a pass, 15 passes
+        probe = fit_probe(few_shot, classifier={**tiny, **extra}, progress=False)
+        assert json.loads((probe.work / "classifier" / "metrics.json").read_text())["total_steps"] == steps

@@ -26,7 +26,8 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
                 or (c.startswith("ood_") and c.endswith("_acc"))]
     df = results.copy()
     df["synthetic_prob"] = df["synthetic_prob"].astype("object").where(df["synthetic_prob"].notna(), "pooled")
-    df.loc[df["kind"] != "generator", "synthetic_prob"] = "-"
+    # arms that draw extra images (a generator's, or a pseudo-labelled "pool") keep their share
+    df.loc[~df["kind"].isin(("generator", "pool")), "synthetic_prob"] = "-"
     agg = {c: ["mean", "std"] for c in acc_cols if df[c].notna().any()}
     agg.update(seed=["count"], n_synthetic=["mean"], generation_seconds=["mean"], train_seconds=["mean"])
     if "budget" in df:
@@ -137,6 +138,7 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}
 </style></head><body>
 <h1>genaug bench report</h1>
 <p>{{ intro }}</p>
+{% for note in notes %}<p>{{ note }}</p>{% endfor %}
 <h2>Accuracy (mean ± std over seeds)</h2>
 {{ table }}
 {% if curves %}<h2>Learning curves</h2><p>Validation accuracy against training step; each run keeps its best validation epoch.</p><img alt="learning curves" src="{{ curves }}">{% endif %}
@@ -149,9 +151,10 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:12px}
 """
 
 
-def write_report(root: str | Path, grids: dict[str, Path] | None = None) -> Path:
+def write_report(root: str | Path, grids: dict[str, Path] | None = None, notes: list[str] = ()) -> Path:
     """(Re-)render report.md and report.html from RUN_DIR/results.csv; `grids` (name -> PNG) replaces the
-    real-vs-synthetic grids found under RUN_DIR/synthetic/."""
+    real-vs-synthetic grids found under RUN_DIR/synthetic/; `notes` are paragraphs under the intro (e.g. what
+    a generator was trained on)."""
     import jinja2
 
     root = Path(root)
@@ -168,7 +171,7 @@ def write_report(root: str | Path, grids: dict[str, Path] | None = None) -> Path
     intro = (f"{len(results)} training runs: {results['arm'].nunique()} arms × {results['split'].nunique()} "
              f"split(s) × {results['seed'].nunique()} seed(s). Every arm trains the same classifier on the same "
              "split and seed; generators get the same number of synthetic images per real image.")
-    md = ["# genaug bench report", "", intro, "", "## Accuracy (mean ± std over seeds)", "",
+    md = ["# genaug bench report", "", intro, "", *(x for n in notes for x in (n, "")), "## Accuracy (mean ± std over seeds)", "",
           table.to_markdown(index=False), ""]
     if curves:
         md += ["## Learning curves", "", f"![learning curves]({curves.name})", ""]
@@ -179,7 +182,7 @@ def write_report(root: str | Path, grids: dict[str, Path] | None = None) -> Path
     md += ["## Configuration", "", "```yaml", config.rstrip(), "```", ""]
     (root / "report.md").write_text("\n".join(md), encoding="utf-8")
     html = jinja2.Template(_HTML, autoescape=True).render(
-        intro=intro, table=Markup(table.to_html(index=False, border=0)),
+        intro=intro, notes=list(notes), table=Markup(table.to_html(index=False, border=0)),
         plot=_img64(plot) if plot else None, curves=_img64(curves) if curves else None,
         grids=[(n, _img64(p)) for n, p in grids.items()], config=config,
         images_loaded=Markup(IMAGES_LOADED_SCRIPT))

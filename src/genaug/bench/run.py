@@ -26,11 +26,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from pydantic import Field
 
 from ..core.config import ConfigError, build_config, config_dataclass, config_hash, to_dict
 from ..data.builtin import BUILTIN, export_builtin
+from ..data.sources import Record
 from ..data.splits import make_splits, split_name
 from ..pipeline import augment
 from ..core.log import get_logger
@@ -133,6 +135,52 @@ def label_agreement(real_run: Path, synthetic: Path) -> float:
     model, meta = load_run(real_run, device)
     images = load_synthetic(synthetic, meta["image_size"])
     return evaluate(model, images, meta["classes"], meta["mean"], meta["std"], device)["accuracy"]
+
+
+@torch.no_grad()
+def pseudo_label(real_run: Path, pool: Path, out: Path, threshold: float = 0.95,
+                 per_class: int | None = None) -> dict[str, Any]:
+    """The baseline a generator must beat when it learnt from unlabelled images: the same images used without a
+    generator. The real-only classifier of the finished run `real_run` labels every image of `pool` (its own
+    labels, if any, are never read for this); those it gives at least `threshold` confidence (FixMatch's 0.95)
+    are kept, at most `per_class` per predicted class (most confident first: a matched budget), and written to
+    `out` as a manifest (path,label,id,confidence) that `train` adds as the synthetic share. Returns the counts,
+    and — only to report how good the labels were — their accuracy against the pool's withheld labels when it
+    has them. Reused when `out` exists."""
+    report_path = out.with_suffix(".json")
+    if out.is_file() and report_path.is_file():
+        return json.loads(report_path.read_text())
+    from ..data.imageset import load_files
+    from ..data.sources import Source
+    from ..data.splits import write_manifest
+    from ..features import normalize
+
+    device = resolve_device("auto")
+    model, meta = load_run(real_run, device)
+    records = [r for r in Source(pool).records() if r.error is None]
+    images = load_files([r.path for r in records], meta["image_size"])
+    by_path = {r.path: r for r in records}
+    probs = torch.cat([torch.softmax(model(normalize(images.images[i:i + 512].to(device), meta["mean"], meta["std"])),
+                                     1).cpu() for i in range(0, len(images), 512)])
+    conf, pred = probs.max(1)
+    kept, correct = [], 0
+    for c, cls in enumerate(meta["classes"]):
+        idx = [int(i) for i in torch.nonzero((pred == c) & (conf >= threshold)).flatten()]
+        idx.sort(key=lambda i: (-float(conf[i]), images.ids[i]))
+        for i in idx[:per_class]:
+            rec = by_path[images.ids[i]]
+            kept.append((Record(id=rec.id, path=rec.path, label=cls), float(conf[i])))
+            correct += rec.label == cls
+    if not kept:
+        raise ConfigError(f"pseudo-labelling {pool}: no image reached confidence {threshold:g} "
+                          f"(the classifier in {real_run} is never that sure); lower the threshold")
+    write_manifest([r for r, _ in kept], out, {"confidence": [f"{c:.4f}" for _, c in kept]})
+    labelled = all(r.label is not None for r in records)
+    report = {"pool": str(pool), "pool_images": len(images), "threshold": threshold, "per_class": per_class,
+              "kept": len(kept), "per_class_kept": {c: sum(r.label == c for r, _ in kept) for c in meta["classes"]},
+              "accuracy_vs_withheld_labels": correct / len(kept) if kept and labelled else None}
+    report_path.write_text(json.dumps(report, indent=2))
+    return report
 
 
 def generator_scores(real_run: Path, synthetic: Path, cas_dir: Path | None, val, test, tcfg: dict,

@@ -5,6 +5,8 @@ memory: 10k images at 32 px are 30 MB. Sources go through the same validation as
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,10 +18,39 @@ from tqdm.auto import tqdm
 from ..core.config import ConfigError
 from .images import ANY_SIZE, InputConfig, Rejected, load_image
 from .sources import Source
-from .metadata import is_output_dir, read_rows
+from .metadata import FILTERED, METADATA, is_output_dir, read_rows
 from ..core.log import bar_disabled, get_logger
 
 log = get_logger(__name__)
+_MEMO: dict[tuple, "ImageSet"] | None = None  # active inside `shared_loads()`
+
+
+@contextmanager
+def shared_loads() -> Iterator[None]:
+    """Within this block a source loaded twice at the same size is decoded once: a harness that trains many
+    classifiers on the same real, validation, test and synthetic sets (the demo, the bench) shares them
+    instead of decoding 10k test images per run. Keyed by the resolved path, size and input options, and the
+    modification time of the file, folder or manifest (metadata.jsonl, filtered.jsonl) — a rewritten
+    manifest is a new entry. Callers must not modify a returned set in place (genaug's own code copies)."""
+    global _MEMO
+    outer = _MEMO
+    _MEMO = {} if outer is None else outer
+    try:
+        yield
+    finally:
+        _MEMO = outer
+
+
+def _memo(kind: str, src: str | Path, size: int, extra, load):
+    if _MEMO is None:
+        return load()
+    p = Path(src).resolve()
+    stamps = tuple(q.stat().st_mtime_ns if q.exists() else None
+                   for q in (p, p / METADATA, p / FILTERED))
+    key = (kind, str(p), size, repr(extra), stamps)
+    if key not in _MEMO:
+        _MEMO[key] = load()
+    return _MEMO[key]
 
 
 @dataclass
@@ -55,6 +86,10 @@ def _stack(tensors: list[torch.Tensor], size: int) -> torch.Tensor:
 def load_real(src: str | Path, size: int, desc: str = "real", input_cfg: InputConfig | None = None) -> ImageSet:
     """Any source (ImageFolder, CSV / JSONL manifest or split file, genaug output folder, Hugging Face
     dataset) as an ImageSet, every image weighing 1; cut-outs composited onto `input_cfg.background`."""
+    return _memo("real", src, size, input_cfg, lambda: _load_real(src, size, desc, input_cfg))
+
+
+def _load_real(src: str | Path, size: int, desc: str, input_cfg: InputConfig | None) -> ImageSet:
     source = Source(src, input_cfg)
     images, labels, ids, rejected = [], [], [], []
     for rec in tqdm(list(source.records()), desc=f"load {desc}", unit="img", disable=bar_disabled(), leave=False):
@@ -92,7 +127,11 @@ def load_synthetic(out_dir: str | Path, size: int, keep_zero_weight: bool = Fals
     Images of weight 0, and images a filter removed (`filtered`, genaug.scoring.filters), are left out entirely
     (so adding them to a run changes nothing at all), unless `keep_zero_weight` (re-scoring every image).
     """
-    out_dir = Path(out_dir)
+    return _memo("synthetic", out_dir, size, keep_zero_weight,
+                 lambda: _load_synthetic(Path(out_dir), size, keep_zero_weight))
+
+
+def _load_synthetic(out_dir: Path, size: int, keep_zero_weight: bool) -> ImageSet:
     images, labels, weights, ids = [], [], [], []
     rows = read_rows(out_dir)
     for r in tqdm(rows, desc=f"load {out_dir.name}", unit="img", disable=bar_disabled(), leave=False):

@@ -88,16 +88,19 @@ def choose(records: list[Record], seed: int, shots: int | None = None, fraction:
     return partition(records, seed, shots=shots, fraction=fraction, val=val)[:2]
 
 
-def write_manifest(records: list[Record], path: Path) -> Path:
+def write_manifest(records: list[Record], path: Path, columns: dict[str, list] | None = None) -> Path:
+    """`path,label,id` (paths relative to the manifest), plus any extra `columns` (one value per record)."""
+    columns = columns or {}
     if any(r.row is not None for r in records):  # a manifest names files; these images live in Arrow
         raise ConfigError("a split manifest lists image files; a Hugging Face dataset's rows are not files "
                           "(split it with `datasets`, e.g. Dataset.train_test_split, or export it as an imagefolder)")
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "id"])
-        for r in records:
-            w.writerow([Path(os.path.relpath(Path(r.path).resolve(), path.parent.resolve())).as_posix(), r.label, r.id])
+        w.writerow(["path", "label", "id", *columns])
+        for i, r in enumerate(records):
+            w.writerow([Path(os.path.relpath(Path(r.path).resolve(), path.parent.resolve())).as_posix(), r.label, r.id,
+                        *(v[i] for v in columns.values())])
     return path
 
 

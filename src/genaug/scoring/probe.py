@@ -39,7 +39,12 @@ from ..features import normalize, resnet50_imagenet_file
 
 # The probe's protocol (DIAGen: linear head, 256 px, RandAugment, batch 32); its training length and optimiser are
 # genaug's (DIAGen: Adam 1e-4 for up to 50 x 200 steps with early stopping; here 15 passes at AdamW 1e-2).
-PROBE = {"mode": "linear", "image_size": 256, "augment": "randaugment", "epochs": 15, "lr": 1e-2, "batch_size": 32}
+# min_steps=0: the probe keeps its 15 passes rather than genaug train's 1000-step floor. Each step runs the frozen
+# backbone on the CPU (seconds a batch at 256 px), so the floor would turn a few-shot probe of about a minute into
+# an hour; a linear head at lr 1e-2 on frozen features needs far fewer steps than a network from scratch. A
+# `classifier` option `min_steps` (or `steps_per_epoch`) still lengthens it.
+PROBE = {"mode": "linear", "image_size": 256, "augment": "randaugment", "epochs": 15, "lr": 1e-2, "batch_size": 32,
+         "min_steps": 0}
 # Input size per backbone: DIAGen's 256 px for its ResNet-50; the offline MobileNetV2 fallback keeps genaug's
 # CPU-sized 64 px (4x to 16x cheaper on a CPU, where a machine without the ResNet-50 file usually is);
 # `image_size=` overrides either.

@@ -1,6 +1,7 @@
 """Real + synthetic images for a training loop — genaug's own (`genaug train`) or yours.
 
-`AugmentedDataset` holds the real images and any number of genaug output folders, decoded once into
+`AugmentedDataset` holds the real images and any number of genaug output folders (or other labelled sources
+added to the real ones, e.g. a manifest of pseudo-labelled unlabelled images: weight 1), decoded once into
 memory at one resolution (few-shot and low-data sets are small: 10k images at 32 px are 30 MB), with each
 image's class index and loss weight (1 for real images, the manifest's `weight` for synthetic ones;
 weight-0 images are left out). `SyntheticShareSampler` yields batches of indices in which synthetic images
@@ -20,6 +21,14 @@ from torch.utils.data import Dataset, Sampler
 
 from ..core.config import ConfigError
 from ..data.imageset import ImageSet, concat, load_real, load_synthetic
+from ..data.metadata import METADATA
+
+
+def _load_added(src: str | Path, size: int) -> ImageSet:
+    """A folder with genaug's metadata.jsonl: its images and weights; any other labelled source: weight 1."""
+    if (Path(src) / METADATA).is_file():
+        return load_synthetic(src, size)
+    return load_real(src, size, f"added {Path(src).name}")
 
 
 class AugmentedDataset(Dataset):
@@ -30,8 +39,7 @@ class AugmentedDataset(Dataset):
                  image_size: int = 32, classes: Sequence[str] | None = None, use_weights: bool = True,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
         real_set = real if isinstance(real, ImageSet) else load_real(real, image_size, "real")
-        syn_set = concat([s if isinstance(s, ImageSet) else load_synthetic(s, image_size) for s in synthetic],
-                         image_size)
+        syn_set = concat([s if isinstance(s, ImageSet) else _load_added(s, image_size) for s in synthetic], image_size)
         self.classes = list(classes) if classes is not None else sorted(set(real_set.labels))
         foreign = sorted(set(syn_set.labels) - set(self.classes))
         if foreign:
@@ -70,7 +78,8 @@ class SyntheticShareSampler(Sampler[list[int]]):
     - `synthetic_share=None` (or `"pool"`): real and synthetic images pooled, one permutation of all of them
       cycled; the synthetic share is then n_synthetic / (n_real + n_synthetic), 91 % for 10 variants per image.
       The default, 0.5, is DA-Fusion's and DIAGen's synthetic probability.
-    `num_batches` per epoch defaults to one pass over the real images (over the pool, when pooled). The
+    `num_batches` per epoch defaults to one pass over the real images at the real part of each batch (over
+    the pool, when pooled; over the synthetic images, when every batch is synthetic). The
     order depends only on `seed` and the epoch (`set_epoch`, as DistributedSampler), never on the machine.
     """
 
@@ -89,8 +98,13 @@ class SyntheticShareSampler(Sampler[list[int]]):
         n_syn = self.synthetic_per_batch
         if self.n_real == 0 and n_syn < batch_size:
             raise ConfigError("no real images to draw from")
-        base = self.n_real + self.n_synthetic if synthetic_share is None else self.n_real
-        self.num_batches = num_batches or max(1, math.ceil(base / max(1, batch_size - n_syn)))
+        if synthetic_share is None:  # one pass over the pool
+            base, per = self.n_real + self.n_synthetic, batch_size
+        elif n_syn == batch_size:  # all-synthetic batches: one pass over the synthetic images
+            base, per = self.n_synthetic, batch_size
+        else:  # one pass over the real images, at the real part of each batch
+            base, per = self.n_real, batch_size - n_syn
+        self.num_batches = num_batches or max(1, math.ceil(base / per))
 
     @property
     def synthetic_per_batch(self) -> int:

@@ -3,12 +3,17 @@
 Mixing real and synthetic images, as the papers do:
 - `synthetic_prob: p` (default 0.5, DA-Fusion's and DIAGen's synthetic probability) makes synthetic images a
   fixed share of every batch: round(p × batch_size) of them (the papers' share, without its batch-to-batch
-  noise). An epoch is ceil(real images / batch_size) steps, as the papers' epoch is one pass over the real set.
+  noise). An epoch is one pass over the real images at the real part of each batch:
+  ceil(real images / (batch_size - synthetic per batch)) steps, so a synthetic share adds steps instead of
+  taking real images away (at p = 0.5 twice the steps of real-only training).
 - `synthetic_prob: pool` (or null) pools real and synthetic images and shuffles them (SGID's "added"); then the
   synthetic share is M / (M + 1) for M variants per real image (91 % for M = 10), and an epoch is one pass over
   the pool.
-`steps_per_epoch` overrides the epoch length. The share actually drawn is recorded in the results
-(`synthetic_share`, and per epoch in results.csv).
+- `min_steps` (default 1000) floors the total: when epochs x that epoch length is less, each epoch is raised to
+  ceil(min_steps / epochs) steps, so a few-shot set (5 shots x 7 classes: 1 pass = 1 or 2 steps) still trains.
+`steps_per_epoch` sets the epoch length outright (min_steps is then ignored). The epoch length and where it came
+from (`steps_per_epoch_from`: given, real_pass or min_steps) and `total_steps` are in config.yaml. The share
+actually drawn is recorded in the results (`synthetic_share`, and per epoch in results.csv).
 The data and the batches come from `AugmentedDataset` and `SyntheticShareSampler` (train/dataset.py), the
 same pieces a user can put into a training loop of their own.
 - Per-image weights from the synthetic manifest (`weight`, e.g. DIAGen's confidence weights) scale each
@@ -62,7 +67,13 @@ class TrainConfig:
     image_size: int = Field(32, ge=8)
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(64, ge=1)
-    steps_per_epoch: int | None = Field(None, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)  # given: the epoch length, whatever min_steps says
+    # a floor on the total optimizer steps so few-shot runs train long enough: with no steps_per_epoch, an epoch
+    # (one pass over the real images) is lengthened to ceil(min_steps / epochs) steps when epochs x its steps fall
+    # short. DA-Fusion trains a fixed 200 iterations x 50 epochs at batch 32 (10,000 steps) whatever the dataset
+    # size (brandontrabucco/da-fusion train_classifier.py: iterations_per_epoch=200, num_epochs=50, a
+    # RandomSampler of batch_size x iterations_per_epoch samples); 0 turns the floor off
+    min_steps: int = Field(1000, ge=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -90,6 +101,17 @@ class TrainConfig:
 def synthetic_share(cfg: TrainConfig) -> float | None:
     """The sampler's share of synthetic images per batch; None: real and synthetic pooled."""
     return None if cfg.synthetic_prob in (None, "pool") else float(cfg.synthetic_prob)
+
+
+def epoch_length(cfg: TrainConfig, pass_steps: int) -> tuple[int, str]:
+    """`(steps per epoch, where from)`: `steps_per_epoch` when given; else `pass_steps` (one pass over the real
+    images at the real part of each batch, or over the pool when pooled: the sampler's own length), raised to
+    ceil(min_steps / epochs) when the run would otherwise take fewer than `min_steps` steps."""
+    if cfg.steps_per_epoch:
+        return cfg.steps_per_epoch, "given"
+    if pass_steps * cfg.epochs < cfg.min_steps:
+        return math.ceil(cfg.min_steps / cfg.epochs), "min_steps"
+    return pass_steps, "real_pass"
 
 
 def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, batch_size: int = 256) -> dict:
@@ -186,9 +208,15 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     opt = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
            else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True))
     share = synthetic_share(cfg)
-    n_base = data.n_real + (data.n_synthetic if share is None else 0)
-    steps = cfg.steps_per_epoch or max(1, math.ceil(n_base / cfg.batch_size))
-    sampler = SyntheticShareSampler(data, cfg.batch_size, share, num_batches=steps, seed=cfg.seed)
+    sampler = SyntheticShareSampler(data, cfg.batch_size, share, seed=cfg.seed)  # its length: one pass
+    steps, steps_from = epoch_length(cfg, sampler.num_batches)
+    if steps_from == "min_steps":
+        what = (f"the {data.n_real + data.n_synthetic} real and synthetic images" if share is None
+                else f"the {data.n_real} real images, {cfg.batch_size - sampler.synthetic_per_batch} a batch")
+        log.info("an epoch is raised from %d steps (one pass over %s) to %d: %d epochs x %d steps fall short of "
+                 "min_steps=%d (min_steps=0 or steps_per_epoch= changes it)", sampler.num_batches, what, steps,
+                 cfg.epochs, sampler.num_batches, cfg.min_steps)
+    sampler.num_batches = steps
     total = steps * cfg.epochs
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine"
              else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
@@ -197,7 +225,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     resolved = {"real": str(real), "synthetic": [str(s) for s in synthetic], "val": str(val) if val else None,
                 "test": str(test) if test else None, "ood": {k: str(v) for k, v in (ood or {}).items()},
                 "classes": classes, "n_real": data.n_real, "n_synthetic": data.n_synthetic, "steps_per_epoch": steps,
-                "train": to_dict(cfg)}
+                "steps_per_epoch_from": steps_from, "total_steps": total, "train": to_dict(cfg)}
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
     meta = {"classes": classes, "model": cfg.model, "image_size": cfg.image_size, "mean": mean, "std": std}
 
@@ -260,7 +288,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
                               "n_real": data.n_real, "n_synthetic": data.n_synthetic,
                               # how real and synthetic were mixed, and the share of synthetic samples drawn
                               "synthetic_prob": (None if not data.n_synthetic else "pool" if share is None else share),
-                              "synthetic_share": syn_total / max(1, seen_total),
+                              "synthetic_share": syn_total / max(1, seen_total), "total_steps": step,
                               "train_seconds": time.perf_counter() - t_start, "history": history}
     if val_set is not None:
         result["val"] = evaluate(model, val_set, classes, mean, std, device, cfg.eval_batch_size)
