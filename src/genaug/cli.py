@@ -582,7 +582,7 @@ def demo(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the result table as JSON")] = None,
     ablation: Annotated[Optional[list[str]], typer.Option("--ablation", help="also run an ablation arm (repeatable): closed = the generator trained on the labelled images only")] = None,
 ) -> None:
-    """The main job, offline: Fashion-MNIST at 5 %, flow-matching augmentation (its generator also sees the
+    """The main job, offline: Fashion-MNIST at 1 %, flow-matching augmentation (its generator also sees the
     rest of the training set, labels withheld) vs classical and pseudo-labelling, 3 seeds."""
     from .demo import format_table, run_demo
 
