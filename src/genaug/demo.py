@@ -79,6 +79,13 @@ def _pool(rest: Path, per_class: int | None) -> Path:
 def run_demo(out: str | Path, quick: bool = False, progress: bool | None = None,
              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run (or resume) the demo; `quick` shrinks every stage for smoke tests."""
+    # every stage reads the same sets (the labelled images and the pool: fit-flow and pseudo-labelling; real,
+    # val, test and synthetic: every classifier): each is decoded once
+    with shared_loads():
+        return _run_demo(out, quick, progress, overrides)
+
+
+def _run_demo(out: str | Path, quick: bool, progress: bool | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
     cfg = json.loads(json.dumps(DEMO))
     if quick:
         cfg.update(val_per_class=10, seeds=[0, 1], classical_candidates=["flipcrop", "randaugment"],
@@ -143,42 +150,39 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool | None = None,
                             val, test, {}, {**cfg["train"], "seed": seed}, row, progress=progress)
 
     t = time.perf_counter()
-    with shared_loads():  # every classifier reads the same real, val, test and synthetic sets: decode them once
-        rows = [run("real", "none", [], seed) for seed in cfg["seeds"]]
-        real_runs = {r["seed"]: Path(r["run_dir"]) for r in rows}
-        # every classical candidate is an arm over every seed; the best is picked on mean validation accuracy
-        candidates = {name: [run(f"classical:{name}", name, [name], seed) for seed in cfg["seeds"]]
-                      for name in cfg["classical_candidates"]}
-        picks = {name: sum(r["val_acc"] for r in rs) / len(rs) for name, rs in candidates.items()}
-        best = max(picks, key=picks.get)
-        for name, rs in candidates.items():
-            rows += [{**r, "arm": "classical" if name == best else r["arm"]} for r in rs]
-        # the unlabelled pool without a generator: pseudo-labelled by each seed's real-only classifier
-        tp = time.perf_counter()
-        n_classes = len(flow["classes"])
-        pseudo = {}
-        for seed in cfg["seeds"]:
-            name = f"pseudo_label-seed-{seed}"
-            pseudo[seed] = pseudo_label(real_runs[seed], pool, out / "pseudo_label" / f"seed-{seed}.csv",
-                                        cfg["pseudo_label"]["threshold"],
-                                        per_class=-(-cfg["n"] * flow["n_images"] // n_classes))
-            synthetic[name] = out / "pseudo_label" / f"seed-{seed}.csv"
-        timings["pseudo_label"] = time.perf_counter() - tp
-        rows += [run("pseudo_label", "pseudo_label", [f"pseudo_label-seed-{seed}"], seed, kind="pool")
+    rows = [run("real", "none", [], seed) for seed in cfg["seeds"]]
+    real_runs = {r["seed"]: Path(r["run_dir"]) for r in rows}
+    # every classical candidate is an arm over every seed; the best is picked on mean validation accuracy
+    candidates = {name: [run(f"classical:{name}", name, [name], seed) for seed in cfg["seeds"]]
+                  for name in cfg["classical_candidates"]}
+    picks = {name: sum(r["val_acc"] for r in rs) / len(rs) for name, rs in candidates.items()}
+    best = max(picks, key=picks.get)
+    for name, rs in candidates.items():
+        rows += [{**r, "arm": "classical" if name == best else r["arm"]} for r in rs]
+    # the unlabelled pool without a generator: pseudo-labelled by each seed's real-only classifier
+    tp = time.perf_counter()
+    n_classes = len(flow["classes"])
+    pseudo = {}
+    for seed in cfg["seeds"]:
+        synthetic[f"pseudo_label-seed-{seed}"] = manifest = out / "pseudo_label" / f"seed-{seed}.csv"
+        pseudo[seed] = pseudo_label(real_runs[seed], pool, manifest, cfg["pseudo_label"]["threshold"],
+                                    per_class=-(-cfg["n"] * flow["n_images"] // n_classes))
+    timings["pseudo_label"] = time.perf_counter() - tp
+    rows += [run("pseudo_label", "pseudo_label", [f"pseudo_label-seed-{seed}"], seed, kind="pool")
+             for seed in cfg["seeds"]]
+    rows += [run("semantic_flow", "semantic_flow", ["semantic_flow"], seed) for seed in cfg["seeds"]]
+    rows += [run("both", f"{best}+semantic_flow", [best, "semantic_flow"], seed) for seed in cfg["seeds"]]
+    if closed is not None:
+        rows += [run("ablation:closed", "semantic_flow_closed", ["semantic_flow_closed"], seed)
                  for seed in cfg["seeds"]]
-        rows += [run("semantic_flow", "semantic_flow", ["semantic_flow"], seed) for seed in cfg["seeds"]]
-        rows += [run("both", f"{best}+semantic_flow", [best, "semantic_flow"], seed) for seed in cfg["seeds"]]
-        if closed is not None:
-            rows += [run("ablation:closed", "semantic_flow_closed", ["semantic_flow_closed"], seed)
-                     for seed in cfg["seeds"]]
-        # each generator's images judged on their own: label agreement with the real-only classifier of the same
-        # seed, and the classification accuracy score (a classifier trained on them alone)
-        for i, r in enumerate(rows):
-            if r["kind"] == "generator" and "+" not in r["method"]:
-                cas_dir = (out / "runs" / "cas" / f"{r['method']}-seed-{r['seed']}"
-                           if r["arm"] in ("classical", "semantic_flow") else None)
-                rows[i] = {**r, **generator_scores(real_runs[r["seed"]], synthetic[r["method"]], cas_dir, val, test,
-                                                   {**cfg["train"], "seed": r["seed"]}, progress=progress)}
+    # each generator's images judged on their own: label agreement with the real-only classifier of the same
+    # seed, and the classification accuracy score (a classifier trained on them alone)
+    for i, r in enumerate(rows):
+        if r["kind"] == "generator" and "+" not in r["method"]:
+            cas_dir = (out / "runs" / "cas" / f"{r['method']}-seed-{r['seed']}"
+                       if r["arm"] in ("classical", "semantic_flow") else None)
+            rows[i] = {**r, **generator_scores(real_runs[r["seed"]], synthetic[r["method"]], cas_dir, val, test,
+                                               {**cfg["train"], "seed": r["seed"]}, progress=progress)}
     timings["classifiers"] = time.perf_counter() - t - timings["pseudo_label"]
 
     write_results(out, rows)
@@ -207,16 +211,19 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool | None = None,
     result = {"dataset": dataset, "metric": metric.replace("_acc", " accuracy"), "arms": arms,
               "classical_validation": picks, "real_images": int(rows[0]["n_real"]),
               "synthetic_per_real": cfg["n"], "generator_saw": saw,
-              "flow": {"steps": flow["steps"], "reconstruction": flow["reconstruction"], "seconds": flow["seconds"]},
+              "flow": _flow_summary(flow),
               "pseudo_label": pseudo,
               "grid": str(grids["semantic_flow"]), "report": str(out / "report.html"),
               "timings_s": {k: round(v, 1) for k, v in timings.items()},
               "seconds": round(time.perf_counter() - t_start, 1), "quick": quick}
     if closed is not None:
-        result["flow_closed"] = {"steps": closed["steps"], "reconstruction": closed["reconstruction"],
-                                 "seconds": closed["seconds"]}
+        result["flow_closed"] = _flow_summary(closed)
     (out / "demo.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _flow_summary(fit: dict[str, Any]) -> dict[str, Any]:
+    return {k: fit[k] for k in ("steps", "reconstruction", "seconds")}
 
 
 def _pseudo_note(pseudo: dict[int, dict], threshold: float) -> str:

@@ -150,35 +150,32 @@ def pseudo_label(real_run: Path, pool: Path, out: Path, threshold: float = 0.95,
     report_path = out.with_suffix(".json")
     if out.is_file() and report_path.is_file():
         return json.loads(report_path.read_text())
-    from ..data.imageset import load_files
+    from ..data.imageset import load_real
     from ..data.sources import Source
     from ..data.splits import write_manifest
-    from ..features import normalize
+    from ..train.trainer import predict_logits
 
     device = resolve_device("auto")
     model, meta = load_run(real_run, device)
-    records = [r for r in Source(pool).records() if r.error is None]
-    images = load_files([r.path for r in records], meta["image_size"])
-    by_path = {r.path: r for r in records}
-    probs = torch.cat([torch.softmax(model(normalize(images.images[i:i + 512].to(device), meta["mean"], meta["std"])),
-                                     1).cpu() for i in range(0, len(images), 512)])
-    conf, pred = probs.max(1)
+    by_id = {r.id: r for r in Source(pool).records() if r.error is None}
+    images = load_real(pool, meta["image_size"], "pool")  # shared with fit-flow's read under `shared_loads`
+    conf, pred = predict_logits(model, images.images, meta["mean"], meta["std"], device, 512).softmax(1).max(1)
     kept, correct = [], 0
     for c, cls in enumerate(meta["classes"]):
         idx = [int(i) for i in torch.nonzero((pred == c) & (conf >= threshold)).flatten()]
-        idx.sort(key=lambda i: (-float(conf[i]), images.ids[i]))
+        idx.sort(key=lambda i: (-float(conf[i]), by_id[images.ids[i]].path))
         for i in idx[:per_class]:
-            rec = by_path[images.ids[i]]
+            rec = by_id[images.ids[i]]
             kept.append((Record(id=rec.id, path=rec.path, label=cls), float(conf[i])))
             correct += rec.label == cls
     if not kept:
         raise ConfigError(f"pseudo-labelling {pool}: no image reached confidence {threshold:g} "
                           f"(the classifier in {real_run} is never that sure); lower the threshold")
     write_manifest([r for r, _ in kept], out, {"confidence": [f"{c:.4f}" for _, c in kept]})
-    labelled = all(r.label is not None for r in records)
+    labelled = all(r.label is not None for r in by_id.values())
     report = {"pool": str(pool), "pool_images": len(images), "threshold": threshold, "per_class": per_class,
               "kept": len(kept), "per_class_kept": {c: sum(r.label == c for r, _ in kept) for c in meta["classes"]},
-              "accuracy_vs_withheld_labels": correct / len(kept) if kept and labelled else None}
+              "accuracy_vs_withheld_labels": correct / len(kept) if labelled else None}
     report_path.write_text(json.dumps(report, indent=2))
     return report
 

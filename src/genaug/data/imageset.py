@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..core.config import ConfigError
 from .images import ANY_SIZE, InputConfig, Rejected, load_image
 from .sources import Source
-from .metadata import FILTERED, METADATA, is_output_dir, read_rows
+from .metadata import FILTERED, METADATA, is_output_dir, left_out, read_rows
 from ..core.log import bar_disabled, get_logger
 
 log = get_logger(__name__)
@@ -138,7 +138,7 @@ def _load_synthetic(out_dir: Path, size: int, keep_zero_weight: bool) -> ImageSe
         w = float(r.get("weight", 1.0))
         if not np.isfinite(w) or w < 0:
             raise ConfigError(f"{out_dir / r['file_name']}: weight must be a finite number >= 0, got {w}")
-        if (w == 0 or r.get("filtered")) and not keep_zero_weight:
+        if left_out(r) and not keep_zero_weight:
             continue
         image, _ = load_image(out_dir / r["file_name"], ANY_SIZE)
         images.append(_to_tensor(image, size))

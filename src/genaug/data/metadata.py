@@ -73,6 +73,12 @@ def read_rows(folder: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def left_out(row: dict[str, Any]) -> bool:
+    """A row that training (and chaining) never draws: weight 0 (a scorer judged it unusable), or removed by a
+    filter (`filtered`, genaug.scoring.filters)."""
+    return float(row.get("weight", 1.0)) == 0 or bool(row.get("filtered"))
+
+
 def filtered_keys(folder: str | Path) -> set[tuple[str, int]]:
     """`(source_id, variant)` of every row a filter dropped: a resumed run does not generate them again."""
     keys = set()

@@ -19,7 +19,7 @@ from ..core.log import get_logger
 from ..core.records import Example
 from .hf import HFDataset, is_hf_imagefolder, is_saved_dataset
 from .images import InputConfig, Rejected, is_image_name, load_image, load_mask
-from .metadata import is_output_dir, read_rows
+from .metadata import is_output_dir, left_out, read_rows
 
 log = get_logger(__name__)
 MANIFEST_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl"}
@@ -117,7 +117,7 @@ class Source:
         the id its `file_name`. Rows of weight 0, and rows a filter removed (`filtered`), are left out: a
         scorer judged them unusable, and training leaves them out too."""
         for r in read_rows(self.root):
-            if float(r.get("weight", 1.0)) == 0 or r.get("filtered"):
+            if left_out(r):
                 continue
             name = str(r["file_name"])
             label = r["label"]

@@ -35,7 +35,7 @@ from ..core.config import ConfigError
 from ..data.cache import cache_root
 from ..data.sources import Source
 from ..data.splits import per_class_order, write_manifest
-from ..features import normalize, resnet50_imagenet_file
+from ..features import resnet50_imagenet_file
 
 # The probe's protocol (DIAGen: linear head, 256 px, RandAugment, batch 32); its training length and optimiser are
 # genaug's (DIAGen: Adam 1e-4 for up to 50 x 200 steps with early stopping; here 15 passes at AdamW 1e-2).
@@ -140,13 +140,13 @@ class Probe:
     work: Path
     accuracy: float = float("nan")  # on the calibration images (held out of training, or the validation split)
 
-    @torch.no_grad()
     def logits(self, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
         """Raw logits of uint8 images `(N, 3, S, S)` at the probe's `config["image_size"]`."""
-        self.model.eval()
-        device = next(self.model.parameters()).device
-        return torch.cat([self.model(normalize(images[i:i + batch].to(device), self.mean, self.std)).float().cpu()
-                          for i in range(0, len(images), batch)] or [torch.empty(0, len(self.classes))])
+        from ..train.trainer import predict_logits
+
+        if not len(images):
+            return torch.empty(0, len(self.classes))
+        return predict_logits(self.model, images, self.mean, self.std, next(self.model.parameters()).device, batch)
 
     def probs(self, images: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities `(N, C)`, columns in the order of `classes`."""

@@ -75,17 +75,14 @@ def _weight_rows(synthetic: Path, probe, rule: str, holdout: float, val: str | P
             r["weight_before_filter"] = round(float(w_rule[i]), 6)
         r["scores"] = {**r.get("scores", {}), "confidence": round(float(conf), 6)}
     rewrite_rows(synthetic, rows)
-    d = probe.describe()
-    summary = {"rule": rule, "temperature": d["temperature"], "holdout_nll_before": d["holdout_nll_before"],
-               "holdout_nll_after": d["holdout_nll_after"], "calibration": d["calibration"],
+    probe_record = {k: v for k, v in probe.describe().items() if k != "holdout_accuracy"}
+    summary = {"rule": rule, **probe_record,
                "val": str(val) if val is not None else None, "holdout": holdout if val is None else None,
-               "n_holdout": d["n_holdout"], "backbone_requested": d["backbone_requested"],
-               "backbone": d["backbone"], "backbone_fallback": d["backbone_fallback"], "classifier": d["classifier"],
                "n_synthetic": len(rows), "n_filtered": int(removed.sum()),
                "mean_confidence": float(p.mean()) if len(p) else float("nan"),
                "zero_weight": int((weights == 0).sum()),
                "weight_min": float(weights.min()) if len(rows) else float("nan"),
-               "weight_max": float(weights.max()) if len(rows) else float("nan"), "work_dir": d["work_dir"]}
+               "weight_max": float(weights.max()) if len(rows) else float("nan")}
     atomic_write(synthetic / "weighting.json", json.dumps(summary, indent=2))
     return summary
 

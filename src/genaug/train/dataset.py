@@ -98,12 +98,16 @@ class SyntheticShareSampler(Sampler[list[int]]):
         n_syn = self.synthetic_per_batch
         if self.n_real == 0 and n_syn < batch_size:
             raise ConfigError("no real images to draw from")
-        if synthetic_share is None:  # one pass over the pool
+        # what one pass (the default epoch) goes over, in words for the logs
+        if synthetic_share is None:
             base, per = self.n_real + self.n_synthetic, batch_size
-        elif n_syn == batch_size:  # all-synthetic batches: one pass over the synthetic images
+            self.pass_over = f"the {base} real and synthetic images"
+        elif n_syn == batch_size:  # all-synthetic batches
             base, per = self.n_synthetic, batch_size
-        else:  # one pass over the real images, at the real part of each batch
+            self.pass_over = f"the {base} synthetic images"
+        else:  # the real images, at the real part of each batch
             base, per = self.n_real, batch_size - n_syn
+            self.pass_over = f"the {base} real images, {per} a batch"
         self.num_batches = num_batches or max(1, math.ceil(base / per))
 
     @property

@@ -114,18 +114,21 @@ def epoch_length(cfg: TrainConfig, pass_steps: int) -> tuple[int, str]:
     return pass_steps, "real_pass"
 
 
+@torch.no_grad()
+def predict_logits(model, images: torch.Tensor, mean, std, device, batch_size: int = 256) -> torch.Tensor:
+    """Logits `(N, C)` (float32, on the CPU) of uint8 images `(N, 3, S, S)`, in batches, the model in eval mode."""
+    model.eval()
+    out = [model(normalize(images[i:i + batch_size].to(device), mean, std)).float().cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
 def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, batch_size: int = 256) -> dict:
     """Top-1 and per-class accuracy, and the confusion matrix (rows: true class)."""
     from sklearn.metrics import confusion_matrix
 
     y = images.targets(classes)
-    model.eval()
-    preds = []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = normalize(images.images[i:i + batch_size].to(device), mean, std)
-            preds.append(model(x).argmax(1).cpu())
-    pred = torch.cat(preds).numpy()
+    pred = predict_logits(model, images.images, mean, std, device, batch_size).argmax(1).numpy()
     cm = confusion_matrix(y.numpy(), pred, labels=list(range(len(classes))))
     support = cm.sum(1)
     per_class = {c: float(cm[i, i] / support[i]) for i, c in enumerate(classes) if support[i]}
@@ -211,11 +214,9 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     sampler = SyntheticShareSampler(data, cfg.batch_size, share, seed=cfg.seed)  # its length: one pass
     steps, steps_from = epoch_length(cfg, sampler.num_batches)
     if steps_from == "min_steps":
-        what = (f"the {data.n_real + data.n_synthetic} real and synthetic images" if share is None
-                else f"the {data.n_real} real images, {cfg.batch_size - sampler.synthetic_per_batch} a batch")
         log.info("an epoch is raised from %d steps (one pass over %s) to %d: %d epochs x %d steps fall short of "
-                 "min_steps=%d (min_steps=0 or steps_per_epoch= changes it)", sampler.num_batches, what, steps,
-                 cfg.epochs, sampler.num_batches, cfg.min_steps)
+                 "min_steps=%d (min_steps=0 or steps_per_epoch= changes it)", sampler.num_batches,
+                 sampler.pass_over, steps, cfg.epochs, sampler.num_batches, cfg.min_steps)
     sampler.num_batches = steps
     total = steps * cfg.epochs
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine"
