@@ -10,6 +10,8 @@ the classifier, its steps and seeds. Levers:
 - scoring the demo's own images: DIAGen's confidence weighting, label-agreement filtering (a real-only
   probe; images it disagrees with weigh 0);
 - the demo's "both" arm (the best classical candidate's images beside the generator's) with guidance 2;
+- the closed-setting generator (`--ablation closed`, the labelled images only; needs that demo folder) with
+  guidance 2, alone and in "both"; a generator trained twice as long;
 - fewer images: only the first of the 2 variants of each real image;
 - a lower synthetic share of every batch (0.25 instead of 0.5).
 Prints one row per lever: validation and test accuracy (mean ± std over the demo's seeds) and the test
@@ -28,6 +30,8 @@ import pandas as pd
 from genaug.bench.run import train_cached
 from genaug.data.imageset import shared_loads
 from genaug.data.metadata import METADATA
+from genaug.demo import pool_manifest
+from genaug.flow.train import fit_flow
 from genaug.pipeline import augment
 from genaug.scoring.filters import filter_folder
 from genaug.scoring.weighting import weight_synthetic
@@ -38,6 +42,19 @@ LEVERS: dict[str, dict] = {
     "guidance 2 (CFG)": {"generate": {"guidance": 2.0}},
     # the demo's "both" arm with that lever: the best classical candidate's images beside the generator's
     "both, guidance 2": {"generate": {"guidance": 2.0}, "with_best_classical": True},
+    "guidance 3 (CFG)": {"generate": {"guidance": 3.0}},
+    "both, guidance 3": {"generate": {"guidance": 3.0}, "with_best_classical": True},
+    # two levers together: guidance on the paper's latent mode
+    "guidance 2, latent mode": {"generate": {"guidance": 2.0, "mode": "latent"}},
+    "both, guidance 2, latent mode": {"generate": {"guidance": 2.0, "mode": "latent"}, "with_best_classical": True},
+    # the closed-setting generator (--ablation closed: trained on the labelled images only) with guidance 2
+    "closed generator, guidance 2": {"generate": {"guidance": 2.0}, "flow": "flow-model-closed"},
+    "both, closed generator, guidance 2": {"generate": {"guidance": 2.0}, "flow": "flow-model-closed",
+                                           "with_best_classical": True},
+    # a generator trained twice as long (900 steps), guidance 2
+    "900 generator steps, guidance 2": {"generate": {"guidance": 2.0}, "fit": {"steps": 900}},
+    "both, 900 generator steps, guidance 2": {"generate": {"guidance": 2.0}, "fit": {"steps": 900},
+                                              "with_best_classical": True},
     "midpoint solver": {"generate": {"solver": "midpoint"}},
     "latent mode (inversion + delta)": {"generate": {"mode": "latent"}},
     "DIAGen weighting": {"score": "weight"},
@@ -93,10 +110,16 @@ def main() -> None:
             syn = base_syn
             if "generate" in lever:
                 # the same generation options are the same images: "both, guidance 2" reuses "guidance 2"'s
-                first = next(n for n, v in LEVERS.items() if v.get("generate") == lever["generate"])
+                first = next(n for n, v in LEVERS.items() if all(v.get(k) == lever.get(k)
+                                                                 for k in ("generate", "flow", "fit")))
+                flow = demo / lever.get("flow", "flow-model")
+                if "fit" in lever:  # a generator of its own: the demo's settings and data, one option changed
+                    flow = out / "flows" / _slug(first)
+                    fit_flow(real, flow, {**cfg["flow"], **lever["fit"]}, progress=False,
+                             unlabeled=pool_manifest(split / "rest.csv", cfg["pool_per_class"]))
                 syn = out / "synthetic" / _slug(first)
                 augment(real, syn, method="semantic_flow", n=cfg["n"], seed=0, progress=False,
-                        options={"model": str(demo / "flow-model"), **cfg["semantic_flow"], **lever["generate"]})
+                        options={"model": str(flow), **cfg["semantic_flow"], **lever["generate"]})
             elif lever.get("score") == "weight":
                 syn = _copy_folder(base_syn, out / "synthetic" / key)
                 weight_synthetic(syn, real, val=val, progress=False, **PROBE)

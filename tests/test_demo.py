@@ -3,13 +3,16 @@ import json
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
 from conftest import cli
-from genaug.data.builtin import fashion_mnist, fashion_mnist_available, stratified_subset
+from genaug.core.config import ConfigError
+from genaug.data.builtin import digits, fashion_mnist, fashion_mnist_available, load_builtin, stratified_subset
+from genaug.demo import run_demo
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +68,15 @@ def test_the_generator_sees_labelled_and_unlabelled_training_images_never_val_or
     root, _ = demo_run
     demo = root / "demo"
     fit = yaml.safe_load((demo / "flow-model" / "fit_config.yaml").read_text())
-    split = demo / "splits" / "fraction-0.01" / "seed-0"
+    cfg = json.loads((demo / "config.yaml").read_text())
+    split = demo / "splits" / f"fraction-{cfg['fraction']:g}" / "seed-0"
     assert Path(fit["source"]) == (split / "train.csv").resolve()
     pool = Path(fit["unlabeled"])
     assert pool.parent == split.resolve() and fit["n_unlabeled"] == len(pd.read_csv(pool)) > 0
     seen = _paths(split / "train.csv") | _paths(pool)
     assert len(seen) == fit["n_images"] + fit["n_unlabeled"]
     assert not seen & _paths(split / "val.csv")
-    test_manifest = demo / "data" / "fashion-mnist-test" / "manifest.csv"
-    if test_manifest.exists():
-        assert not seen & _paths(test_manifest)
+    assert not seen & _paths(demo / "data" / f"{cfg['dataset']}-test" / "manifest.csv")
     saw = json.loads((root / "demo.json").read_text())["details"]["generator_saw"]
     assert saw["unlabelled_images"] == fit["n_unlabeled"] and saw["labelled_images"] == fit["n_images"]
     # the pseudo-label arm draws on exactly that pool, labelled by each seed's real-only classifier
@@ -101,3 +103,30 @@ def test_fashion_mnist_reader_when_installed():
     assert images.shape == (10000, 28, 28) and images.dtype.name == "uint8" and len(classes) == 10
     idx = stratified_subset(labels, 5, seed=0)
     assert len(idx) == 50 and (labels[idx] == labels[idx].min()).sum() == 5
+
+
+def test_digits_have_a_fixed_stratified_test_third():
+    """scikit-learn ships no split: genaug's is a third of every class, the same on every call, disjoint from
+    train and together all 1,797 digits."""
+    (tr, ytr, classes), (te, yte, _) = digits("train"), digits("test")
+    assert len(tr) + len(te) == 1797 and len(classes) == 10
+    for c in range(10):
+        n = (ytr == c).sum() + (yte == c).sum()
+        assert (yte == c).sum() == round(n / 3)
+    from sklearn.datasets import load_digits
+
+    def rows(images, labels):  # the multiset of (image, label)
+        return sorted(im.tobytes() + bytes([int(y)]) for im, y in zip(images, labels))
+
+    full = load_digits()
+    scaled = np.clip(full.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+    assert rows(np.concatenate([tr, te]), np.concatenate([ytr, yte])) == rows(scaled, full.target)
+    assert np.array_equal(digits("test")[0], te)
+    with pytest.raises(ConfigError, match="unknown split"):
+        load_builtin("digits", "validation")
+
+
+def test_demo_rejects_an_unknown_dataset(tmp_path):
+    with pytest.raises(ConfigError, match="unknown demo dataset 'mnist'"):
+        run_demo(tmp_path / "d", quick=True, overrides={"dataset": "mnist"})
+    assert not (tmp_path / "d").exists()

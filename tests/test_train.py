@@ -192,10 +192,16 @@ def test_linear_probe_on_the_real_imagenet_mobilenet(digits_folder, tmp_path):
     model, mean, std = create_classifier("torchvision/mobilenet_v2", 3, "imagenet", linear_probe=True)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable == ["classifier.1.weight", "classifier.1.bias"] and mean[0] == pytest.approx(0.485)
-    r = train(digits_folder, tmp_path / "lp", test=digits_folder, progress=False,
-              config={"model": "torchvision/mobilenet_v2", "pretrained": "imagenet", "mode": "linear",
-                      "epochs": 3, "image_size": 64, "lr": 1e-2, "batch_size": 32, "min_steps": 0})
+    cfg = {"model": "torchvision/mobilenet_v2", "pretrained": "imagenet", "mode": "linear",
+           "epochs": 3, "image_size": 64, "lr": 1e-2, "batch_size": 32, "min_steps": 0}
+    r = train(digits_folder, tmp_path / "lp", test=digits_folder, progress=False, config=cfg)
     assert r["test"]["accuracy"] > 0.6  # real ImageNet features separate digits linearly
+    # the frozen backbone's features are computed once (the default) or on every batch: the same training
+    slow = train(digits_folder, tmp_path / "lp-slow", test=digits_folder, progress=False,
+                 config={**cfg, "cache_features": False})
+    assert [h["train_loss"] for h in r["history"]] == pytest.approx([h["train_loss"] for h in slow["history"]],
+                                                                    rel=1e-4)
+    assert r["test"]["confusion"] == slow["test"]["confusion"]
 
 
 def test_sic_explainability_score(digits_folder, tmp_path):

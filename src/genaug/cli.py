@@ -240,7 +240,7 @@ def _write_json(path: Optional[Path], data) -> None:
 def export_dataset(
     name: Annotated[Literal["fashion-mnist", "digits"], typer.Argument(help="a built-in real dataset")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the PNGs and manifest.csv")] = ...,
-    split: Annotated[Literal["train", "test"], typer.Option(help="which split (fashion-mnist; digits has none)")] = "train",
+    split: Annotated[Literal["train", "test"], typer.Option(help="which split (digits: genaug's fixed stratified third is test)")] = "train",
     per_class: Annotated[Optional[int], typer.Option(help="only this many images per class (stratified, seeded)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the per-class subset")] = 0,
 ) -> None:
@@ -581,13 +581,15 @@ def demo(
     quick: Annotated[bool, typer.Option(help="a much smaller run, for smoke tests")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the result table as JSON")] = None,
     ablation: Annotated[Optional[list[str]], typer.Option("--ablation", help="also run an ablation arm (repeatable): closed = the generator trained on the labelled images only")] = None,
+    dataset: Annotated[Literal["auto", "fashion-mnist", "digits"], typer.Option(help="auto: Fashion-MNIST where installed, else scikit-learn's digits (10 % labelled, genaug's fixed test third)")] = "auto",
 ) -> None:
     """The main job, offline: Fashion-MNIST at 1 %, flow-matching augmentation (its generator also sees the
     rest of the training set, labels withheld) vs classical and pseudo-labelling, 3 seeds."""
     from .demo import format_table, run_demo
 
     try:
-        result = run_demo(out, quick=quick, progress=_progress, overrides={"ablations": list(ablation or [])})
+        result = run_demo(out, quick=quick, progress=_progress, overrides={"ablations": list(ablation or []),
+                                                                            "dataset": dataset})
     except ConfigError as e:
         _fail(str(e))
     typer.echo(format_table(result))

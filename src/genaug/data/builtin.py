@@ -1,5 +1,6 @@
 """Real datasets that work offline: Fashion-MNIST from the Debian package `dataset-fashion-mnist`
-(read with torchvision's own MNIST reader) and scikit-learn's bundled 8x8 digits as a fallback."""
+(read with torchvision's own MNIST reader) and scikit-learn's bundled 8x8 digits (a fallback, and the demo's
+second dataset; genaug fixes its train/test split)."""
 from __future__ import annotations
 
 import csv
@@ -55,20 +56,35 @@ def fashion_mnist(split: str = "train") -> tuple[np.ndarray, np.ndarray, list[st
     return ds.data.numpy(), ds.targets.numpy().astype(np.int64), list(ds.classes)
 
 
-def digits() -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """scikit-learn's 1797 real 8x8 digits, grey levels 0..16 scaled to 0..255."""
+DIGITS_TEST_SHARE = 1 / 3
+
+
+def digits(split: str = "train") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """scikit-learn's 1797 real 8x8 digits, grey levels 0..16 scaled to 0..255. scikit-learn ships no split, so
+    genaug fixes one: "test" is a third of every class (599 images; the first of each class in genaug's seeded
+    per-class order, `splits.per_class_order` with seed 0), "train" the other 1,198."""
     from sklearn.datasets import load_digits
+
+    from .splits import per_class_order
 
     d = load_digits()
     images = np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
-    return images, d.target.astype(np.int64), [str(c) for c in d.target_names]
+    labels = d.target.astype(np.int64)
+    order = per_class_order(range(len(labels)), lambda i: str(labels[i]), lambda i: i, 0, salt="digits-test")
+    test = np.zeros(len(labels), dtype=bool)
+    for idx in order.values():
+        test[idx[:round(DIGITS_TEST_SHARE * len(idx))]] = True
+    keep = test if split == "test" else ~test
+    return images[keep], labels[keep], [str(c) for c in d.target_names]
 
 
 def load_builtin(name: str, split: str = "train") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if split not in ("train", "test"):
+        raise ConfigError(f"unknown split {split!r} of built-in dataset {name!r}; choose train or test")
     if name == "fashion-mnist":
         return fashion_mnist(split)
     if name == "digits":
-        return digits()
+        return digits(split)
     raise ConfigError(f"unknown built-in dataset {name!r}; available: {', '.join(BUILTIN)}")
 
 

@@ -179,10 +179,7 @@ def fit_probe(real: str | Path, val: str | Path | None = None, holdout: float = 
               classifier: dict[str, Any] | None = None, seed: int = 0, backbone: str = "resnet50",
               progress: bool | None = None) -> Probe:
     """Train (or reuse) the real-only classifier of `real` and calibrate its temperature."""
-    from safetensors.torch import load_model
-
-    from ..train import load_real, train
-    from ..train.models import create_classifier
+    from ..train import load_real, load_run, train
 
     if not Path(real).exists():
         raise ConfigError(f"real images not found: {real}")
@@ -204,8 +201,8 @@ def fit_probe(real: str | Path, val: str | Path | None = None, holdout: float = 
             classes = json.loads((run / "metrics.json").read_text())["classes"]
         else:
             classes = train(train_csv, run, val=val, config=cfg, progress=progress)["classes"]
-        model, mean, std = create_classifier(cfg["model"], len(classes), None, **cfg.get("model_options", {}))
-        load_model(model, str(run / "best.safetensors"))
+        model, meta = load_run(run)
+        mean, std = meta["mean"], meta["std"]
     probe = Probe(model, mean, std, classes, 1.0, cfg, used, backbone, fallback,
                   "holdout" if val is None else "val", 0, float("nan"), float("nan"), work)
     held = load_real(calib_src, probe.image_size, "holdout" if val is None else "val")
