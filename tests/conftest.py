@@ -31,7 +31,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def digit_images():
     """Real handwritten digits (scikit-learn), upscaled to 16x16 so every op has room."""
-    images, labels, classes = digits()
+    images, labels, classes = digits("all")
     return [Image.fromarray(im).resize((16, 16), Image.NEAREST) for im in images], labels, classes
 
 

@@ -62,7 +62,8 @@ DIGITS_TEST_SHARE = 1 / 3
 def digits(split: str = "train") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """scikit-learn's 1797 real 8x8 digits, grey levels 0..16 scaled to 0..255. scikit-learn ships no split, so
     genaug fixes one: "test" is a third of every class (599 images; the first of each class in genaug's seeded
-    per-class order, `splits.per_class_order` with seed 0), "train" the other 1,198."""
+    per-class order, `splits.per_class_order` with seed 0), "train" the other 1,198; "all": every digit, in
+    scikit-learn's order."""
     from sklearn.datasets import load_digits
 
     from .splits import per_class_order
@@ -70,6 +71,8 @@ def digits(split: str = "train") -> tuple[np.ndarray, np.ndarray, list[str]]:
     d = load_digits()
     images = np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
     labels = d.target.astype(np.int64)
+    if split == "all":
+        return images, labels, [str(c) for c in d.target_names]
     order = per_class_order(range(len(labels)), lambda i: str(labels[i]), lambda i: i, 0, salt="digits-test")
     test = np.zeros(len(labels), dtype=bool)
     for idx in order.values():
