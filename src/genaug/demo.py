@@ -100,14 +100,15 @@ def _run_demo(out: str | Path, quick: bool, progress: bool | None, overrides: di
         dataset = "fashion-mnist" if fashion_mnist_available() else "digits"
     if dataset not in SIZES:
         raise ConfigError(f"unknown demo dataset {dataset!r}; choose auto or one of {sorted(SIZES)}")
-    cfg.update(SIZES[dataset], dataset=dataset)
+    cfg.update(SIZES[dataset])
     if quick:
         cfg.update(val_per_class=10, seeds=[0, 1], classical_candidates=["flipcrop", "randaugment"],
                    pool_per_class=30, pseudo_label={"threshold": 0.0})  # a 20-step classifier is never 95 % sure
         cfg["flow"].update(steps=20, block_channels=[16, 32])
         cfg["train"].update(epochs=2, steps_per_epoch=10)
-    for k, v in {k: v for k, v in (overrides or {}).items() if k != "dataset"}.items():
+    for k, v in (overrides or {}).items():
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    cfg["dataset"] = dataset  # the name "auto" resolved to
     unknown = sorted(set(cfg["ablations"]) - set(ABLATIONS))
     if unknown:
         raise ConfigError(f"unknown demo ablation(s) {unknown}; choose from {sorted(ABLATIONS)}")

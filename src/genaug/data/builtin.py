@@ -68,17 +68,19 @@ def digits(split: str = "train") -> tuple[np.ndarray, np.ndarray, list[str]]:
 
     from .splits import per_class_order
 
+    if split not in ("train", "test", "all"):
+        raise ConfigError(f"unknown digits split {split!r}; choose train, test or all")
     d = load_digits()
     images = np.clip(d.images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
-    labels = d.target.astype(np.int64)
+    labels, classes = d.target.astype(np.int64), [str(c) for c in d.target_names]
     if split == "all":
-        return images, labels, [str(c) for c in d.target_names]
+        return images, labels, classes
     order = per_class_order(range(len(labels)), lambda i: str(labels[i]), lambda i: i, 0, salt="digits-test")
     test = np.zeros(len(labels), dtype=bool)
     for idx in order.values():
         test[idx[:round(DIGITS_TEST_SHARE * len(idx))]] = True
     keep = test if split == "test" else ~test
-    return images[keep], labels[keep], [str(c) for c in d.target_names]
+    return images[keep], labels[keep], classes
 
 
 def load_builtin(name: str, split: str = "train") -> tuple[np.ndarray, np.ndarray, list[str]]:
