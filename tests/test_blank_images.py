@@ -126,3 +126,55 @@ def test_a_refusal_survives_resizing():
 def test_safety_checker_on_a_checkpoint_without_one_is_a_clear_error(tiny_models):
     with pytest.raises(ConfigError, match="has no safety checker"):
         Diffusion(str(tiny_models["sd15"]), safety_checker=True, resolution=32)
+
+
+@pytest.fixture(scope="module")
+def inpaint_checkpoints(tmp_path_factory):
+    """Tiny SD 1.x inpainting checkpoints with a safety checker (as runwayml's has): flag every image, or none."""
+    from genaug.testing.tiny import make_sd15
+
+    root = tmp_path_factory.mktemp("sd-inpaint-safety")
+    for kind in ("flag_all", "flag_none"):
+        make_sd15(inpaint=True, safety_checker=kind)[0].save_pretrained(root / kind)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cat_dog_cutouts(tmp_path_factory, digit_images):
+    from conftest import make_cutouts
+
+    return make_cutouts(tmp_path_factory.mktemp("cutouts"), digit_images, per_class=1)
+
+
+COMPOSITING = {  # methods that paste source pixels back over what the pipeline made
+    "aga": ("sd", ["-n", 2, "steps=2", "resolution=32", "masks=dataset", "llm=template", "flip_p=0",
+                   "scale=[1,1]", "rotation=[0,0]", "position=keep"]),
+    "inpaint": ("inpaint", ["-n", 2, "steps=2", "resolution=32", "masks=dataset", "mode=background",
+                            "dilation=2"]),
+}
+
+
+@pytest.mark.parametrize("method", sorted(COMPOSITING))
+def test_a_flagged_image_pasted_with_its_subject_is_still_rejected(method, cat_dog_cutouts, tmp_path, checkpoints,
+                                                                   inpaint_checkpoints):
+    """aga pastes the subject on the generated background and inpaint restores the kept region: the checker's
+    black comes back with the source's own pixels on it, so the image is not blank and only the checker's flag
+    can keep it out. Every variant the unflagging checker writes, the flagging one rejects, for that reason."""
+    which, args = COMPOSITING[method]
+    root = checkpoints if which == "sd" else inpaint_checkpoints
+    run = {kind: cli("augment", cat_dog_cutouts, "--out", tmp_path / kind, "--method", method, *args,
+                     f"model={root / kind}", "safety_checker=true") for kind in ("flag_none", "flag_all")}
+    kept = read_rows(tmp_path / "flag_none")
+    assert len(kept) == 4 and _rejected(tmp_path / "flag_none") == []
+    assert "wrote 4 image(s)" in run["flag_none"].output and "rejected" not in run["flag_none"].output
+    assert not any(_is_blank(tmp_path / "flag_none" / r["file_name"]) for r in kept)
+    out = tmp_path / "flag_all"
+    assert read_rows(out) == [] and png_bytes(out) == {}
+    assert "wrote 0 image(s)" in run["flag_all"].output and "4 rejected" in run["flag_all"].output
+    rejected = _rejected(out)
+    assert sorted((r["id"], int(r["reason"].split("variant ")[1].split()[0])) for r in rejected) == \
+        sorted((r["source_id"], r["variant"]) for r in kept)
+    for r in rejected:
+        assert r["reason"].startswith(f"{method} variant ")
+        assert "safety checker flagged it" in r["reason"] and "safety_checker=false" in r["reason"]
+        assert "blank" not in r["reason"]  # caught by the flag, not by the blank check: the composite is not blank

@@ -68,8 +68,26 @@ def test_aga_output_with_a_language_model_passes_the_checks(cutouts, tmp_path, t
 
 
 def test_diffusion_output_passes_the_checks(tmp_path, tiny_models, digit_images):
+    """check_output passes on real_guidance's images; assert_differs, on its own, passes each generated image
+    against its source and fails on the source itself saved again, as PNG or JPEG, or moved by one level."""
+    from genaug.data.images import InputConfig, load_image
+
     src = make_imagefolder(tmp_path / "src", digit_images, per_class=1, classes=("0", "1"))
     out = tmp_path / "rg"
     cli("augment", src, "--method", "real_guidance", "--out", out, "-n", 1, f"model={tiny_models['sd15']}",
         "steps=2", "resolution=32")
-    assert len(check_output(out, src)) == 2
+    rows = check_output(out, src)
+    assert len(rows) == 2
+    for r in rows:
+        source = load_image(src / r["source_id"], InputConfig())[0]
+        assert_differs(out / r["file_name"], source)
+        again = {}
+        for fmt in ("PNG", "JPEG"):
+            path = tmp_path / f"again.{fmt.lower()}"
+            source.save(path, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+            again[fmt] = Image.open(path)
+        a = np.asarray(source).astype(int)
+        again["+1"] = Image.fromarray(np.where(a < 255, a + 1, a - 1).astype(np.uint8))
+        for name, image in again.items():
+            with pytest.raises(AssertionError, match="nearly its source"):
+                assert_differs(image, source)
