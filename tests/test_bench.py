@@ -165,3 +165,33 @@ def test_pseudo_labels_come_from_the_classifier_not_the_pool(bench_run, tmp_path
             "--out", tmp_path / "train", "epochs=1", "image_size=28", "batch_size=16", "min_steps=0", "--json",
             tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["n_synthetic"] == len(kept), r.output
+
+
+def test_a_bench_diagen_arm_calibrates_its_weights_on_the_validation_split(tmp_path, digit_images, tiny_models):
+    """DIAGen calibrates on a validation split: a bench whose split has one gives it to the arm, instead of the
+    arm holding out 20 % of the few-shot train split (here: 1 of 3 images per class). An arm's own choice wins."""
+    from conftest import make_imagefolder, read_rows
+    from genaug.bench.run import ArmSpec, generation_options
+
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=6, classes=("0", "1"))
+    diagen = {"model": str(tiny_models["sd15"]), "steps": 4, "resolution": 32, "ti_steps": 1, "weight_epochs": 1,
+              "weight_backbone": "mobilenet_v2", "weight_image_size": 16, "prompts_per_class": 1, "llm": "template"}
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"train": str(src)}, "splits": {"shots": [3], "seeds": [0], "val": 2},
+        "methods": [{"method": "diagen", "options": diagen}], "budget": 1, "cas": False,
+        "train": {"epochs": 1, "image_size": 16, "batch_size": 8, "min_steps": 0}}))
+    cli("bench", cfg, "--out", tmp_path / "run")
+    syn = tmp_path / "run" / "synthetic" / "diagen" / "shots-3" / "seed-0"
+    val = (tmp_path / "run" / "splits" / "shots-3" / "seed-0" / "val.csv").resolve()
+    w = json.loads((syn / "weighting.json").read_text())
+    assert w["calibration"] == "val" and w["val"] == str(val) and w["n_holdout"] == 4 and w["holdout"] is None
+    assert yaml.safe_load((syn / "config.yaml").read_text())["options"]["weight_val"] == str(val)  # recorded
+    assert len(read_rows(syn)) == 6
+    assert pd.read_csv(tmp_path / "run" / "results.csv").set_index("arm").loc["diagen", "n_synthetic"] > 0
+    # the arm's own weight_val, weighting turned off, no validation split, a method without weighting: untouched
+    assert generation_options(ArmSpec(method="diagen", options={"weight_val": "mine.csv"}), val)["weight_val"] \
+        == "mine.csv"
+    assert "weight_val" not in generation_options(ArmSpec(method="diagen", options={"weighting": "none"}), val)
+    assert "weight_val" not in generation_options(ArmSpec(method="diagen"), None)
+    assert generation_options(ArmSpec(method="randaugment", options={"magnitude": 5}), val) == {"magnitude": 5}

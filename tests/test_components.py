@@ -145,3 +145,40 @@ def test_llm_default_is_the_environment_endpoint_then_a_local_model_then_templat
     monkeypatch.setenv("GENAUG_LLM_URL", "localhost:8000")
     with pytest.raises(ConfigError, match="GENAUG_LLM_URL"):
         LLMOptions().language_model()
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory. Tried to allocate 3.00 GiB"),
+                                   MemoryError("cannot allocate"), OSError("broken safetensors header")])
+def test_llm_auto_falls_back_to_templates_on_any_load_failure_but_an_explicit_llm_raises(tiny, monkeypatch, error):
+    """Nobody asked for auto's model: whatever stops it loading (memory, a broken download, the device) gives
+    templates and a warning naming the error — never a crashed run. `llm=local` / `llm=<id>` were asked for."""
+    import genaug.components.llm as llm_mod
+    from genaug.components.hub import models_dir
+
+    real_load = llm_mod.load_pretrained
+
+    def failing(cls, model, revision=None, role="model", **kw):
+        if role == "llm":
+            raise error
+        return real_load(cls, model, revision, role=role, **kw)
+
+    monkeypatch.delenv("GENAUG_LLM_URL", raising=False)
+    monkeypatch.setattr(llm_mod, "load_pretrained", failing)
+    with models_dir(tiny):
+        llm = llm_mod.LLMOptions().language_model()
+        assert llm.kind == "template" and llm.complete("write a caption") == []
+        assert type(error).__name__ in llm.warning and str(error).split(".")[0] in llm.warning
+        assert str(tiny / "llm") in llm.warning and "llm=template" in llm.warning
+        for explicit in ("local", str(tiny / "llm")):
+            with pytest.raises(type(error)):
+                llm_mod.LLMOptions(llm=explicit).language_model()
+
+
+def test_llm_auto_looks_for_a_small_pinned_instruct_model(monkeypatch):
+    """auto's local model is a 1.5B instruct model (3 GB in half precision, not a 15 GB 7B), at a pinned commit,
+    and the warning says which model it looked for."""
+    from genaug.components.llm import LLMOptions
+
+    monkeypatch.delenv("GENAUG_LLM_URL", raising=False)
+    warning = LLMOptions().language_model().warning  # offline: not in the cache
+    assert "'Qwen/Qwen2.5-1.5B-Instruct'" in warning and "revision 989aa7980e4cf806f80c7fef2b1adb7bc71aa306" in warning

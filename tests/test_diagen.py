@@ -155,6 +155,25 @@ def test_diagen_by_default_asks_the_environment_endpoint_else_warns(tiny_models,
                                          ("a photo of a {token} at sunset", "llm")]
 
 
+def test_template_fallback_warning_reaches_the_run_summary_the_user_sees(tmp_path, digit_images, tiny_models,
+                                                                         monkeypatch):
+    """llm=auto with no endpoint and no loadable model: the user is told, in the command's output and in the
+    --json summary, not only on the method object; and every image says its prompt came from a template."""
+    monkeypatch.delenv("GENAUG_LLM_URL", raising=False)
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=1, classes=("0", "1"))
+    args = _args(tiny_models, "weighting=none", "ti_steps=1", "-n", 1)
+    res = cli("augment", src, "--out", tmp_path / "o", *args, "--json", tmp_path / "summary.json")
+    assert "1 warning(s): no language model" in res.output and "prompts come from templates" in res.output
+    warnings = json.loads((tmp_path / "summary.json").read_text())["warnings"]
+    assert len(warnings) == 1 and "Qwen/Qwen2.5-1.5B-Instruct" in warnings[0] and "llm=template" in warnings[0]
+    rows = read_rows(tmp_path / "o")
+    assert len(rows) == 2 and {r["params"]["prompt_source"] for r in rows} == {"template"}
+    assert "llm" not in rows[0]["models"]
+    # templates chosen on purpose: nothing to warn of
+    res = cli("augment", src, "--out", tmp_path / "t", *args, "llm=template", "--json", tmp_path / "t.json")
+    assert "warning(s)" not in res.output and json.loads((tmp_path / "t.json").read_text())["warnings"] == []
+
+
 def test_fixed_noise_vectors_plus_the_clean_one_are_diagens_default(tmp_path, digit_images, tiny_models):
     """DIAGen's code (aggregate_embeddings.py) draws one noisy vector per σ per class once and keeps the clean
     one beside them; images are given one of these K + 1 vectors, never fresh noise."""

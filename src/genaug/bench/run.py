@@ -7,7 +7,9 @@ is in results.csv, and its generation time next to accuracy. Two more columns ju
 on their own: `label_agreement`, the share a real-only classifier (the same split and seed's `real` arm)
 assigns to their label, and `cas_acc`, the classification accuracy score (Ravuri & Vinyals 2019): a
 classifier trained on the synthetic images alone, same options, tested on the real test set (`cas: false`
-skips its extra training). Training draws synthetic images as
+skips its extra training). A generator that weighs its images and can calibrate on a validation split
+(DIAGen's `weight_val`) is given the split's `val.csv` when `splits.val` makes one, as in the paper, unless its
+options set `weight_val` or turn weighting off. Training draws synthetic images as
 `train.synthetic_prob` says (0.5 of every batch by default, DA-Fusion's and DIAGen's share). Generations and trained runs are cached under the run directory, so a rerun
 (or a larger grid) only does what is missing.
 
@@ -21,6 +23,7 @@ skips its extra training). Training draws synthetic images as
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -118,10 +121,27 @@ def arm_budget(arm: ArmSpec, budget: int | None) -> int:
     return budget or get_method_class(arm.method).default_n
 
 
-def _generate(arm: ArmSpec, split_file: Path, out: Path, budget: int, seed: int) -> tuple[Path, float]:
+def generation_options(arm: ArmSpec, val: Path | None) -> dict[str, Any]:
+    """The arm's method options, plus the split's validation manifest as `weight_val` for a method that weighs
+    its images and can calibrate on a validation split (DIAGen): calibrated there, as in the paper, not on a
+    slice of the few-shot train split. The arm's own `weight_val`, or weighting turned off, is left alone."""
+    options = dict(arm.options)
+    cls = get_method_class(arm.method)
+    config = getattr(cls, "Config", None)
+    if (val is None or "weight_val" in options or config is None
+            or "weight_val" not in {f.name for f in dataclasses.fields(config)}):
+        return options
+    if getattr(build_config(config, options, where=f"bench arm {_arm_name(arm)}"), "weighting", None) == "none":
+        return options
+    return {**options, "weight_val": str(Path(val).resolve())}
+
+
+def _generate(arm: ArmSpec, split_file: Path, out: Path, budget: int, seed: int,
+              val: Path | None = None) -> tuple[Path, float]:
     """A cached generation: `genaug augment` resumes, and the first run's seconds are kept."""
     record = out / "generation.json"
-    summary = augment(split_file, out, method=arm.method, n=budget, seed=seed, options=arm.options, progress=False)
+    summary = augment(split_file, out, method=arm.method, n=budget, seed=seed, options=generation_options(arm, val),
+                      progress=False)
     if record.exists() and summary.generated == 0:
         return out, json.loads(record.read_text())["seconds"]
     record.write_text(json.dumps({"seconds": summary.seconds, "images": summary.generated + summary.already_done}))
@@ -221,7 +241,7 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
                 if kind == "generator":
                     budget = arm_budget(arm, cfg.budget)
                     syn, gen_seconds = _generate(arm, sdir / "train.csv", root / "synthetic" / name / split
-                                                 / f"seed-{seed}", budget, seed)
+                                                 / f"seed-{seed}", budget, seed, val)
                     synthetic = [syn]
                     probs = cfg.synthetic_probs or [base_train.synthetic_prob]
                     # judged once per generation, whatever the synthetic proportions it is trained at

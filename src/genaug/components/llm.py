@@ -5,10 +5,12 @@ server, …), a local transformers chat model, or no model at all (the caller's 
 - `"auto"` (default), what the papers do wherever it can be had, in this order:
   1. the OpenAI-compatible endpoint named by the environment: `GENAUG_LLM_URL` (an API base, `.../v1`),
      `GENAUG_LLM_MODEL` (the model name sent; `llm_model` wins), the key in the variable `api_key_env` names;
-  2. the default local chat model (`LOCAL_LLM` at a pinned revision) when it can be loaded: `--models DIR`
-     holds `DIR/llm`, or it is in the Hugging Face cache, or the hub can be reached;
-  3. else templates, with a warning (`LLM.warning`) that methods pass on to the run summary; every image
-     records `prompt_source` (`llm` or `template`);
+  2. the default local chat model (`LOCAL_LLM`, a small instruct model at a pinned revision: about 3 GB in
+     bf16 / fp16, 6 GB in fp32 on a CPU) when it can be loaded: `--models DIR` holds `DIR/llm`, or it is in
+     the Hugging Face cache, or the hub can be reached;
+  3. else — it cannot be had, or loading it failed in any way (no memory, a broken download, a device
+     error) — templates, with a warning (`LLM.warning`, naming the error) that methods pass on to the run
+     summary; every image records `prompt_source` (`llm` or `template`);
 - `"template"`: no model, chosen on purpose (no warning); `complete` returns nothing;
 - `"local"`: the default local chat model, an error when it cannot be loaded;
 - a hub id or a local directory of a causal LM with a chat template;
@@ -38,8 +40,10 @@ from .hub import ModelNotAvailable, load_pretrained, local_override
 
 log = get_logger(__name__)
 
-LOCAL_LLM = "Qwen/Qwen2.5-7B-Instruct"
-LOCAL_LLM_REVISION = "a09a35458c702b33eeacc393d103063234e8bc28"
+# Small enough to run beside a diffusion model on one GPU, or at all on a CPU; a stronger model is one
+# `llm=<hub id>` or `GENAUG_LLM_URL` away. The revision is the hub commit of Qwen/Qwen2.5-1.5B-Instruct.
+LOCAL_LLM = "Qwen/Qwen2.5-1.5B-Instruct"
+LOCAL_LLM_REVISION = "989aa7980e4cf806f80c7fef2b1adb7bc71aa306"
 URL_ENV, MODEL_ENV = "GENAUG_LLM_URL", "GENAUG_LLM_MODEL"  # llm=auto: an endpoint given by the environment
 _LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022>]+|\(?\d{1,3}[.):]|[a-z][.)])\s+", re.IGNORECASE)
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
@@ -85,14 +89,19 @@ class LLM:
                     self._load_local(model, revision, device, trust_remote_code)
                     self.kind = "local"
                     return
-                except ModelNotAvailable as e:
-                    why = str(e).split(". Fix:")[0]
-                    self.warning = (f"no language model: {URL_ENV} is not set and the default llm could not be loaded "
-                                    f"({why}); prompts come from templates (prompt_source=template). Set {URL_ENV} "
-                                    f"(and {MODEL_ENV}), pass llm=<hub id | folder | URL>, or llm=template to choose "
-                                    f"templates")
-                    log.warning(self.warning)
-                    llm = "template"
+                except Exception as e:  # noqa: BLE001 - nobody asked for this model: any failure means templates
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    why = (str(e).split(". Fix:")[0] if isinstance(e, ModelNotAvailable)
+                           else f"{type(e).__name__}: {first}" if first else type(e).__name__)
+                    self.warning = (f"no language model: {URL_ENV} is not set and the default llm {model!r} could "
+                                    f"not be loaded ({why}); prompts come from templates (prompt_source=template). "
+                                    f"Set {URL_ENV} (and {MODEL_ENV}), pass llm=<hub id | folder | URL>, or "
+                                    f"llm=template to choose templates")
+                self.tokenizer = self.model = None  # whatever half-loaded is freed (the exception is gone here)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                log.warning(self.warning)
+                llm = "template"
         self.kind = ("template" if llm == "template" else
                      "http" if llm.startswith(("http://", "https://")) else "local")
         self.id, self.revision = llm, revision
