@@ -290,3 +290,122 @@ def test_sgid_guidance_mapping_is_the_documented_formula_and_the_range_option_ap
     with pytest.raises(ConfigError, match="guidance_range") as e:
         create_method("sgid", {**base, "guidance_range": [9, 3]})
     assert "\n" not in str(e.value)
+
+
+def test_ti_vectors_learns_that_many_rows_from_the_initializer_all_in_the_prompt_and_cached_apart(
+        tmp_path, digit_images, tiny_models, monkeypatch):
+    """DA-Fusion's fine_tune_upstream.py --num_vectors k (the paper's final tokens: k = 4, the class name as
+    initializer): rows <t>, <t>_1, … each a copy of the initializer's row; every prompt holds all k."""
+    import torch
+    import yaml
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    import genaug.components.textual_inversion as ti
+    from genaug.data import Source
+    from genaug.methods import create_method
+
+    monkeypatch.setenv("GENAUG_CACHE", str(tmp_path / "cache"))  # only this test's tokens in the cache
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=1, classes=("red car", "small dog"))
+    tok = CLIPTokenizer.from_pretrained(tiny_models["sd15"], subfolder="tokenizer")
+    rows = CLIPTextModel.from_pretrained(tiny_models["sd15"], subfolder="text_encoder").get_input_embeddings().weight
+    name_row = rows[tok.encode("red car", add_special_tokens=False)].mean(0).detach()
+    # one step at a negligible learning rate: the learned vectors are the initial rows
+    options = {"model": str(tiny_models["sd15"]), "resolution": 32, "ti_steps": 1, "ti_lr": 1e-9,
+               "ti_init": "{label}", "strengths": [0.5], "steps": 4}
+    args = ["--method", "da_fusion", "-n", 1, *[f"{k}={v}" for k, v in options.items() if k != "ti_init"],
+            "ti_init='{label}'"]
+    cli("augment", src, "--out", tmp_path / "k3", *args, "ti_vectors=3")
+    made = read_rows(tmp_path / "k3")
+    assert len(made) == 2  # provenance: the run's resolved config
+    assert yaml.safe_load((tmp_path / "k3" / "config.yaml").read_text())["options"]["ti_vectors"] == 3
+    [(vector, meta)] = _cached_tokens()["red car"]
+    assert vector.shape == (3, rows.shape[1]) and meta["vectors"] == "3"
+    assert torch.allclose(vector, name_row.expand(3, -1), atol=1e-6)  # each vector from the class name's row
+
+    # a pipeline given the tokens (from the cache: the same k) writes all three rows wherever a prompt names the
+    # class token
+    learn = ti.learn_token
+    monkeypatch.setattr(ti, "learn_token", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    m = create_method("da_fusion", {**options, "ti_vectors": 3})
+    m.prepare(Source(src))
+    token, pipe = m.tokens["red car"], m.sd.pipe
+    prompt = next(r["params"]["prompt"] for r in made if r["label"] == "red car")
+    assert prompt == f"a photo of a {token}"
+    ids = pipe.tokenizer(pipe.maybe_convert_prompt(prompt, pipe.tokenizer)).input_ids
+    wanted = pipe.tokenizer.convert_tokens_to_ids([token, f"{token}_1", f"{token}_2"])
+    assert min(wanted) >= rows.shape[0] and [i for i in ids if i in wanted] == wanted
+    clean = m.sd.encode(prompt)["prompt_embeds"]
+    last = m.sd.encode(prompt, rows={f"{token}_2": {"text_encoder": torch.zeros(rows.shape[1])}})["prompt_embeds"]
+    assert not torch.allclose(clean, last)  # the third vector shapes the conditioning
+
+    # another k is another token, learned anew beside the 3-vector one
+    monkeypatch.setattr(ti, "learn_token", learn)
+    cli("augment", src, "--out", tmp_path / "k1", *args, "ti_vectors=1")
+    assert {tuple(v.shape) for v, _ in _cached_tokens()["red car"]} == {(rows.shape[1],), (3, rows.shape[1])}
+    assert read_rows(tmp_path / "k1")[0]["config_hash"] != made[0]["config_hash"]
+    res = cli("augment", src, "--out", tmp_path / "k0", *args, "ti_vectors=0", expect=2)
+    assert "ti_vectors" in res.output
+
+
+def test_diagen_noise_reaches_every_vector_of_a_multi_vector_class_token(tmp_path, digit_images, tiny_models,
+                                                                          monkeypatch):
+    """DIAGen's aggregate_embeddings.py adds `randn_like(v) * std` to the stored tensor: with ti_vectors = k, each
+    of the k rows the text encoder reads for the image gets its noise, and the image changes with it."""
+    import numpy as np
+    import torch
+
+    from genaug.data import Source
+    from genaug.methods import create_method
+    from genaug.methods.diagen import add_embedding_noise
+
+    src = Source(make_imagefolder(tmp_path / "src", digit_images, per_class=1, classes=("0", "1")))
+    m = create_method("diagen", {"model": str(tiny_models["sd15"]), "resolution": 32, "steps": 4, "ti_steps": 1,
+                                 "ti_vectors": 3, "weighting": "none", "llm": "template", "prompts_per_class": 1,
+                                 "slots": [], "micro_batch": 2})
+    m.prepare(src)
+    ex = next(e for e in map(src.load, src.records()) if e.label == "0")
+    clean = m.vectors["0"]["text_encoder"]
+    assert clean.shape == (3, m.sd.pipe.text_encoder.get_input_embeddings().weight.shape[1])
+    params = [m.sample_params(ex, np.random.default_rng(0), variant=v) | {"seed": 7} for v in range(4)]
+    noisy = next(p for p in params if p["noise_std"] == 0.025)
+    plain = next(p for p in params if p["noise_std"] == 0.0)
+
+    token = m.tokens["0"]
+    pipe = m.sd.pipe
+    ids = pipe.tokenizer.convert_tokens_to_ids([token, f"{token}_1", f"{token}_2"])
+    seen, encode = [], pipe.encode_prompt
+
+    def spy(*a, **k):  # the rows the text encoder reads while it encodes the image's prompt
+        seen.append(pipe.text_encoder.get_input_embeddings().weight[ids].detach().clone())
+        return encode(*a, **k)
+
+    monkeypatch.setattr(pipe, "encode_prompt", spy)
+    a, b = m([ex, ex], [noisy, plain])
+    want = add_embedding_noise(m.vectors["0"], 0.025, noisy["noise_seed"])["text_encoder"]
+    assert torch.allclose(seen[0], want) and bool(((seen[0] - clean).abs().amax(-1) > 1e-3).all())  # every row
+    assert torch.equal(seen[1], clean)  # the clean slot: the learned rows themselves
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[ids], clean)  # restored afterwards
+    assert not np.array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+def test_every_vector_of_a_multi_vector_token_trains_and_nothing_else(tiny_models, digit_images):
+    """genaug writes all k rows into every training prompt (DA-Fusion's fine_tune_upstream.py wrote only the
+    first, so its other vectors never learned): each of the k rows moves from the initializer, old rows stay."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from genaug.components.diffusion import text_encoders
+    from genaug.components.textual_inversion import learn_token
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_models["sd15"], safety_checker=None, feature_extractor=None,
+                                                   image_encoder=None, requires_safety_checker=False)
+    before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    init = before[pipe.tokenizer.encode("drawing", add_special_tokens=False)].mean(0)
+    images = [im.convert("RGB") for im in digit_images[0][:4]]
+    vectors, _ = learn_token(pipe, images, "<t>", "drawing", steps=5, lr=0.05, batch_size=4, resolution=32,
+                             vectors=3, encoders=text_encoders(pipe))
+    after = pipe.text_encoder.get_input_embeddings().weight.detach()
+    ids = pipe.tokenizer.convert_tokens_to_ids(["<t>", "<t>_1", "<t>_2"])
+    assert ids == [before.shape[0], before.shape[0] + 1, before.shape[0] + 2] and torch.equal(after[:-3], before)
+    assert vectors["text_encoder"].shape == (3, before.shape[1]) and torch.equal(after[ids], vectors["text_encoder"])
+    assert all((row - init).abs().max() > 1e-3 for row in vectors["text_encoder"])

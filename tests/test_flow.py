@@ -255,57 +255,134 @@ def _tokens_run(tiny_sd3, src, out, *extra, expect=0):
                "--seed", 3, *extra, expect=expect)
 
 
-def test_textual_inversion_tokens_on_a_rectified_flow_pipeline(tiny_sd3, tiny_models, tmp_path, digit_images):
-    """Paper 3.2's class tokens on the SD3 path: learned on an SDXL pipeline (same CLIP-L / CLIP-G architectures),
-    put into SD3's two CLIP encoders; the prompt carries the token, T5 the label; recorded; deterministic."""
+@pytest.fixture(scope="module")
+def tiny_sd3_t5(tmp_path_factory):
+    """The tiny SD3 with a tiny T5 as its third text encoder (SD3 proper has one; genaug's tiny SD3 leaves it out),
+    saved and loaded like a real one."""
+    from diffusers import StableDiffusion3Pipeline
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    from genaug.testing.tiny import make_sd3
+
+    pipe, _ = make_sd3()
+    words = ["\u2581a", "\u2581photo", "\u2581of", "\u2581the", "\u25810", "\u25811", "\u2581cat", "\u2581"]
+    tok = T5Tokenizer(vocab=[("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(w, -1.0 - i / 100) for i, w in
+                                                                               enumerate(words)], extra_ids=0)
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tok) + 4, d_model=64, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                                 pad_token_id=0, eos_token_id=1)).eval()  # spare rows past the vocabulary, as T5's
+    full = StableDiffusion3Pipeline(**{**pipe.components, "text_encoder_3": t5, "tokenizer_3": tok})
+    out = tmp_path_factory.mktemp("sd3-t5") / "sd3"
+    full.save_pretrained(out)
+    return out
+
+
+def _class_images(n=4, seed=0):
+    from PIL import Image
+
+    rs = np.random.RandomState(seed)
+    return [Image.fromarray(rs.randint(0, 255, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _embeddings(pipe):
+    from genaug.components.textual_inversion import flow_text_encoders
+
+    return {name: te.get_input_embeddings().weight.detach().clone() for name, (_, te) in
+            flow_text_encoders(pipe).items()}
+
+
+def test_textual_inversion_on_the_rectified_flow_pipeline_itself(tiny_sd3_t5):
+    """Paper 3.2 on SD3 without another model: the token is learned through SD3's own flow-matching loss, in all
+    three text encoders (T5 too); only its rows learn (every other row, of every embedding, byte for byte the same,
+    the transformer untouched); the learned token lowers the class images' flow loss below the initialiser's."""
+    from genaug.components.textual_inversion import initial_row, learn_flow_token
+    from genaug.flow.pipeline import PipelineFlow
+
+    flow = PipelineFlow(str(tiny_sd3_t5))
+    pipe = flow.pipe
+    before = _embeddings(pipe)
+    transformer = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+    init = {name: initial_row(getattr(pipe, tok), getattr(pipe, name), "the") for name, tok in
+            (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"), ("text_encoder_3", "tokenizer_3"))}
+    rows, losses = learn_flow_token(pipe, _class_images(), "<genaug-class-0>", "the", steps=4, lr=5e-2, seed=3)
+    assert set(rows) == {"text_encoder", "text_encoder_2", "text_encoder_3"}
+    assert all(rows[n].shape == init[n].shape and not torch.equal(rows[n], init[n].float()) for n in rows)
+    after = _embeddings(pipe)
+    for name, w in before.items():  # the tokenizers gained the token; no existing row changed, nor got written
+        assert torch.equal(after[name][:len(w)], w), name
+    assert all(torch.equal(v, pipe.transformer.state_dict()[k]) for k, v in transformer.items())
+    assert losses["eval_after"] < losses["eval_before"]
+    # loaded into the pipeline, the prompt with the token is encoded with the learned rows in every encoder
+    flow.add_tokens({"cat": "<genaug-class-0>"}, {"<genaug-class-0>": rows})
+    assert flow.prompt_for("cat") == "a photo of a <genaug-class-0>"
+    for name, tok in (("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2"),
+                      ("text_encoder_3", "tokenizer_3")):
+        token_id = getattr(pipe, tok).convert_tokens_to_ids("<genaug-class-0>")
+        assert torch.equal(getattr(pipe, name).get_input_embeddings().weight[token_id], rows[name])
+        assert token_id in getattr(pipe, tok)(flow.prompt_for("cat")).input_ids
+
+
+def test_flow_textual_inversion_is_deterministic_given_its_seed(tiny_sd3):
+    from genaug.components.textual_inversion import learn_flow_token
+    from genaug.flow.pipeline import PipelineFlow
+
+    def learn(seed):
+        pipe = PipelineFlow(str(tiny_sd3)).pipe
+        rows, losses = learn_flow_token(pipe, _class_images(), "<genaug-class-0>", "the", steps=3, lr=5e-2,
+                                        batch_size=2, seed=seed)
+        return rows, losses["train"]
+
+    (a, la), (b, lb), (c, _) = learn(3), learn(3), learn(4)
+    assert all(a[n].numpy().tobytes() == b[n].numpy().tobytes() for n in a) and la == lb
+    assert not torch.equal(a["text_encoder"], c["text_encoder"])
+
+
+def test_semantic_flow_learns_its_tokens_on_the_sd3_pipeline(tiny_sd3, tmp_path, digit_images):
+    """`textual_inversion=true` on an SD3 pipeline: tokens learned on it (no SDXL), cached, in the prompt, recorded
+    with their source; they shape every image; a rerun takes them from the cache (the same bytes)."""
     from conftest import png_bytes
     from genaug.data import Source
 
-    sdxl = tiny_models["sdxl"]
     src = make_imagefolder(tmp_path / "src", digit_images, per_class=2, classes=("0", "1"))
-    ti = [f"tokens_from={sdxl}", "ti_steps=2", "ti_batch_size=2"]
+    ti = ["textual_inversion=true", "ti_steps=2", "ti_batch_size=2"]
     _tokens_run(tiny_sd3, src, tmp_path / "plain")
     _tokens_run(tiny_sd3, src, tmp_path / "a", *ti)
-    _tokens_run(tiny_sd3, src, tmp_path / "b", *ti)  # the tokens come from the cache: the same bytes
+    _tokens_run(tiny_sd3, src, tmp_path / "b", *ti)
     plain, a = png_bytes(tmp_path / "plain"), png_bytes(tmp_path / "a")
     assert a == png_bytes(tmp_path / "b") and len(a) == 8
     assert all(a[k] != plain[k] for k in a)  # the tokens shaped every image
     rows = {r["label"]: r for r in read_rows(tmp_path / "a")}
-    assert rows["0"]["params"]["token"] == "<genaug-class-0>" and rows["1"]["params"]["token"] == "<genaug-class-1>"
-    assert rows["0"]["params"]["prompt"] == "a photo of a <genaug-class-0>"
-    assert rows["0"]["params"]["prompt_t5"] == "a photo of a 0" and rows["0"]["params"]["tokens_from"] == str(sdxl)
-    assert rows["0"]["models"]["tokens_from"] == {"id": str(sdxl), "revision": "local"}
-    assert "token" not in read_rows(tmp_path / "plain")[0]["params"]  # off by default: today's outputs
-
-    # SD3's own tokenizers know the tokens, and its CLIP encoders hold the rows learned on SDXL
-    m = create_method("semantic_flow", {"model": str(tiny_sd3), "tokens_from": str(sdxl), "ti_steps": 2,
+    for i, label in enumerate(("0", "1")):
+        p = rows[label]["params"]
+        assert p["token"] == f"<genaug-class-{i}>" and p["prompt"] == f"a photo of a <genaug-class-{i}>"
+        assert p["token_source"] == "sd3-flow-matching-1" and "tokens_from" not in rows[label]["models"]
+    assert "token" not in read_rows(tmp_path / "plain")[0]["params"]  # off by default
+    # the method's own pipeline knows the tokens, with the cached rows, and learned no SDXL anything
+    m = create_method("semantic_flow", {"model": str(tiny_sd3), "textual_inversion": True, "ti_steps": 2,
                                         "ti_batch_size": 2})
     m.prepare(Source(src))
     pipe = m.flow.pipe
-    for tok in (pipe.tokenizer, pipe.tokenizer_2):
-        assert {"<genaug-class-0>", "<genaug-class-1>"} <= set(tok.get_vocab())
+    for tok, te in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
         assert tok.tokenize("a photo of a <genaug-class-1>")[-1] == "<genaug-class-1>"
-    sdxl_pipe = create_method("da_fusion", {"model": str(sdxl), "ti_steps": 2, "ti_batch_size": 2,
-                                           "device": "cpu"})
-    sdxl_pipe.prepare(Source(src))  # the same cache entries: SDXL with the learned tokens loaded
-    for name, (tok_name, xl_te) in {"text_encoder": ("tokenizer", sdxl_pipe.sd.pipe.text_encoder),
-                                    "text_encoder_2": ("tokenizer_2", sdxl_pipe.sd.pipe.text_encoder_2)}.items():
-        token_id = getattr(pipe, tok_name).convert_tokens_to_ids("<genaug-class-1>")
-        xl_id = getattr(sdxl_pipe.sd.pipe, tok_name).convert_tokens_to_ids("<genaug-class-1>")
-        row = getattr(pipe, name).get_input_embeddings().weight[token_id]
-        assert torch.equal(row, xl_te.get_input_embeddings().weight[xl_id])
+        assert te.get_input_embeddings().weight.shape[0] == len(tok)
+    from safetensors import safe_open
+
+    from genaug.data.cache import Cache
+
+    files = [safe_open(str(f), "pt") for f in Cache("textual_inversion").dir.rglob("*.safetensors")]
+    ours = [f for f in files if f.metadata().get("recipe") == "sd3-flow-matching-1" and f.metadata()["label"] == "1"]
+    assert ours and set(ours[0].keys()) == {"clip_l", "clip_g"}  # no T5 in this pipeline
+    te_id = pipe.tokenizer.convert_tokens_to_ids("<genaug-class-1>")
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[te_id], ours[0].get_tensor("clip_l"))
 
 
-def test_textual_inversion_tokens_need_an_sdxl_pipeline(tiny_sd3, tiny_models, tiny_flow, tmp_path, digit_images):
+def test_textual_inversion_needs_a_pipeline_and_tokens_from_is_gone(tiny_sd3, tiny_flow, tmp_path, digit_images):
     src = make_imagefolder(tmp_path / "src", digit_images, per_class=1, classes=("0",))
-    res = _tokens_run(tiny_sd3, src, tmp_path / "o", f"tokens_from={tiny_models['sd15']}", "ti_steps=1", expect=2)
-    assert "tokens_from" in res.output and "SDXL" in res.output
-    res = _tokens_run(tiny_sd3, src, tmp_path / "o2", f"tokens_from={tmp_path / 'nothing-here'}", "ti_steps=1",
-                      expect=2)
-    assert "nothing-here" in res.output
-    res = cli("augment", src, "--out", tmp_path / "o3", "--method", "semantic_flow", f"model={tiny_flow}",
-              f"tokens_from={tiny_models['sdxl']}", expect=2)
-    assert "tokens_from needs a pipeline model" in res.output
+    res = cli("augment", src, "--out", tmp_path / "o", "--method", "semantic_flow", f"model={tiny_flow}",
+              "textual_inversion=true", expect=2)
+    assert "textual_inversion needs a pipeline model" in res.output
+    res = _tokens_run(tiny_sd3, src, tmp_path / "o2", "tokens_from=stabilityai/stable-diffusion-xl-base-1.0", expect=2)
+    assert "tokens_from" in res.output  # unknown now: the tokens are learned on the SD3 pipeline itself
 
 
 def _pool_manifest(src, path, shuffle_labels: bool):

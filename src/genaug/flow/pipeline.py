@@ -37,47 +37,54 @@ class PipelineFlow(FlowODE):
         vae_scale = 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
         self.resolution = resolution or self.pipe.transformer.config.sample_size * vae_scale
         self.id, self.revision = model, revision
-        self.tokens: dict[str, str] = {}  # label -> textual-inversion token the CLIP encoders see (add_tokens)
+        self.tokens: dict[str, str] = {}  # label -> the textual-inversion token text its prompts say (add_tokens)
         self._cond_cache: dict[str, dict[str, torch.Tensor]] = {}
 
     # ---- textual-inversion tokens ------------------------------------------------------------------
     def add_tokens(self, tokens: dict[str, str], vectors: dict[str, dict[str, torch.Tensor]]) -> None:
-        """Give the CLIP encoders (`text_encoder`, `text_encoder_2`) one new token per class: `tokens` is
-        `{label: token}`, `vectors` `{token: {text_encoder_name: row}}` (rows learned on SDXL, whose two CLIP
-        encoders have SD3's architectures). diffusers' SD3 pipelines have no `load_textual_inversion`, so the
-        rows are added as its loader adds them: a tokenizer entry, the embeddings resized, the row written.
-        T5 gets no token: it is prompted with the label."""
+        """Give the text encoders one new token per class: `tokens` is `{label: token}`, `vectors`
+        `{token: {text_encoder_name: rows}}` with rows for every encoder the pipeline has (CLIP-L `text_encoder`,
+        CLIP-G `text_encoder_2`, T5 `text_encoder_3` when present), as `learned_flow_tokens` learns them on this
+        pipeline; a row is `(dim,)`, or `(vectors, dim)` for a multi-vector token (entries `token, token_1, …`).
+        diffusers' SD3 pipelines have no `load_textual_inversion`, so the rows are added as its loader adds them:
+        tokenizer entries, the embeddings resized where needed, the rows written. Every encoder then sees the
+        token where the prompt has `{label}`."""
+        from ..components.textual_inversion import flow_text_encoders, flow_token_text, vector_tokens
         from ..core.config import ConfigError
 
-        pairs = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+        encoders = flow_text_encoders(self.pipe)
         for token, per_encoder in vectors.items():  # check everything before changing anything
-            for name in pairs:
-                te = getattr(self.pipe, name, None)
-                if te is None or name not in per_encoder:
-                    raise ConfigError(f"textual-inversion token {token}: {self.id} has no {name} or the token has "
-                                      f"no row for it (rows: {sorted(per_encoder)})")
+            counts = {v.reshape(-1, v.shape[-1]).shape[0] for v in per_encoder.values()}
+            if set(per_encoder) != set(encoders) or len(counts) != 1:
+                raise ConfigError(f"textual-inversion token {token}: {self.id} has text encoders {sorted(encoders)}, "
+                                  f"the token rows for {sorted(per_encoder)}; learn the tokens on this pipeline")
+            for name, (_, te) in encoders.items():
                 width = te.get_input_embeddings().weight.shape[1]
                 if per_encoder[name].shape[-1] != width:
-                    raise ConfigError(f"textual-inversion token {token}: its {name} row has {per_encoder[name].shape[-1]}"
-                                      f" values, {self.id}'s {name} embeds in {width}; learn the tokens on a pipeline "
-                                      "whose CLIP encoders match (SDXL's CLIP-L and CLIP-G for SD3)")
-        for name, tok_name in pairs.items():
-            tok, te = getattr(self.pipe, tok_name), getattr(self.pipe, name)
-            for token, per_encoder in vectors.items():
-                if token not in tok.get_vocab():  # SD3's two tokenizers may be one object
-                    tok.add_tokens([token])
-                token_id = tok.convert_tokens_to_ids(token)
-                if token_id >= te.get_input_embeddings().weight.shape[0]:
+                    raise ConfigError(f"textual-inversion token {token}: its {name} row has "
+                                      f"{per_encoder[name].shape[-1]} values, {self.id}'s {name} embeds in {width}; "
+                                      "learn the tokens on this pipeline")
+        texts = {}
+        for token, per_encoder in vectors.items():
+            first = next(iter(per_encoder.values()))
+            n = first.reshape(-1, first.shape[-1]).shape[0]  # vectors of a multi-vector token
+            names = vector_tokens(token, n)
+            for name, (tok, te) in encoders.items():
+                tok.add_tokens([t for t in names if t not in tok.get_vocab()])  # SD3's tokenizers may be one object
+                ids = tok.convert_tokens_to_ids(names)
+                if max(ids) >= te.get_input_embeddings().weight.shape[0]:  # T5 has spare rows past its vocabulary
                     te.resize_token_embeddings(len(tok), mean_resizing=False)
                 weight = te.get_input_embeddings().weight
                 with torch.no_grad():
-                    weight[token_id] = per_encoder[name].to(weight.device, weight.dtype)
-        self.tokens = {**self.tokens, **tokens}
+                    weight[ids] = per_encoder[name].reshape(n, -1).to(weight.device, weight.dtype)
+            texts[token] = flow_token_text(token, n)
+        self.tokens = {**self.tokens, **{label: texts[token] for label, token in tokens.items()}}
         self._cond_cache.clear()
 
-    def prompts(self, label: str) -> tuple[str, str]:
-        """(the CLIP encoders' prompt, T5's): with a token for `label`, CLIP sees the token, T5 the label."""
-        return self.prompt.format(label=self.tokens.get(label, label)), self.prompt.format(label=label)
+    def prompt_for(self, label: str) -> str:
+        """The prompt of `label`, for every text encoder: with a token for it, the token (T5 has learned it too; a
+        pipeline without T5 feeds zeros in its place)."""
+        return self.prompt.format(label=self.tokens.get(label, label))
 
     # ---- images <-> latents ----------------------------------------------------------------------
     @torch.no_grad()
@@ -102,9 +109,9 @@ class PipelineFlow(FlowODE):
         """Prompt embeddings per label, each encoded once and alone (cached): a label's embedding never
         depends on the other labels in the batch, and the text encoders run once per class, not per image."""
         for label in set(labels) - set(self._cond_cache):
-            clip, t5 = self.prompts(label)
+            prompt = self.prompt_for(label)
             pe, npe, ppe, nppe = self.pipe.encode_prompt(
-                prompt=[clip], prompt_2=None, prompt_3=[t5], device=self.device,
+                prompt=[prompt], prompt_2=None, prompt_3=[prompt], device=self.device,
                 do_classifier_free_guidance=True, negative_prompt=[self.negative_prompt])
             self._cond_cache[label] = {"embeds": pe, "pooled": ppe, "neg_embeds": npe, "neg_pooled": nppe}
         return {k: torch.cat([self._cond_cache[label][k] for label in labels]) for k in

@@ -28,7 +28,7 @@ import torch
 from pydantic import Field
 
 from ..components.llm import LLMOptions
-from ..components.textual_inversion import token_vectors
+from ..components.textual_inversion import token_vectors, vector_tokens
 from ..core.config import ConfigError, config_dataclass, values_option
 from .registry import register_method
 from ..core.seeding import derive_seed
@@ -58,10 +58,19 @@ def noise_slots(stds: tuple[float, ...], clean: bool, seed: int, label: str) -> 
 
 
 def add_embedding_noise(vectors: dict[str, torch.Tensor], std: float, seed: int) -> dict[str, torch.Tensor]:
-    """DIAGen's embedding noise: every text encoder's row plus N(0, std²) noise from one seeded generator."""
+    """DIAGen's embedding noise: every text encoder's row (every row of a multi-vector token, as
+    aggregate_embeddings.py's `randn_like` on the stored tensor) plus N(0, std²) noise from one seeded generator."""
     g = torch.Generator().manual_seed(int(seed))
     return {name: v + std * torch.randn(v.shape, generator=g, dtype=torch.float32).to(v.device, v.dtype)
             for name, v in sorted(vectors.items())}
+
+
+def vector_rows(token: str, vectors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    """`{tokenizer entry: {text_encoder_name: row}}` of a class token's `{text_encoder_name: (dim,) or
+    (vectors, dim)}`: one entry per vector (`token, token_1, …`), so an override replaces every row."""
+    per_encoder = {name: v.reshape(-1, v.shape[-1]) for name, v in vectors.items()}
+    k = next(iter(per_encoder.values())).shape[0]
+    return {sub: {name: v[i] for name, v in per_encoder.items()} for i, sub in enumerate(vector_tokens(token, k))}
 
 
 def _word_pattern(name: str) -> re.Pattern:
@@ -199,7 +208,7 @@ class DIAGen(DAFusion):
             rows = self.vectors[ex.label]
             if p.get("noise_std"):
                 rows = add_embedding_noise(rows, p["noise_std"], p["noise_seed"])
-            embeds.append(self.sd.encode(p["prompt"], rows={p["token"]: rows}))
+            embeds.append(self.sd.encode(p["prompt"], rows=vector_rows(p["token"], rows)))
         images: list = [None] * len(batch)
         for s in sorted({p["strength"] for p in params}):  # one pipeline call per strength
             idx = [i for i, p in enumerate(params) if p["strength"] == s]

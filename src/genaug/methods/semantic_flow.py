@@ -17,10 +17,12 @@ Modes, each drawn per output image:
 The generator (`model=`) is a `genaug fit-flow` directory, or a pretrained text-conditioned rectified-flow
 pipeline from diffusers (SD3 family; a hub id or a local directory), which then works in its VAE latent
 space with the prompt `prompt` made from the label (see `genaug.flow.pipeline`).
-Textual inversion on a pipeline (the paper's tokens for novel classes, 3.2): with `tokens_from=` an SDXL
-pipeline, one token per class is learned there with genaug's textual inversion (a denoising loss, which SD3's
-flow-matching transformer has not) and its rows are put into SD3's CLIP-L / CLIP-G encoders, the same
-architectures as SDXL's two; the CLIP encoders then see the token where the prompt has `{label}`, T5 the label.
+Textual inversion on a pipeline (the paper's tokens for novel classes, 3.2): with `textual_inversion=true`, one
+token per class is learned on the pipeline itself, through its own training objective — SD3 is trained with the
+rectified-flow (flow-matching) loss, and only the token's embedding rows learn against it (diffusers' SD3 recipe,
+`genaug.components.textual_inversion.learn_flow_token`); every text encoder (CLIP-L, CLIP-G, T5 when present) has
+the token and sees it where the prompt has `{label}`. Off by default: the paper's standard-classification runs (4.1)
+prompt with the class; its tokens are for novel classes in few-shot learning (3.2, 4.2).
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from PIL import Image
 from pydantic import Field
 
 from ..components.segment import MaskOptions, dilate, to_bool
-from ..components.textual_inversion import TextualInversionOptions, token_vectors
+from ..components.textual_inversion import FLOW_RECIPE, TextualInversionOptions, class_images, learned_flow_tokens
 from ..core.config import ConfigError, config_dataclass, range_option, values_option
 from ..data.images import Rejected
 from ..core.devices import resolve_device
@@ -48,7 +50,8 @@ from .base import Method
 class SemanticFlow(Method):
     description = "Flow-matching inversion + latent perturbation / SDEdit / composition (Shivashankar & Miller)"
     paper = "Shivashankar & Miller, Semantic Data Augmentation with Generative Models (section 3)"
-    version = "2"  # 2: composition draws the paper's D_1 .. D_k (t = i/k), noise delta N(0, I)
+    version = "3"  # 2: composition draws the paper's D_1 .. D_k (t = i/k), noise delta N(0, I); 3: tokens learned on
+    # the pipeline itself (flow-matching loss), T5 sees them too (was: learned on an SDXL `tokens_from`, T5 the label)
     default_batch_size = 128  # images are grouped by start time, then run in fixed micro-batches: keep groups full
 
     @config_dataclass
@@ -58,8 +61,7 @@ class SemanticFlow(Method):
         prompt: str = "a photo of a {label}"  # pipeline: the text condition
         negative_prompt: str = ""  # pipeline: for classifier-free guidance
         resolution: int | None = None  # pipeline: working size (default: the pipeline's native size)
-        tokens_from: str | None = None  # pipeline: SDXL (hub id or dir) to learn class tokens on (ti_* options); off
-        tokens_revision: str | None = None  # tokens_from: the hub revision to pin
+        textual_inversion: bool = False  # pipeline: learn one token per class on it (paper 3.2, novel classes; ti_*)
         mode: Literal["latent", "sdedit", "compose"] = "latent"
         delta: range_option(ge=0) = (0.3, 0.6)  # latent / compose: perturbation scale, uniform in this range
         renormalize: bool = False  # latent: (z + delta eps) / sqrt(1 + delta^2), keeping z' on the N(0, I) prior
@@ -103,9 +105,9 @@ class SemanticFlow(Method):
             self.flow = PipelineFlow(c.model, c.revision, c.prompt, c.negative_prompt, c.resolution, device)
         else:
             self.flow = FlowModel.from_pretrained(c.model, device=device)
-        if c.tokens_from and not self.is_pipeline:
-            raise ConfigError("semantic_flow: tokens_from needs a pipeline model (SD3 family); a fit-flow model is "
-                              "conditioned on its own class embedding")
+        if c.textual_inversion and not self.is_pipeline:
+            raise ConfigError("semantic_flow: textual_inversion needs a pipeline model (SD3 family); a fit-flow model "
+                              "is conditioned on its own class embedding, learned on your classes")
         self.tokens: dict[str, str] = {}
         self.masker = c.masker(device) if c.region != "all" else None  # its models load on first use only
         if c.mode == "compose" and c.compose_noise == "path" and self.flow.sigma_min == 0 and (c.p is None or c.p[-1] > 0):
@@ -116,16 +118,11 @@ class SemanticFlow(Method):
     def models(self) -> dict[str, dict[str, str]]:
         if self.is_pipeline:
             return ({"pipeline": {"id": self.config.model, "revision": _revision(self.config.model, self.config.revision)}}
-                    | self._token_models() | self._masker_models())
+                    | self._masker_models())
         weights = Path(self.config.model) / "unet" / "diffusion_pytorch_model.safetensors"
         digest = hashlib.blake2b(weights.read_bytes(), digest_size=8).hexdigest() if weights.is_file() else "unknown"
         out = {"flow": {"id": str(Path(self.config.model).resolve()), "revision": f"sha:{digest}"}}
         return out | self._masker_models()
-
-    def _token_models(self) -> dict[str, dict[str, str]]:
-        c = self.config
-        return {"tokens_from": {"id": c.tokens_from, "revision": _revision(c.tokens_from, c.tokens_revision)}} \
-            if c.tokens_from else {}
 
     def _masker_models(self) -> dict[str, dict[str, str]]:
         return self.masker.describe() if self.masker is not None and self.config.masks == "auto" else {}
@@ -135,28 +132,19 @@ class SemanticFlow(Method):
         if unknown:
             raise ConfigError(f"semantic_flow: the model {self.config.model} knows no class {unknown[:5]}; "
                               f"it was trained on {self.flow.spec.classes[:10]}")
-        if self.config.tokens_from:
+        if self.config.textual_inversion:
             self._learn_tokens(source)
 
     def _learn_tokens(self, source) -> None:
-        """One token per class, learned (or taken from the cache) on the `tokens_from` SDXL pipeline, then its
-        CLIP-L / CLIP-G rows added to the SD3 pipeline. The SDXL pipeline is loaded for this only."""
-        from ..components.diffusion import Diffusion
-
+        """One token per class, learned on the pipeline itself with its flow-matching loss (or taken from the
+        cache), then added to its text encoders."""
         c = self.config
-        sdxl = Diffusion(c.tokens_from, c.tokens_revision, device=self.device, task="text2img")
-        pipe = sdxl.pipe
-        if not (hasattr(pipe, "unet") and getattr(pipe, "text_encoder", None) is not None
-                and getattr(pipe, "text_encoder_2", None) is not None):
-            raise ConfigError(f"semantic_flow: tokens_from={c.tokens_from} is a {type(pipe).__name__}; tokens for an "
-                              "SD3 pipeline are learned on an SDXL pipeline (a UNet and two CLIP text encoders, "
-                              "CLIP-L and CLIP-G, as SD3 has)")
-        tokens = c.class_tokens(sdxl, source)
-        vectors = {token: token_vectors(pipe, token) for token in tokens.values()}
-        del sdxl, pipe
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        self.flow.add_tokens(tokens, vectors)
+        flow = self.flow
+        tokens, vectors = learned_flow_tokens(
+            flow.pipe, c.model, _revision(c.model, c.revision), class_images(source),
+            {"steps": c.ti_steps, "lr": c.ti_lr, "batch_size": c.ti_batch_size, "weight_decay": c.ti_weight_decay,
+             "init": c.ti_init, "vectors": c.ti_vectors, "resolution": flow.resolution})
+        flow.add_tokens(tokens, vectors)
         self.tokens = tokens
 
     def sample_params(self, example: Example, rng: np.random.Generator, variant: int = 0) -> dict[str, Any]:
@@ -164,12 +152,13 @@ class SemanticFlow(Method):
 
     def _token_params(self, example: Example) -> dict[str, Any]:
         c = self.config
-        if not c.tokens_from:
+        if not c.textual_inversion:
             return {}
         if example.label not in self.tokens:
             raise ConfigError(f"semantic_flow: no token for class {example.label!r}; prepare(source) learns them")
-        clip, t5 = self.flow.prompts(example.label)
-        return {"prompt": clip, "prompt_t5": t5, "token": self.tokens[example.label], "tokens_from": c.tokens_from}
+        # token_source: learned on this pipeline (models.pipeline) with this recipe
+        return {"prompt": self.flow.prompt_for(example.label), "token": self.tokens[example.label],
+                "token_source": FLOW_RECIPE}
 
     def _draw(self, rng: np.random.Generator) -> dict[str, Any]:
         c = self.config
