@@ -3,7 +3,8 @@ GENAUG_SLOW=1; they need the models in the Hugging Face cache or hub access (the
 
     GENAUG_SLOW=1 HF_HUB_OFFLINE=0 .venv/bin/python -m pytest tests/test_real_models.py
 
-A GPU makes the diffusion ones take seconds instead of minutes."""
+A GPU makes the diffusion ones take seconds instead of minutes. The SD3 one reads GENAUG_SD3 (a hub id or a
+folder; default SD3 medium, gated on the hub)."""
 import os
 
 import numpy as np
@@ -101,3 +102,20 @@ def test_aga_with_real_weights_keeps_the_subject_and_names_no_class(cat_folder, 
 
     rows = check_output(out, cat_folder, kept=subject, class_free="caption", labels=["cat", "kitten"])
     assert {r["params"]["mask_source"] for r in rows} == {"model"}
+
+
+def test_semantic_flow_on_a_real_sd3_keeps_the_subject_and_prompts_with_its_token(cat_cutout, cat_folder, tmp_path):
+    """semantic_flow on a pretrained rectified-flow pipeline (GENAUG_SD3: a hub id or folder, default SD3 medium,
+    gated on the hub): object-centric editing along the ODE keeps the subject's own pixels and changes the rest;
+    textual inversion learned on the pipeline itself puts its token, not the class name, into every prompt."""
+    model = os.environ.get("GENAUG_SD3", "stabilityai/stable-diffusion-3-medium-diffusers")
+    out = tmp_path / "bg"
+    cli("augment", cat_cutout, "--method", "semantic_flow", "--out", out, "-n", 2, f"model={model}", "mode=sdedit",
+        "region=background", "masks=dataset", "steps=10")
+    rows = check_output(out, cat_cutout, kept=dataset_subject)
+    assert {r["params"]["region"] for r in rows} == {"background"}
+    ti = tmp_path / "ti"
+    cli("augment", cat_folder, "--method", "semantic_flow", "--out", ti, "-n", 2, f"model={model}", "mode=sdedit",
+        "steps=10", "textual_inversion=true", "ti_steps=20")
+    rows = check_output(ti, cat_folder, class_free="prompt", labels=["cat", "kitten"])
+    assert all(r["params"]["token"] in r["params"]["prompt"] for r in rows)
