@@ -36,8 +36,12 @@ def source_and_clean_run(tmp_path_factory, digit_images):
     return src, png_bytes(root / "clean")
 
 
-@pytest.mark.parametrize("kill_after_rows", [0, 37, 150])
-def test_sigkill_then_rerun_is_exactly_complete(tmp_path, source_and_clean_run, kill_after_rows):
+# Past row 0 the writer thread is busy (batch i written while batch i+1 generates): a kill lands mid-write.
+# SIGINT is Ctrl-C: the run stops at once (the batches already generated are written, nothing after).
+@pytest.mark.parametrize("kill_after_rows, sig", [(0, signal.SIGKILL), (37, signal.SIGKILL), (150, signal.SIGKILL),
+                                                  (100, signal.SIGINT)],
+                         ids=["kill-0", "kill-37", "kill-150", "ctrl-c-100"])
+def test_sigkill_then_rerun_is_exactly_complete(tmp_path, source_and_clean_run, kill_after_rows, sig):
     src, clean = source_and_clean_run
     env = ENV
     out = tmp_path / "out"
@@ -46,8 +50,10 @@ def test_sigkill_then_rerun_is_exactly_complete(tmp_path, source_and_clean_run, 
     while _rows_on_disk(out) <= kill_after_rows and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be killed: make the dataset larger"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)  # Ctrl-C ends the run: no thread keeps the process alive
+    assert proc.returncode != 0
+    assert b"Exception in thread" not in err
     killed_at = _rows_on_disk(out)
     assert killed_at < 720
 

@@ -110,8 +110,11 @@ class Plan:
         shares); variants already written are counted in `summary.already_done`."""
         self.summary = summary
         for rec in self.source.records():
+            # A record the source already refused (e.g. a duplicate id) is never "done", whatever its id's
+            # first occurrence wrote: it is listed as rejected, the same on every run, however far the
+            # writer has got (the local executor reads ahead of it).
             todo = [(k, derive_seed(self.run.seed, rec.id, k)) for k in range(self.run.n)
-                    if not self.outdir.is_done(rec.id, k)]
+                    if rec.error is not None or not self.outdir.is_done(rec.id, k)]
             summary.already_done += self.run.n - len(todo)
             yield rec, todo
 

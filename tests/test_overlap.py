@@ -1,0 +1,114 @@
+"""The local executor writes batch i on a background thread while batch i+1 generates (and reads sources
+ahead): the folder it leaves is the one a serial run leaves, a failed write stops the run with its own
+error, and no thread outlives the run."""
+import json
+import threading
+import time
+
+import pytest
+
+from conftest import make_imagefolder, png_bytes, read_rows
+from genaug.engine.core import RunSummary, plan
+from genaug.engine.local import run_local
+from genaug.pipeline import augment
+
+
+def _genaug_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("genaug")]
+
+
+def _rows(out):
+    return [{k: v for k, v in r.items() if k != "created_at"} for r in read_rows(out)]
+
+
+@pytest.fixture
+def source(tmp_path, digit_images):
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=6)
+    (src / "1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")  # rejected mid-stream
+    return src
+
+
+def test_rows_order_and_bytes_match_a_single_batch_run(tmp_path, source):
+    # batch_size=1: many batches, writer and reader busy; 1000: one batch, nothing to overlap (a serial run)
+    many = augment(source, tmp_path / "many", method="augmix", n=3, batch_size=1, progress=False)
+    one = augment(source, tmp_path / "one", method="augmix", n=3, batch_size=1000, progress=False)
+    assert many.generated == one.generated == 54 and many.sources == one.sources == 18
+    assert many.rejected == one.rejected == 1
+    assert _rows(tmp_path / "many") == _rows(tmp_path / "one")  # same rows, same order
+    assert png_bytes(tmp_path / "many") == png_bytes(tmp_path / "one")
+    assert (tmp_path / "many" / "rejected.jsonl").read_text() == (tmp_path / "one" / "rejected.jsonl").read_text()
+    assert not _genaug_threads()
+
+
+class _Recorded:
+    """The method, with the start of each call recorded (generate calls `m(batch, params)`)."""
+
+    def __init__(self, method, started):
+        self._m, self.starts, self._started = method, [], started
+
+    def __getattr__(self, name):
+        return getattr(self._m, name)
+
+    def __call__(self, batch, params):
+        self.starts.append(time.monotonic())
+        if len(self.starts) == 2:
+            self._started.set()
+        return self._m(batch, params)
+
+
+def test_next_batch_generates_while_the_writer_writes_and_memory_stays_bounded(tmp_path, source):
+    p = plan(source, tmp_path / "out", "augmix", n=2, batch_size=4)  # 18 readable sources x 2 = 9 batches
+    second_batch_started = threading.Event()
+    p.method = method = _Recorded(p.method, second_batch_started)
+    real_write, seen = p.outdir.write, {}
+
+    def slow_first_write(image, row):
+        if not seen:
+            # A serial executor never starts batch 2 before batch 1 is written: this wait would time out.
+            seen["overlapped"] = second_batch_started.wait(timeout=5)
+            time.sleep(1.0)  # the writer stays stuck: generation must stop a bounded number of batches ahead
+            seen["calls_while_stuck"] = len(method.starts)
+        real_write(image, row)
+
+    p.outdir.write = slow_first_write
+    summary = RunSummary(out=tmp_path / "out")
+    run_local(p, summary, progress=False)
+    p.outdir.close()
+    assert seen["overlapped"], "batch 2 did not start generating while batch 1 was being written"
+    assert seen["calls_while_stuck"] <= 3  # batch 1 being written, batch 2 queued, batch 3 waiting to queue
+    assert summary.generated == 36 and len(method.starts) == 9
+    assert not _genaug_threads()
+
+
+def test_a_failed_write_stops_the_run_with_its_message_and_the_folder_resumes(tmp_path, source):
+    clean = augment(source, tmp_path / "clean", method="augmix", n=2, batch_size=2, progress=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "1").write_text("a file where the label folder of class 1 goes")  # every write of class 1 fails
+    with pytest.raises(FileExistsError, match=str(out / "1")):
+        augment(source, out, method="augmix", n=2, batch_size=2, progress=False)
+    assert not _genaug_threads()
+    rows = read_rows(out)
+    assert rows and {r["label"] for r in rows} == {"0"}  # stopped at the failure: nothing of class 2 written
+
+    (out / "1").unlink()
+    again = augment(source, out, method="augmix", n=2, batch_size=2, progress=False)
+    assert again.already_done == len(rows) and again.generated == clean.generated - len(rows)
+    assert _rows(out) == _rows(tmp_path / "clean") and png_bytes(out) == png_bytes(tmp_path / "clean")
+    assert not (out / ".genaug-tmp").exists()
+
+
+def test_a_duplicate_id_is_rejected_whatever_the_batch_size(tmp_path, digit_images):
+    # Sources are read ahead of the writer: a duplicate's fate must not depend on whether its id's first
+    # occurrence was already written.
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=2)
+    lines = ["path,label,id"] + [f"{p.relative_to(tmp_path).as_posix()},{p.parent.name},{p.stem}-{p.parent.name}"
+                                 for p in sorted(src.rglob("*.png"))]
+    lines.append(lines[1])  # the first image again, same id
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    rejected = {}
+    for bs in (1, 100):
+        s = augment(tmp_path / "m.csv", tmp_path / f"out{bs}", method="augmix", n=1, batch_size=bs, progress=False)
+        assert s.generated == 6 and s.rejected == 1 and s.already_done == 0
+        rejected[bs] = [json.loads(line) for line in (tmp_path / f"out{bs}" / "rejected.jsonl").read_text().splitlines()]
+    assert rejected[1] == rejected[100] and "duplicate id" in rejected[1][0]["reason"]
