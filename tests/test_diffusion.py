@@ -409,3 +409,171 @@ def test_every_vector_of_a_multi_vector_token_trains_and_nothing_else(tiny_model
     assert ids == [before.shape[0], before.shape[0] + 1, before.shape[0] + 2] and torch.equal(after[:-3], before)
     assert vectors["text_encoder"].shape == (3, before.shape[1]) and torch.equal(after[ids], vectors["text_encoder"])
     assert all((row - init).abs().max() > 1e-3 for row in vectors["text_encoder"])
+
+
+# ---- few-step generation and memory options (issue 15, points 2 and 5) -------------------------------------------
+def _tiny_lora(model_dir, out):
+    """A LoRA on the tiny UNet's attention projections, with random (non-zero) up weights, saved as diffusers does."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet")
+    torch.manual_seed(1)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"],
+                                init_lora_weights=False))
+    StableDiffusionPipeline.save_lora_weights(
+        out, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(unet)), safe_serialization=True)
+    return out
+
+
+def _img2img(sd, images, strength=0.75, steps=4, guidance=5.0, seeds=None):
+    import numpy as np
+
+    out = sd.img2img(images, ["a photo of a cat"] * len(images), seeds or list(range(len(images))),
+                     strength=strength, guidance_scale=guidance, steps=steps)
+    return [np.asarray(im) for im in out]
+
+
+def test_lora_option_fuses_a_saved_lora_changes_the_image_and_is_recorded(tmp_path, tiny_models, digit_images):
+    import numpy as np
+
+    from genaug.components.diffusion import PipelineOptions
+
+    pytest.importorskip("peft")
+    lora = _tiny_lora(tiny_models["sd15"], tmp_path / "lora")
+    images = [im.convert("RGB") for im in digit_images[0][:2]]
+    plain = PipelineOptions(resolution=32, micro_batch=2).diffusion(str(tiny_models["sd15"]), None)
+    with_lora = PipelineOptions(resolution=32, micro_batch=2, lora=str(lora)).diffusion(str(tiny_models["sd15"]), None)
+    half = PipelineOptions(resolution=32, micro_batch=2, lora=str(lora), lora_scale=0.5).diffusion(
+        str(tiny_models["sd15"]), None)
+    a, b, c = _img2img(plain, images), _img2img(with_lora, images), _img2img(half, images)
+    assert all(not np.array_equal(x, y) for x, y in zip(a, b))  # the LoRA shaped the images
+    assert all(not np.array_equal(x, y) for x, y in zip(b, c))  # and so did its scale
+    record = with_lora.models()
+    assert record["diffusion"]["id"] == str(tiny_models["sd15"])
+    assert record["diffusion_lora"]["id"] == str(lora.resolve())
+    assert record["diffusion_lora"]["revision"].startswith("sha:")  # a folder has no revision: its content hash
+    assert "diffusion_lora" not in plain.models()
+
+
+def test_lora_is_in_config_yaml_and_a_bad_lora_is_a_clear_error(tmp_path, tiny_models, digit_images):
+    import yaml
+
+    pytest.importorskip("peft")
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=1, classes=("0",))
+    lora = _tiny_lora(tiny_models["sd15"], tmp_path / "lora")
+    base = ["augment", src, "--method", "real_guidance", f"model={tiny_models['sd15']}", "resolution=32", "steps=4"]
+    cli(*base, "--out", tmp_path / "ok", f"lora={lora}", "lora_scale=0.5")
+    options = yaml.safe_load((tmp_path / "ok" / "config.yaml").read_text())["options"]
+    assert options["lora"] == str(lora) and options["lora_scale"] == 0.5
+    rows = read_rows(tmp_path / "ok")  # every image's provenance names the LoRA fused into its model
+    assert rows and all(r["models"]["diffusion_lora"]["revision"].startswith("sha:") for r in rows)
+    res = cli(*base, "--out", tmp_path / "bad", f"lora={tmp_path / 'no-such-lora'}", expect=2)
+    assert "lora" in res.output and "no-such-lora" in res.output and "Traceback" not in res.output
+    (tmp_path / "empty").mkdir()
+    res = cli(*base, "--out", tmp_path / "bad2", f"lora={tmp_path / 'empty'}", expect=2)
+    assert "could not be loaded" in res.output and "Traceback" not in res.output
+    res = cli(*base, "--out", tmp_path / "bad3", "lora_scale=0.5", expect=2)
+    assert "set lora=" in res.output
+
+
+@pytest.mark.parametrize("scheduler", ["lcm", "tcd"])
+def test_few_step_schedulers_make_images_in_two_steps(tiny_models, digit_images, scheduler):
+    import numpy as np
+
+    from genaug.components.diffusion import PipelineOptions
+
+    images = [im.convert("RGB") for im in digit_images[0][:2]]
+    sd = PipelineOptions(resolution=32, micro_batch=2, scheduler=scheduler).diffusion(str(tiny_models["sd15"]), None)
+    assert type(sd.pipe.scheduler).__name__ == {"lcm": "LCMScheduler", "tcd": "TCDScheduler"}[scheduler]
+    out = _img2img(sd, images, strength=1.0, steps=2, guidance=1.0)
+    assert [o.shape for o in out] == [(16, 16, 3)] * 2 and all(o.std() > 0 for o in out)
+    assert np.array_equal(out[1], _img2img(sd, images[1:], strength=1.0, steps=2, guidance=1.0, seeds=[1])[0])
+
+
+def test_eta_reaches_tcd_and_is_refused_where_the_scheduler_takes_none(tiny_models, digit_images):
+    import numpy as np
+
+    from genaug.components.diffusion import PipelineOptions
+    from genaug.core.config import ConfigError
+
+    images = [digit_images[0][0].convert("RGB")]
+    tcd = PipelineOptions(resolution=32, micro_batch=1, scheduler="tcd").diffusion(str(tiny_models["sd15"]), None)
+    gamma = PipelineOptions(resolution=32, micro_batch=1, scheduler="tcd", eta=0.3).diffusion(str(tiny_models["sd15"]), None)
+    assert not np.array_equal(_img2img(tcd, images, 1.0, 4, 1.0)[0], _img2img(gamma, images, 1.0, 4, 1.0)[0])
+    with pytest.raises(ConfigError, match="takes no eta"):
+        PipelineOptions(resolution=32, scheduler="euler", eta=0.3).diffusion(str(tiny_models["sd15"]), None)
+
+
+def test_deepcache_reuses_features_but_never_across_calls(tiny_models, digit_images):
+    import numpy as np
+
+    from genaug.components.diffusion import PipelineOptions
+
+    pytest.importorskip("DeepCache")
+    images = [im.convert("RGB") for im in digit_images[0][:2]]
+    model = str(tiny_models["sd15"])
+    plain = PipelineOptions(resolution=32, micro_batch=1).diffusion(model, None)
+    cached = PipelineOptions(resolution=32, micro_batch=1, deepcache_interval=3).diffusion(model, None)
+    fresh = _img2img(cached, images[1:], strength=0.5, steps=8)[0]
+    assert not np.array_equal(fresh, _img2img(plain, images[1:], strength=0.5, steps=8)[0])  # features were reused
+    _img2img(cached, images[:1], strength=1.0, steps=8)  # another image, another start step: its cache must not leak
+    assert np.array_equal(_img2img(cached, images[1:], strength=0.5, steps=8)[0], fresh)
+
+
+def test_vae_tiling_keeps_the_size_and_slicing_keeps_the_bytes(tiny_models):
+    import numpy as np
+
+    from genaug.components.diffusion import PipelineOptions
+
+    model = str(tiny_models["sd15"])
+
+    def make(**kw):  # 128 px: twice the tiny VAE's 64 px tile, so the tiled path runs
+        sd = PipelineOptions(resolution=128, micro_batch=2, **kw).diffusion(model, None)
+        return [np.asarray(im) for im in sd.text2img(["a photo of a cat"] * 2, [0, 1], guidance_scale=5.0, steps=2)]
+
+    plain, tiled, sliced = make(), make(vae_tiling=True), make(vae_slicing=True)
+    assert [t.shape for t in tiled] == [(128, 128, 3)] * 2
+    assert not np.array_equal(plain[0], tiled[0])  # tiles are blended at their seams: pixels change
+    # decoding one image at a time runs the VAE's kernels at batch 1: the last bits may move, never more
+    assert max(np.abs(p.astype(int) - s).max() for p, s in zip(plain, sliced)) <= 2
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("OutOfMemoryError", "CUDA out of memory. Tried to allocate 20.00 GiB"),
+    ("RuntimeError", "[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: you tried "
+                     "to allocate 53687091200 bytes."),
+])
+def test_a_micro_batch_that_does_not_fit_is_a_clear_error_naming_what_to_lower(tmp_path, tiny_models, digit_images,
+                                                                               monkeypatch, kind, message):
+    import diffusers
+    import torch
+
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=1, classes=("0",))
+
+    def no_memory(self, *args, **kwargs):
+        raise {"OutOfMemoryError": torch.OutOfMemoryError, "RuntimeError": RuntimeError}[kind](message)
+
+    monkeypatch.setattr(diffusers.StableDiffusionImg2ImgPipeline, "__call__", no_memory)
+    res = cli("augment", src, "--method", "real_guidance", "--out", tmp_path / "o", f"model={tiny_models['sd15']}",
+              "resolution=32", "steps=4", "micro_batch=3", expect=2)
+    for needle in ("micro-batch of 3 images at 32x32 px", "micro_batch (now 3)", "resolution (now 32)", "vae_tiling"):
+        assert needle in res.output
+    assert "Traceback" not in res.output
+
+
+def test_other_runtime_errors_are_not_called_out_of_memory(tiny_models, digit_images, monkeypatch):
+    import diffusers
+
+    from genaug.components.diffusion import PipelineOptions
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    sd = PipelineOptions(resolution=32, micro_batch=1).diffusion(str(tiny_models["sd15"]), None)
+    monkeypatch.setattr(diffusers.StableDiffusionImg2ImgPipeline, "__call__", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        _img2img(sd, [digit_images[0][0].convert("RGB")])

@@ -73,7 +73,7 @@ def test_every_optional_import_belongs_to_the_extra_pyproject_gives_it():
         dists = {d.lower().replace("_", "-") for d in installed.get(module, [module])}
         assert dists & extras[extra], f"{module} (from {dists}) is not in the {extra!r} extra of pyproject.toml"
         assert not dists & core, f"{module} is a core dependency but listed as the {extra!r} extra"
-    assert {"genaug[models,train,metrics,bench,hf,ray]"} == set(PYPROJECT["project"]["optional-dependencies"]["all"])
+    assert {"genaug[models,train,metrics,bench,hf,ray,speed]"} == set(PYPROJECT["project"]["optional-dependencies"]["all"])
 
 
 def test_torch_is_a_range_so_a_users_own_build_stays():

@@ -15,11 +15,19 @@ Safety checker: off by default, as in DA-Fusion and DIAGen — the hub SD 1.x ch
 positives come back as black images. `safety_checker=True` keeps the checkpoint's own; an image it flags is
 returned marked with `core.records.refuse` (`refusal(image)` gives the reason; it survives `resize`), and the engine lists it
 in `rejected.jsonl` instead of writing it.
+
+Speed and memory options (all off by default; off, they change no byte): few-step schedulers (`lcm`, `tcd`) and a
+LoRA fused into the UNet / text encoder (`lora`: LCM-LoRA, TCD-LoRA, ...); DeepCache's reuse of the UNet's deep
+features between steps (the authors' `DeepCache` package); the VAE's slicing and tiling. A micro-batch that does not
+fit in memory is a `ConfigError` naming the options to lower, not a crash.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,7 +39,7 @@ from ..core.config import ConfigError, config_dataclass
 from ..core.devices import model_dtype, resolve_device
 from ..core.log import dropping
 from ..core.records import refuse
-from .hub import absent_components, load_pretrained, local_override, resolve
+from .hub import ModelNotAvailable, absent_components, load_pretrained, local_override, resolve
 
 SD15_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"
@@ -43,7 +51,7 @@ KNOWN = {SD15_MODEL: (SD15_REVISION, "sd15"), SDXL_MODEL: (SDXL_REVISION, "sdxl"
          SD15_INPAINT_MODEL: (None, "sd15-inpaint")}
 SCHEDULERS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler", "euler_a": "EulerAncestralDiscreteScheduler",
               "dpm++": "DPMSolverMultistepScheduler", "pndm": "PNDMScheduler", "lms": "LMSDiscreteScheduler",
-              "lcm": "LCMScheduler"}
+              "lcm": "LCMScheduler", "tcd": "TCDScheduler"}
 TASKS = ("img2img", "text2img", "inpaint")
 Embeds = dict[str, torch.Tensor]  # one prompt's conditioning: the pipeline's *_embeds keyword arguments
 FLAGGED = ("the Stable Diffusion safety checker flagged it (diffusers blacks such images out); its false "
@@ -114,13 +122,39 @@ _FP32_NOTE = ("diffusers.models.modeling_utils", "should be kept in float32: []"
 _NSFW_NOTE = ("diffusers.pipelines.stable_diffusion.safety_checker", "Potential NSFW content was detected")
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """A CUDA out-of-memory error, or the CPU allocator failing (a RuntimeError, no class of its own)."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("can't allocate memory" in text or "DefaultCPUAllocator" in text)
+
+
+def _files_digest(path: Path) -> str:
+    """`sha:<hash>` of a LoRA file, or of every safetensors file in a LoRA folder: a local folder has no revision."""
+    files = [path] if path.is_file() else sorted(path.rglob("*.safetensors"))
+    h = hashlib.blake2b(digest_size=8)
+    for f in files:
+        h.update(f.relative_to(path).as_posix().encode() if f != path else b"")
+        h.update(f.read_bytes())
+    return f"sha:{h.hexdigest()}"
+
+
 class Diffusion:
     """One loaded checkpoint; `img2img`, `text2img` and `inpaint` each return one image per input."""
 
     def __init__(self, model: str = SD15_MODEL, revision: str | None = None, scheduler: str | None = None,
                  device=None, micro_batch: int = 4, resolution: int | None = None, task: str = "img2img",
-                 compile: bool = False, safety_checker: bool = False):
+                 compile: bool = False, safety_checker: bool = False, lora: str | None = None,
+                 lora_revision: str | None = None, lora_scale: float = 1.0, eta: float | None = None,
+                 deepcache_interval: int = 1, deepcache_branch: int = 0, vae_slicing: bool = False,
+                 vae_tiling: bool = False):
         import diffusers
+
+        if not lora and (lora_revision or lora_scale != 1.0):
+            raise ConfigError("lora_revision and lora_scale apply to a LoRA: set lora=<hub id or folder> too")
+        if deepcache_interval == 1 and deepcache_branch:
+            raise ConfigError("deepcache_branch applies to DeepCache: set deepcache_interval >= 2 too")
 
         self.device = resolve_device(device)
         model = local_override(models_dir_name(model), model)
@@ -150,6 +184,16 @@ class Diffusion:
                 raise ConfigError(f"unknown scheduler {scheduler!r}; choose from {sorted(SCHEDULERS)}")
             cls = getattr(diffusers, SCHEDULERS[scheduler])
             self.pipe.scheduler = cls.from_config(self.pipe.scheduler.config)
+        if eta is not None and "eta" not in inspect.signature(self.pipe.scheduler.step).parameters:
+            raise ConfigError(f"eta={eta}: the {type(self.pipe.scheduler).__name__} takes no eta (DDIM and TCD do)")
+        self.eta = eta
+        self.lora = self._load_lora(lora, lora_revision, lora_scale) if lora else None
+        if vae_slicing:  # decode the micro-batch one image at a time
+            self.pipe.vae.enable_slicing()
+        if vae_tiling:  # encode / decode images larger than the VAE's native size in overlapping tiles
+            self.pipe.vae.enable_tiling()
+        self.vae_slicing, self.vae_tiling = vae_slicing, vae_tiling
+        self._deepcache = self._deepcache_helper(deepcache_interval, deepcache_branch) if deepcache_interval > 1 else None
         if compile:  # shared by every task's pipeline (from_pipe reuses the module)
             self.pipe.unet = torch.compile(self.pipe.unet)
         self.is_xl = getattr(self.pipe, "text_encoder_2", None) is not None
@@ -157,6 +201,59 @@ class Diffusion:
         self.resolution = resolution or self.pipe.unet.config.sample_size * vae_scale
         self.micro_batch = micro_batch
         self._embeds: dict[tuple[str, str], Embeds] = {}
+
+    def _load_lora(self, lora: str, revision: str | None, scale: float) -> dict[str, str]:
+        """Load a LoRA (hub id, folder or .safetensors file) with diffusers and fuse it into the weights at `scale`:
+        fused, a few-step LoRA costs nothing per step, and every task's pipeline (from_pipe) shares it."""
+        path = Path(lora).expanduser()
+        try:
+            source, extra, where = (str(path), {}, f"file {path}") if path.is_file() else resolve(lora, revision)
+        except ModelNotAvailable as e:
+            raise ConfigError(f"lora: {e}") from None
+        if not hasattr(self.pipe, "load_lora_weights"):
+            raise ConfigError(f"lora: the {type(self.pipe).__name__} of {self.id} takes no LoRA")
+        try:
+            import peft  # noqa: F401 - diffusers loads LoRAs through peft
+        except ImportError:
+            raise ConfigError("lora needs the peft package: pip install 'genaug[speed]'") from None
+        try:
+            self.pipe.load_lora_weights(source, adapter_name="genaug", use_safetensors=True, **extra)
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"lora {lora!r} could not be loaded into {self.id} from {where} "
+                              f"(a diffusers / kohya LoRA in safetensors is expected): {first}") from None
+        if not self.pipe.get_list_adapters():
+            raise ConfigError(f"lora {lora!r} has no weights for any module of {self.id} (a LoRA for another "
+                              "model family?)")
+        self.pipe.fuse_lora(lora_scale=scale, adapter_names=["genaug"])
+        self.pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
+        local = Path(source)
+        if path.exists():
+            rev = _files_digest(path)
+        elif "snapshots" in local.parts:  # found in the HF cache: the folder is named by its commit
+            rev = local.name
+        else:
+            rev = revision or "main"
+        return {"id": str(path.resolve()) if path.exists() else lora, "revision": rev}
+
+    def _deepcache_helper(self, interval: int, branch: int):
+        """DeepCache (Ma et al., CVPR 2024) through its authors' package: the UNet's deep features are computed
+        every `interval` steps and reused in between; only the shallow branch `branch` runs every step."""
+        try:
+            from DeepCache import DeepCacheSDHelper
+        except ImportError:
+            raise ConfigError("deepcache_interval needs the DeepCache package: pip install 'genaug[speed]'") from None
+        helper = DeepCacheSDHelper(pipe=self.pipe)
+        helper.set_params(cache_interval=interval, cache_branch_id=branch)
+        helper.enable()
+        return helper
+
+    def models(self, role: str = "diffusion") -> dict[str, dict[str, str]]:
+        """This checkpoint's provenance record, and its LoRA's (`<role>_lora`) when one is fused in."""
+        out = {role: {"id": self.id, "revision": self.revision or "local"}}
+        if self.lora:
+            out[f"{role}_lora"] = dict(self.lora)
+        return out
 
     def pipeline(self, task: str):
         """The pipeline for `task`, sharing the loaded modules (built once)."""
@@ -198,13 +295,31 @@ class Diffusion:
             rows = [per_image(j) for j in idx]
             for k in rows[0]:
                 kw[k] = [r[k] for r in rows]
-            with dropping(*_FP32_NOTE), dropping(*_NSFW_NOTE):
-                result = pipe(generator=[torch.Generator("cpu").manual_seed(int(seeds[j])) for j in idx],
-                              output_type="pil", **kw, **common)
+            if self.eta is not None:
+                kw["eta"] = self.eta
+            if self._deepcache is not None:  # every call starts its own cache: an image never reuses another's
+                self._deepcache.pipe, self._deepcache.cached_output, self._deepcache.start_timestep = pipe, {}, None
+            try:
+                with dropping(*_FP32_NOTE), dropping(*_NSFW_NOTE):
+                    result = pipe(generator=[torch.Generator("cpu").manual_seed(int(seeds[j])) for j in idx],
+                                  output_type="pil", **kw, **common)
+            except (torch.OutOfMemoryError, RuntimeError) as e:
+                if not _out_of_memory(e):
+                    raise
+                raise self._memory_error(task, e) from None
             keep = min(m, n - start)
             flagged = getattr(result, "nsfw_content_detected", None) or [False] * keep  # None: no checker ran
             out += [refuse(im, FLAGGED if flag else None) for im, flag in zip(result.images[:keep], flagged)]
         return out
+
+    def _memory_error(self, task: str, error: BaseException) -> ConfigError:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        tiling = "vae_tiling is on" if self.vae_tiling else "set vae_tiling=true (and vae_slicing=true)"
+        return ConfigError(f"{task}: a micro-batch of {self.micro_batch} images at {self.resolution}x{self.resolution} "
+                           f"px does not fit in {self.device} memory ({first}). Lower micro_batch (now "
+                           f"{self.micro_batch}) or resolution (now {self.resolution}), or {tiling}")
 
     def _conditioning(self, prompts: Sequence[str] | None, embeds: Sequence[Embeds] | None, n: int,
                       negative_prompt: str) -> list[Embeds]:
@@ -263,7 +378,7 @@ class Diffusion:
 class PipelineOptions:
     """How a method runs its diffusion pipeline (a base of the methods' Configs)."""
 
-    scheduler: str | None = None  # ddim, euler, euler_a, dpm++, pndm, lms, lcm; None: the checkpoint's own
+    scheduler: str | None = None  # ddim, euler, euler_a, dpm++, pndm, lms, lcm, tcd; None: the checkpoint's own
     resolution: int | None = None  # working size; None: the model's native size
     micro_batch: int = Field(4, ge=1)  # images per pipeline call (fixed: outputs never depend on the batch)
     compile: bool = False  # torch.compile the UNet (GPU: faster after a warm-up; may change the last bits)
@@ -271,9 +386,25 @@ class PipelineOptions:
     # The checkpoint's NSFW safety checker (SD 1.x/2.x hub checkpoints ship one). Off: the papers' setting
     # (DA-Fusion, DIAGen), not even loaded. On: kept, and the images it flags are rejected, never written.
     safety_checker: bool = False
+    # Few-step generation: a LoRA (hub id, folder or .safetensors file) fused into the weights at lora_scale, e.g.
+    # scheduler=lcm lora=latent-consistency/lcm-lora-sdv1-5 steps=4 guidance_scale=1. None: no LoRA.
+    lora: str | None = None
+    lora_revision: str | None = None  # hub revision of the LoRA (recorded: the resolved commit, or sha: of a folder)
+    lora_scale: float = 1.0
+    eta: float | None = None  # DDIM's eta / TCD's gamma; None: the pipelines' 0 (TCD's paper uses 0.3)
+    # DeepCache: the UNet's deep features are recomputed every deepcache_interval steps (1: off, every step is
+    # whole; the DeepCache paper's SD 1.5 setting: 3) and reused in between; deepcache_branch: the shallow branch
+    # that always runs (0: the shallowest, the paper's setting).
+    deepcache_interval: int = Field(1, ge=1)
+    deepcache_branch: int = Field(0, ge=0)
+    vae_slicing: bool = False  # VAE decodes a micro-batch one image at a time: less peak memory
+    vae_tiling: bool = False  # VAE works in overlapping tiles beyond its native size (large images; changes pixels)
 
     def diffusion(self, model: str, revision: str | None, task: str = "img2img", **overrides) -> Diffusion:
         kw = dict(scheduler=self.scheduler, device=self.device, micro_batch=self.micro_batch,
                   resolution=self.resolution, task=task, compile=self.compile,
-                  safety_checker=self.safety_checker) | overrides
+                  safety_checker=self.safety_checker, lora=self.lora, lora_revision=self.lora_revision,
+                  lora_scale=self.lora_scale, eta=self.eta, deepcache_interval=self.deepcache_interval,
+                  deepcache_branch=self.deepcache_branch, vae_slicing=self.vae_slicing,
+                  vae_tiling=self.vae_tiling) | overrides
         return Diffusion(model, revision, **kw)

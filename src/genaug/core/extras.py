@@ -16,6 +16,7 @@ EXTRAS: dict[str, str] = {
     **dict.fromkeys(("pandas", "tabulate", "jinja2"), "bench"),
     "datasets": "hf",
     "ray": "ray",
+    **dict.fromkeys(("peft", "DeepCache"), "speed"),
 }
 
 

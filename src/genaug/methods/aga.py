@@ -209,7 +209,7 @@ class AGA(Method):
     def models(self) -> dict[str, dict[str, str]]:
         out = {}
         if self.sd is not None:
-            out["diffusion"] = {"id": self.sd.id, "revision": self.sd.revision or "local"}
+            out |= self.sd.models()
             if self.llm.kind != "template":
                 out["llm"] = self.llm.describe()
         if self.config.masks == "auto":

@@ -42,7 +42,7 @@ class DAFusion(Method):
         self.tokens: dict[str, str] = {}
 
     def models(self) -> dict[str, dict[str, str]]:
-        return {"diffusion": {"id": self.sd.id, "revision": self.sd.revision or "local"}}
+        return self.sd.models()
 
     def prepare(self, source) -> None:
         """Learn (or load from the cache) one token per class from that class's images."""

@@ -88,11 +88,12 @@ class Inpaint(Method):
         self.masker = c.masker(c.device)
         self.tokens: dict[str, str] = {}
         # the base model of the tokens, loaded now: models resolve against --models while the method is built
-        self.base = (c.diffusion(c.tokens_from, c.tokens_revision, scheduler=None, safety_checker=False)
+        self.base = (c.diffusion(c.tokens_from, c.tokens_revision, scheduler=None, safety_checker=False, lora=None,
+                                 lora_revision=None, lora_scale=1.0)
                      if c.tokens_from else None)  # only lends its tokens: never generates
 
     def models(self) -> dict[str, dict[str, str]]:
-        out = {"diffusion": {"id": self.sd.id, "revision": self.sd.revision or "local"}}
+        out = self.sd.models()
         if self.base is not None:
             out["tokens_from"] = {"id": self.base.id, "revision": self.base.revision or "local"}
         if self.config.masks == "auto":

@@ -41,7 +41,7 @@ class RealGuidance(Method):
         self.sd = c.diffusion(c.model, c.revision)
 
     def models(self) -> dict[str, dict[str, str]]:
-        return {"diffusion": {"id": self.sd.id, "revision": self.sd.revision or "local"}}
+        return self.sd.models()
 
     def sample_params(self, example: Example, rng: np.random.Generator, variant: int = 0) -> dict[str, Any]:
         c = self.config

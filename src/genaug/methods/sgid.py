@@ -102,7 +102,7 @@ class SGID(Method):
         self._embeds: dict[str, dict[str, torch.Tensor]] = {}
 
     def models(self) -> dict[str, dict[str, str]]:
-        return {"diffusion": {"id": self.sd.id, "revision": self.sd.revision or "local"},
+        return {**self.sd.models(),
                 "captioner": {"id": self.captioner.id, "revision": self.captioner.revision or "local"},
                 "clip": {"id": self.clip.id, "revision": self.clip.revision or "local"}}
 
