@@ -2,14 +2,17 @@
 ahead): the folder it leaves is the one a serial run leaves, a failed write stops the run with its own
 error, and no thread outlives the run."""
 import json
+import os
+import signal
 import threading
 import time
+import traceback
 
 import pytest
 
 from conftest import make_imagefolder, png_bytes, read_rows
 from genaug.engine.core import RunSummary, plan
-from genaug.engine.local import run_local
+from genaug.engine.local import CtrlC, run_local
 from genaug.pipeline import augment
 
 
@@ -112,3 +115,59 @@ def test_a_duplicate_id_is_rejected_whatever_the_batch_size(tmp_path, digit_imag
         assert s.generated == 6 and s.rejected == 1 and s.already_done == 0
         rejected[bs] = [json.loads(line) for line in (tmp_path / f"out{bs}" / "rejected.jsonl").read_text().splitlines()]
     assert rejected[1] == rejected[100] and "duplicate id" in rejected[1][0]["reason"]
+
+
+def test_ctrl_c_is_raised_at_once_in_generation_and_held_elsewhere_until_the_next_check():
+    with CtrlC() as ctrl_c:
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            with ctrl_c.interruptible():
+                signal.raise_signal(signal.SIGINT)
+                pytest.fail("generation went on after Ctrl-C")
+        ctrl_c.received = False
+        signal.raise_signal(signal.SIGINT)  # in a queue or lock call: held, not raised there
+        assert ctrl_c.received
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()
+        with pytest.raises(KeyboardInterrupt):  # one held before generation stops it before it starts
+            with ctrl_c.interruptible():
+                pytest.fail("generation started after Ctrl-C")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def mine(signum, frame):
+        raise RuntimeError("the caller's own handler")
+
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        with CtrlC():
+            assert signal.getsignal(signal.SIGINT) is mine  # a caller's handler is left alone
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_while_waiting_for_the_writer_stops_the_run_outside_any_queue_call(tmp_path, source):
+    # The writer is stuck on batch 1, so generation stops a few batches ahead, waiting in Queue.put. A
+    # KeyboardInterrupt raised inside that call can break the queue's lock and hang the run; it must be raised
+    # by genaug's own check once the wait ends, and the batches already generated must be written.
+    p = plan(source, tmp_path / "out", "augmix", n=2, batch_size=4)
+    real_write, seen = p.outdir.write, []
+
+    def slow_first_write(image, row):
+        if not seen:
+            seen.append(row)
+            time.sleep(1.0)  # generation catches up and waits for the writer
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        real_write(image, row)
+
+    p.outdir.write = slow_first_write
+    summary = RunSummary(out=tmp_path / "out")
+    with pytest.raises(KeyboardInterrupt) as info:
+        run_local(p, summary, progress=False)
+    p.outdir.release()
+    frames = {f.filename for f in traceback.extract_tb(info.value.__traceback__)}
+    assert not {f for f in frames if f.endswith(("queue.py", "threading.py"))}, frames
+    assert summary.generated in (12, 16)  # batch 1 written, then the 2 or 3 generated while it was stuck
+    assert len(read_rows(tmp_path / "out")) == summary.generated
+    assert not _genaug_threads()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -25,6 +26,53 @@ from .core import Plan, RunSummary, generate
 _POLL = 0.1  # seconds between looks at a stop flag while a queue is full
 
 
+class CtrlC:
+    """Ctrl-C during a run, raised only where it is safe. A KeyboardInterrupt that lands inside a
+    `queue.Queue` or `threading.Condition` call can leave its lock released by the wrong thread or a
+    wake-up lost: the writer then waits for a job that is already queued and the run hangs for ever (seen
+    in about 1 Ctrl-C in 20 before this class), or the interrupt is swallowed and the run ends as if nothing
+    happened. So the handler raises at once only inside `interruptible()` blocks (model loading and
+    generation, where the time goes); elsewhere it is remembered and raised by the next `check()`, which
+    the loop calls once per source. Installed only from the main thread and only over Python's own
+    handler (a caller's handler is left alone)."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._open = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.received = True
+        if self._open:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        if self.received:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def interruptible(self, check: bool = True) -> Iterator[None]:
+        """Ctrl-C raises at once in this block (and, with `check`, one received before it raises here)."""
+        self._open = True
+        try:
+            if check:
+                self.check()
+            yield
+        finally:
+            self._open = False
+
+    def __enter__(self) -> CtrlC:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     """Put `item` unless `stop` is set first (so a thread never blocks on a queue nobody reads)."""
     while not stop.is_set():
@@ -37,9 +85,12 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
 
 
 @contextlib.contextmanager
-def read_ahead(items: Iterable, depth: int, name: str = "genaug-reader") -> Iterator[Iterator]:
+def read_ahead(items: Iterable, depth: int, name: str = "genaug-reader",
+               waiting: Callable[[], None] | None = None) -> Iterator[Iterator]:
     """`items`, produced on a background thread up to `depth` ahead of the consumer. An exception there is
-    raised here, unchanged, when the consumer reaches it; leaving the block stops and joins the thread."""
+    raised here, unchanged, when the consumer reaches it; leaving the block stops and joins the thread.
+    `waiting` is called every 0.1 s while the consumer waits for the next item (a stalled source can still
+    be stopped: `CtrlC.check`)."""
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
@@ -54,7 +105,12 @@ def read_ahead(items: Iterable, depth: int, name: str = "genaug-reader") -> Iter
 
     def consume() -> Iterator:
         while True:
-            more, x = q.get()
+            try:
+                more, x = q.get(timeout=_POLL)
+            except queue.Empty:
+                if waiting is not None:
+                    waiting()
+                continue
             if not more:
                 if x is not None:
                     raise x
@@ -103,13 +159,15 @@ class BatchWriter:
         self._jobs.put(job)
         self.check()
 
-    def close(self, raise_error: bool = True) -> None:
+    def close(self, raise_error: bool = True, ctrl_c: CtrlC | None = None) -> None:
         """Write what was submitted (also after an error or Ctrl-C in the caller: what was generated is kept),
-        then end the thread. A second Ctrl-C here stops the wait: the daemon thread dies with the process,
-        and a rerun finishes the folder as after any kill."""
+        then end the thread. With `ctrl_c`, a Ctrl-C during the wait stops it (`Thread.join` is safe to
+        interrupt): the daemon thread dies with the process, and a rerun finishes the folder as after any
+        kill."""
         if self._thread.is_alive():
             self._jobs.put(None)
-            self._thread.join()
+            with ctrl_c.interruptible(check=False) if ctrl_c is not None else contextlib.nullcontext():
+                self._thread.join()
         if raise_error:
             self.check()
 
@@ -144,8 +202,9 @@ def run_local(p: Plan, summary: RunSummary, progress: bool | None = None) -> Non
         rejects, results = unreadable[:], []
         unreadable.clear()
         if pending:
-            p.prepare()
-            results, refused = generate(p.method, pending, p.row_base)
+            with ctrl_c.interruptible():  # the long part: Ctrl-C stops it at once
+                p.prepare()
+                results, refused = generate(p.method, pending, p.row_base)
             rejects += [(e.path, e.id, reason) for e, reason in refused.values()]
             bar_add(dropped=len(pending) - len(results))
             pending.clear()
@@ -163,29 +222,34 @@ def run_local(p: Plan, summary: RunSummary, progress: bool | None = None) -> Non
                 yield rec, todo, e
 
     writer = BatchWriter(depth=1)  # one batch written, one waiting, one generating
+    ctrl_c = CtrlC()
     try:
-        try:
-            with read_ahead(decoded(), depth=p.batch_size) as records:  # the next batch's sources, decoded
-                for rec, todo, ex in records:
-                    writer.check()  # a failed write stops the run at the next source, not at the end
-                    if len(todo) < run.n:
-                        bar_add(done=run.n - len(todo))
-                    if not todo:
+        with ctrl_c:
+            try:
+                with read_ahead(decoded(), depth=p.batch_size, waiting=ctrl_c.check) as records:  # next sources
+                    for rec, todo, ex in records:
+                        ctrl_c.check()  # a Ctrl-C outside generation stops the run here
+                        writer.check()  # a failed write stops the run at the next source, not at the end
+                        if len(todo) < run.n:
+                            bar_add(done=run.n - len(todo))
+                        if not todo:
+                            summary.sources += 1
+                            continue
+                        if isinstance(ex, Rejected):
+                            unreadable.append((rec.path, rec.id, str(ex)))
+                            bar_add(dropped=len(todo))
+                            continue
                         summary.sources += 1
-                        continue
-                    if isinstance(ex, Rejected):
-                        unreadable.append((rec.path, rec.id, str(ex)))
-                        bar_add(dropped=len(todo))
-                        continue
-                    summary.sources += 1
-                    for k, s in todo:
-                        pending.append((ex, k, s))
-                        if len(pending) >= p.batch_size:
-                            flush()
-                flush()
-        except BaseException:
-            writer.close(raise_error=False)  # this thread's own error (or Ctrl-C) is the one to report
-            raise
-        writer.close()
+                        for k, s in todo:
+                            pending.append((ex, k, s))
+                            if len(pending) >= p.batch_size:
+                                flush()
+                    flush()
+                    ctrl_c.check()
+            except BaseException:
+                writer.close(raise_error=False, ctrl_c=ctrl_c)  # this thread's error (or Ctrl-C) is reported
+                raise
+            writer.close(ctrl_c=ctrl_c)
+            ctrl_c.check()  # Ctrl-C during the last write: all is on disk, but the run says it was stopped
     finally:
         bar.close()
