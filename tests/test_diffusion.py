@@ -542,6 +542,41 @@ def test_vae_tiling_keeps_the_size_and_slicing_keeps_the_bytes(tiny_models):
     assert max(np.abs(p.astype(int) - s).max() for p, s in zip(plain, sliced)) <= 2
 
 
+def test_dtype_and_channels_last_options_change_the_precision_and_layout_not_the_image(tiny_models, digit_images):
+    import numpy as np
+    import torch
+
+    from genaug.components.diffusion import PipelineOptions
+
+    model = str(tiny_models["sd15"])
+    images = [im.convert("RGB") for im in digit_images[0][:2]]
+
+    def make(**kw):
+        return PipelineOptions(resolution=32, micro_batch=2, **kw).diffusion(model, None)
+
+    plain, bf16, nhwc = make(), make(dtype="bfloat16"), make(channels_last=True)
+    assert plain.pipe.unet.dtype == torch.float32 and bf16.pipe.unet.dtype == torch.bfloat16
+    assert bf16.pipe.vae.dtype == bf16.pipe.text_encoder.dtype == torch.bfloat16
+    conv = nhwc.pipe.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not plain.pipe.unet.conv_in.weight.is_contiguous(
+        memory_format=torch.channels_last)
+    ref, low, cl = _img2img(plain, images), _img2img(bf16, images), _img2img(nhwc, images)
+    assert [x.shape for x in low] == [x.shape for x in cl] == [x.shape for x in ref]
+    # the same image at lower precision: close, not equal; the layout moves float rounding only
+    assert not np.array_equal(low[0], ref[0]) and np.abs(low[0].astype(int) - ref[0]).mean() < 2
+    assert max(np.abs(c.astype(int) - r).max() for c, r in zip(cl, ref)) <= 2
+
+
+def test_float16_on_the_cpu_is_refused_with_the_dtypes_that_work(tmp_path, tiny_models, digit_images):
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=1, classes=("0",))
+    res = cli("augment", src, "--method", "real_guidance", "--out", tmp_path / "o", f"model={tiny_models['sd15']}",
+              "resolution=32", "steps=4", "dtype=float16", expect=2)
+    assert "dtype=float16 on the CPU" in res.output and "bfloat16" in res.output and "Traceback" not in res.output
+    res = cli("augment", src, "--method", "real_guidance", "--out", tmp_path / "o", f"model={tiny_models['sd15']}",
+              "dtype=half", expect=2)
+    assert "dtype" in res.output and "float16" in res.output and "Traceback" not in res.output
+
+
 @pytest.mark.parametrize("kind, message", [
     ("OutOfMemoryError", "CUDA out of memory. Tried to allocate 20.00 GiB"),
     ("RuntimeError", "[enforce fail at alloc_cpu.cpp:117] . DefaultCPUAllocator: can't allocate memory: you tried "

@@ -4,7 +4,7 @@ batched and deterministic per image.
 Defaults: Stable Diffusion 1.5 and SDXL base 1.0 at pinned revisions (`SD15_MODEL`, `SDXL_MODEL`), SD 1.5
 inpainting for `task="inpaint"`. Any checkpoint the diffusers `AutoPipelineFor*` classes understand works,
 from the hub or a local directory; the three tasks share one set of modules (`from_pipe`). fp16 on a GPU,
-fp32 on the CPU.
+fp32 on the CPU, unless `dtype` says otherwise.
 
 Determinism: every image has its own `torch.Generator`; prompts are encoded one at a time (and cached), and
 the pipeline is always called with exactly `micro_batch` images (the last call padded with copies), because
@@ -28,7 +28,7 @@ import hashlib
 import inspect
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
@@ -140,6 +140,9 @@ def _files_digest(path: Path) -> str:
     return f"sha:{h.hexdigest()}"
 
 
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
 class Diffusion:
     """One loaded checkpoint; `img2img`, `text2img` and `inpaint` each return one image per input."""
 
@@ -148,7 +151,7 @@ class Diffusion:
                  compile: bool = False, safety_checker: bool = False, lora: str | None = None,
                  lora_revision: str | None = None, lora_scale: float = 1.0, eta: float | None = None,
                  deepcache_interval: int = 1, deepcache_branch: int = 0, vae_slicing: bool = False,
-                 vae_tiling: bool = False):
+                 vae_tiling: bool = False, dtype: str | None = None, channels_last: bool = False):
         import diffusers
 
         if not lora and (lora_revision or lora_scale != 1.0):
@@ -157,6 +160,7 @@ class Diffusion:
             raise ConfigError("deepcache_branch applies to DeepCache: set deepcache_interval >= 2 too")
 
         self.device = resolve_device(device)
+        self.dtype = self._dtype(dtype)
         model = local_override(models_dir_name(model), model)
         self.id, self.revision = model, default_revision(model, revision)
         auto = {"img2img": diffusers.AutoPipelineForImage2Image, "text2img": diffusers.AutoPipelineForText2Image,
@@ -171,7 +175,7 @@ class Diffusion:
             # off (or saved without one): not loaded at all, diffusers' documented way; its "you have disabled
             # the safety checker" notice is for its own users, and ours chose this explicitly
             absent |= {"safety_checker": None, "requires_safety_checker": False}
-        self.pipes = {task: load_pretrained(auto[task], model, self.revision, role=task, dtype=model_dtype(self.device),
+        self.pipes = {task: load_pretrained(auto[task], model, self.revision, role=task, dtype=self.dtype,
                                             **absent).to(self.device)}
         self.pipe = self.pipes[task]
         if safety_checker and getattr(self.pipe, "safety_checker", None) is None:
@@ -194,6 +198,9 @@ class Diffusion:
             self.pipe.vae.enable_tiling()
         self.vae_slicing, self.vae_tiling = vae_slicing, vae_tiling
         self._deepcache = self._deepcache_helper(deepcache_interval, deepcache_branch) if deepcache_interval > 1 else None
+        if channels_last:  # NHWC convolutions: faster on most GPUs (diffusers' speed guide); changes the last bits
+            self.pipe.unet.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
         if compile:  # shared by every task's pipeline (from_pipe reuses the module)
             self.pipe.unet = torch.compile(self.pipe.unet)
         self.is_xl = getattr(self.pipe, "text_encoder_2", None) is not None
@@ -201,6 +208,17 @@ class Diffusion:
         self.resolution = resolution or self.pipe.unet.config.sample_size * vae_scale
         self.micro_batch = micro_batch
         self._embeds: dict[tuple[str, str], Embeds] = {}
+
+    def _dtype(self, name: str | None) -> torch.dtype:
+        """The weights' and activations' dtype: `name`, or fp16 on a GPU and fp32 on the CPU."""
+        if name is None:
+            return model_dtype(self.device)
+        if name not in DTYPES:
+            raise ConfigError(f"unknown dtype {name!r}; choose from {sorted(DTYPES)}")
+        if name == "float16" and self.device.type == "cpu":
+            raise ConfigError("dtype=float16 on the CPU: several of its kernels are missing or slow there; use "
+                              "bfloat16 (fast on CPUs with AMX) or float32")
+        return DTYPES[name]
 
     def _load_lora(self, lora: str, revision: str | None, scale: float) -> dict[str, str]:
         """Load a LoRA (hub id, folder or .safetensors file) with diffusers and fuse it into the weights at `scale`:
@@ -399,6 +417,8 @@ class PipelineOptions:
     deepcache_branch: int = Field(0, ge=0)
     vae_slicing: bool = False  # VAE decodes a micro-batch one image at a time: less peak memory
     vae_tiling: bool = False  # VAE works in overlapping tiles beyond its native size (large images; changes pixels)
+    dtype: Literal["float16", "bfloat16", "float32"] | None = None  # None: float16 on a GPU, float32 on the CPU
+    channels_last: bool = False  # the UNet in channels-last memory layout (GPU speed; may move the last bits)
 
     def diffusion(self, model: str, revision: str | None, task: str = "img2img", **overrides) -> Diffusion:
         kw = dict(scheduler=self.scheduler, device=self.device, micro_batch=self.micro_batch,
@@ -406,5 +426,5 @@ class PipelineOptions:
                   safety_checker=self.safety_checker, lora=self.lora, lora_revision=self.lora_revision,
                   lora_scale=self.lora_scale, eta=self.eta, deepcache_interval=self.deepcache_interval,
                   deepcache_branch=self.deepcache_branch, vae_slicing=self.vae_slicing,
-                  vae_tiling=self.vae_tiling) | overrides
+                  vae_tiling=self.vae_tiling, dtype=self.dtype, channels_last=self.channels_last) | overrides
         return Diffusion(model, revision, **kw)

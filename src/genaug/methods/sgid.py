@@ -25,7 +25,7 @@ from pydantic import Field
 
 from ..components.captioner import BLIP_MODEL, Captioner
 from ..components.clip import Clip
-from ..components.diffusion import SD15_MODEL, Diffusion
+from ..components.diffusion import SD15_MODEL, PipelineOptions
 from ..core.config import ConfigError, config_dataclass, range_option
 from ..data.cache import Cache, content_key
 from .registry import register_method
@@ -58,7 +58,7 @@ class SGID(Method):
     default_batch_size = 8
 
     @config_dataclass
-    class Config:
+    class Config(PipelineOptions):
         model: str = SD15_MODEL
         revision: str | None = None
         captioner: str = BLIP_MODEL
@@ -77,11 +77,8 @@ class SGID(Method):
         guidance_range: range_option(ge=0) = (5.0, 10.0)  # around SD's usual 7.5
         strength: float = Field(0.3, gt=0, le=1)  # the report's noise rate
         steps: int = Field(50, ge=1)
-        scheduler: str | None = None
-        resolution: int | None = None
         min_similarity: float | None = None  # filter: outputs less CLIP-similar to their source get weight 0
-        device: str | None = None
-        safety_checker: bool = False  # as PipelineOptions.safety_checker: off (not loaded); on: flagged -> rejected
+        micro_batch: int = Field(1, ge=1, le=1)  # one image per pipeline call: every image has its own guidance
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
@@ -90,9 +87,7 @@ class SGID(Method):
             raise ConfigError("sgid: n_beam + n_nucleus must be at least 1")
         if int(c.steps * c.strength) < 1:
             raise ConfigError(f"sgid: steps x strength must be at least 1 (got {c.steps} x {c.strength})")
-        # one image per pipeline call: every image has its own guidance scale
-        self.sd = Diffusion(c.model, c.revision, c.scheduler, c.device, micro_batch=1, resolution=c.resolution,
-                            safety_checker=c.safety_checker)
+        self.sd = c.diffusion(c.model, c.revision)  # micro_batch 1: every image has its own guidance scale
         self.captioner = Captioner(c.captioner, c.captioner_revision, c.device)
         self.clip = Clip(c.clip, c.clip_revision or (CLIP_B32_REVISION if c.clip == CLIP_B32 else None), c.device)
         self.similarities = Cache("sgid-clip")
