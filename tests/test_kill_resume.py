@@ -45,7 +45,10 @@ def test_sigkill_then_rerun_is_exactly_complete(tmp_path, source_and_clean_run, 
     src, clean = source_and_clean_run
     env = ENV
     out = tmp_path / "out"
-    proc = subprocess.Popen(_run(src, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Ctrl-C as a terminal delivers it: a test run started in the background (`cmd &`) inherits an ignored
+    # SIGINT, which the child would keep (Python installs KeyboardInterrupt only over the default action)
+    proc = subprocess.Popen(_run(src, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while _rows_on_disk(out) <= kill_after_rows and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

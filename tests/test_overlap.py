@@ -117,7 +117,15 @@ def test_a_duplicate_id_is_rejected_whatever_the_batch_size(tmp_path, digit_imag
     assert rejected[1] == rejected[100] and "duplicate id" in rejected[1][0]["reason"]
 
 
-def test_ctrl_c_is_raised_at_once_in_generation_and_held_elsewhere_until_the_next_check():
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler for the test (a test run started in the background inherits SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_is_raised_at_once_in_generation_and_held_elsewhere_until_the_next_check(ctrl_c_raises):
     with CtrlC() as ctrl_c:
         assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
         with pytest.raises(KeyboardInterrupt):
@@ -145,7 +153,8 @@ def test_ctrl_c_is_raised_at_once_in_generation_and_held_elsewhere_until_the_nex
         signal.signal(signal.SIGINT, previous)
 
 
-def test_ctrl_c_while_waiting_for_the_writer_stops_the_run_outside_any_queue_call(tmp_path, source):
+def test_ctrl_c_while_waiting_for_the_writer_stops_the_run_outside_any_queue_call(tmp_path, source,
+                                                                                  ctrl_c_raises):
     # The writer is stuck on batch 1, so generation stops a few batches ahead, waiting in Queue.put. A
     # KeyboardInterrupt raised inside that call can break the queue's lock and hang the run; it must be raised
     # by genaug's own check once the wait ends, and the batches already generated must be written.
