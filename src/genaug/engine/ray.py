@@ -5,9 +5,12 @@ actor), the driver streams the results into the same output folder the local exe
   resume: only (source, variant) pairs missing from `metadata.jsonl` are sent), runs the method's
   `prepare` once when there is work (textual inversion, prompts… land in `GENAUG_CACHE`, where the actors find them),
   and derives every seed. Rows travel as (record, variant, seed).
-- Each actor builds the method once, loads its examples, and calls the executor-independent
-  `generate` (the same code the local executor calls): same params, same pixels, same rows; images are
-  PNG-encoded in the actor with the writer's own encoder, so files are byte-identical.
+- Three stages, streamed by Ray Data, so the generation workers (the GPUs) never decode or encode: CPU
+  actors decode the sources (`SourceDecoder`); each generation actor builds the method once and calls the
+  executor-independent `generate` (the same code the local executor calls: same params, same pixels, same
+  rows); CPU tasks PNG-encode the images with the writer's own encoder (`encode_images`), so files are
+  byte-identical. The CPU stages ask for a fraction of a CPU each (`_CPU_STAGE`): they run beside the
+  workers, on the cycles a GPU worker's process leaves idle.
 - The driver writes each result as it arrives (PNG, then its row, synced per batch), so a run killed at
   any moment, driver or workers, loses at most the batches in flight; a rerun sends only what is missing.
   `preserve_order` keeps `metadata.jsonl` in source order, as locally.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import warnings
 from unittest import mock
 from typing import Any
@@ -28,6 +32,7 @@ from tqdm.auto import tqdm
 
 from ..core.config import ConfigError
 from ..core.log import bar_disabled, get_logger
+from ..data.metadata import dumps_row
 
 log = get_logger(__name__)
 # Environment the actors need to behave like the driver (offline mode, caches, verbosity).
@@ -58,9 +63,52 @@ def parse_workers(workers: int | str | tuple[int, int] | None) -> tuple[int, int
     return lo, hi
 
 
+_CPU_STAGE = 0.25  # CPUs each decoding actor and encoding task asks for: they fit beside the workers
+
+
+class SourceDecoder:
+    """CPU stage: the sources of a batch of (record, variant, seed) rows, decoded once per source and batch.
+    Each row gets its `Example` (pickled: Ray Data would turn a column of objects into arrays), or b"" and
+    (on its source's first row in the batch) the reason it was refused, which the driver lists once in
+    `rejected.jsonl`."""
+
+    def __init__(self, source: str, input_cfg: dict[str, Any]):
+        from ..core.config import build_config
+        from ..data.images import InputConfig
+        from ..data.sources import Source
+
+        self.input_cfg = build_config(InputConfig, input_cfg, where="input")
+        self.source = Source(source, self.input_cfg)
+
+    def __call__(self, batch: dict) -> dict[str, list]:
+        from ..data.images import Rejected
+        from ..data.sources import Record
+
+        out: dict[str, list] = {"example": [], "variant": [], "seed": [], "refused": []}
+        loaded: dict[str, Any] = {}
+        for i in range(len(batch["id"])):
+            rid, reason = str(batch["id"][i]), ""
+            if rid not in loaded:
+                row = int(batch["row"][i])
+                rec = Record(id=rid, path=str(batch["path"][i]), label=str(batch["label"][i]),
+                             mask_path=str(batch["mask_path"][i]) or None, error=str(batch["error"][i]) or None,
+                             row=row if row >= 0 else None)
+                try:
+                    loaded[rid] = self.source.load(rec, self.input_cfg)
+                except Rejected as e:
+                    loaded[rid] = None
+                    reason = dumps_row({"path": rec.path, "id": rid, "reason": str(e), "unreadable": True})
+            out["example"].append(b"" if loaded[rid] is None else pickle.dumps(loaded[rid]))
+            out["variant"].append(int(batch["variant"][i]))
+            out["seed"].append(int(batch["seed"][i]))
+            out["refused"].append(reason)
+        return out
+
+
 class GenaugWorker:
-    """One actor: the method built once; `__call__` turns a batch of (record, variant, seed) rows into
-    written-ready results (kind, metadata row as JSON, PNG bytes)."""
+    """One generation actor: the method built once; `__call__` turns a batch of decoded (example, variant,
+    seed) rows into results (kind, metadata row as JSON, image), nothing else: decoding and encoding are the
+    CPU stages' work."""
 
     def __init__(self, method: str, options: dict[str, Any], models: str | None, source: str,
                  input_cfg: dict[str, Any], row_base: dict[str, Any], threads: int | None = None):
@@ -76,47 +124,41 @@ class GenaugWorker:
             torch.set_num_threads(threads)  # actors are reused processes: set it explicitly
         with models_dir(models):
             self.method = create_method(method, options)
-        self.input_cfg = build_config(InputConfig, input_cfg, where="input")
-        self.source = Source(source, self.input_cfg)
-        self.method.prepare(self.source)  # cache hits: the driver prepared already
+        self.method.prepare(Source(source, build_config(InputConfig, input_cfg, where="input")))  # cache hits
         self.row_base = row_base
 
     def __call__(self, batch: dict) -> dict[str, list]:
-        from ..data.images import Rejected
-        from ..data.sources import Record
-        from ..data.metadata import dumps_row
-        from ..data.writer import encode_png
         from .core import generate
 
-        out: dict[str, list] = {"kind": [], "row": [], "png": []}
+        out: dict[str, list] = {"kind": [], "row": [], "image": []}
 
-        def emit(kind: str, row: dict, png: bytes = b"") -> None:
+        def emit(kind: str, row: str, image: Any = None) -> None:
             out["kind"].append(kind)
-            out["row"].append(dumps_row(row))
-            out["png"].append(png)
+            out["row"].append(row)
+            out["image"].append(b"" if image is None else pickle.dumps(image))
 
-        loaded: dict[str, Any] = {}
         items = []
-        for i in range(len(batch["id"])):
-            rid = str(batch["id"][i])
-            if rid not in loaded:
-                row = int(batch["row"][i])
-                rec = Record(id=rid, path=str(batch["path"][i]), label=str(batch["label"][i]),
-                             mask_path=str(batch["mask_path"][i]) or None, error=str(batch["error"][i]) or None,
-                             row=row if row >= 0 else None)
-                try:
-                    loaded[rid] = self.source.load(rec, self.input_cfg)
-                except Rejected as e:
-                    loaded[rid] = None
-                    emit("reject", {"path": rec.path, "id": rid, "reason": str(e), "unreadable": True})
-            if loaded[rid] is not None:
-                items.append((loaded[rid], int(batch["variant"][i]), int(batch["seed"][i])))
-        results, refused = generate(self.method, items, self.row_base)
-        for e, reason in refused.values():
-            emit("reject", {"path": e.path, "id": e.id, "reason": reason})
+        for example, variant, seed, refused in zip(batch["example"], batch["variant"], batch["seed"],
+                                                   batch["refused"]):
+            if refused:
+                emit("reject", str(refused))
+            if len(example):
+                items.append((pickle.loads(example), int(variant), int(seed)))
+        results, refused_now = generate(self.method, items, self.row_base)
+        for e, reason in refused_now.values():
+            emit("reject", dumps_row({"path": e.path, "id": e.id, "reason": reason}))
         for row, image in results:
-            emit("image", row, encode_png(image))
+            emit("image", dumps_row(row), image)
         return out
+
+
+def encode_images(batch: dict) -> dict[str, list]:
+    """CPU stage: each image PNG-encoded with the writer's own encoder (same bytes as the local executor)."""
+    from ..data.writer import encode_png
+
+    return {"kind": list(batch["kind"]), "row": list(batch["row"]),
+            "png": [encode_png(pickle.loads(im)) if kind == "image" else b""
+                    for kind, im in zip(batch["kind"], batch["image"])]}
 
 
 def _init_ray(ray, address: str | None, workers: int, cpus_per_worker: float) -> None:
@@ -164,13 +206,17 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
     ctx.enable_progress_bars = False  # genaug's own bar below
     threads = max(1, int(num_cpus_per_worker))
     batches = -(-len(rows) // p.batch_size)
+    source = str(p.source.root.resolve())
     ds = ray.data.from_items(rows, override_num_blocks=min(batches, max(hi, min(batches, 4 * hi))))
+    ds = ds.map_batches(SourceDecoder, batch_size=p.batch_size, batch_format="numpy", num_cpus=_CPU_STAGE,
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=hi),
+                        fn_constructor_kwargs=dict(source=source, input_cfg=run.input))
     ds = ds.map_batches(
         GenaugWorker, batch_size=p.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
             min_size=lo, max_size=hi), num_gpus=num_gpus_per_worker or None, num_cpus=num_cpus_per_worker,
         fn_constructor_kwargs=dict(method=run.method, options=run.options, models=run.models,
-                                   source=str(p.source.root.resolve()), input_cfg=run.input, row_base=p.row_base,
-                                   threads=threads))
+                                   source=source, input_cfg=run.input, row_base=p.row_base, threads=threads))
+    ds = ds.map_batches(encode_images, batch_size=None, batch_format="numpy", num_cpus=_CPU_STAGE)
     bar = tqdm(total=len(rows), desc=f"genaug {run.method} (ray x{hi})", unit="img", dynamic_ncols=True,
                disable=bar_disabled(progress))
     with bar, warnings.catch_warnings():  # the bar closes and the filter ends with the run
