@@ -55,6 +55,22 @@ def test_ray_writes_what_the_local_executor_writes(method, ray_session, tmp_path
                                      *opts, "--batch-size", 4, "--executor", "ray").output
 
 
+def test_ray_stages_for_gpu_workers_write_what_the_local_executor_writes(ray_session, tmp_path, digit_images):
+    # With GPU workers the sources are decoded and the PNGs encoded in CPU stages beside the workers (the
+    # default there); forced here on CPU workers: the same bytes, rows and rejections as the local executor.
+    from genaug.pipeline import augment
+
+    src = make_imagefolder(tmp_path / "src", digit_images, per_class=3, classes=("0", "1"))
+    (src / "1" / "broken.png").write_bytes(b"not an image")
+    local = augment(src, tmp_path / "local", method="randaugment", n=3, batch_size=4, progress=False)
+    staged = augment(src, tmp_path / "ray", method="randaugment", n=3, batch_size=4, progress=False,
+                     executor="ray", workers=2, stages=True)
+    assert staged.generated == local.generated == 18 and staged.rejected == local.rejected == 1
+    assert png_bytes(tmp_path / "ray") == png_bytes(tmp_path / "local")
+    assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
+    assert (tmp_path / "ray" / "rejected.jsonl").read_text() == (tmp_path / "local" / "rejected.jsonl").read_text()
+
+
 def test_bad_ray_options_are_clear(tmp_path, imagefolder):
     for args, message in ((["--executor", "spark"], "'spark' is not one of 'local', 'ray'"),
                           (["--workers", "2"], "need --executor ray"),
