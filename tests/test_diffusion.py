@@ -64,6 +64,15 @@ def test_sgid_prompt_weights_guidance_mapping_and_filter(src, tmp_path, tiny_mod
     assert all(r["weight"] == 1.0 for r in read_rows(keep))
 
 
+def test_sgid_takes_the_pipeline_options_but_one_image_per_call(src, tmp_path, tiny_models):
+    res = cli("augment", src, "--method", "sgid", "--out", tmp_path / "o", "-n", 1, *_sgid_args(tiny_models),
+              "micro_batch=4", expect=2)
+    assert "one image per pipeline call" in res.output and "Traceback" not in res.output
+    res = cli("augment", src, "--method", "sgid", "--out", tmp_path / "o", "-n", 1, *_sgid_args(tiny_models),
+              "dtype=float16", expect=2)  # a PipelineOptions field reaches sgid's pipeline
+    assert "dtype=float16 on the CPU" in res.output
+
+
 def test_sgid_captions_are_cached_not_recomputed(src, tmp_path, tiny_models):
     from genaug.components.captioner import Captioner
     from genaug.data.cache import cache_root

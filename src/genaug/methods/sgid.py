@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..components.captioner import BLIP_MODEL, Captioner
 from ..components.clip import Clip
@@ -78,7 +78,15 @@ class SGID(Method):
         strength: float = Field(0.3, gt=0, le=1)  # the report's noise rate
         steps: int = Field(50, ge=1)
         min_similarity: float | None = None  # filter: outputs less CLIP-similar to their source get weight 0
-        micro_batch: int = Field(1, ge=1, le=1)  # one image per pipeline call: every image has its own guidance
+        micro_batch: int = 1  # one image per pipeline call: every image has its own guidance scale
+
+        @field_validator("micro_batch")
+        @classmethod
+        def _one_image_per_call(cls, v: int) -> int:
+            if v != 1:
+                raise ValueError("sgid runs one image per pipeline call (each image has its own guidance scale): "
+                                 "leave micro_batch at 1")
+            return v
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
