@@ -533,6 +533,26 @@ def test_deepcache_reuses_features_but_never_across_calls(tiny_models, digit_ima
     assert np.array_equal(_img2img(cached, images[1:], strength=0.5, steps=8)[0], fresh)
 
 
+def test_deepcache_leaves_the_unet_plain_for_textual_inversion(tiny_models, digit_images):
+    # DA-Fusion / DIAGen / inpaint learn their tokens through the generating pipeline's UNet, at timesteps of
+    # their own: DeepCache must be on only inside pipeline calls, before and after one
+    import torch
+
+    from genaug.components.diffusion import PipelineOptions
+    from genaug.components.textual_inversion import learn_token
+
+    pytest.importorskip("DeepCache")
+    images = [im.convert("RGB") for im in digit_images[0][:4]]
+    model = str(tiny_models["sd15"])
+    plain = PipelineOptions(resolution=32, micro_batch=1).diffusion(model, None)
+    cached = PipelineOptions(resolution=32, micro_batch=1, deepcache_interval=3).diffusion(model, None)
+    want, _ = learn_token(plain.pipe, images, "<t0>", "cat", steps=4, resolution=32, progress=False)
+    for _ in range(2):  # before any pipeline call, then after one
+        got, _ = learn_token(cached.pipe, images, "<t0>", "cat", steps=4, resolution=32, progress=False)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+        _img2img(cached, images[:1], strength=0.5, steps=8)
+
+
 def test_vae_tiling_keeps_the_size_and_slicing_keeps_the_bytes(tiny_models):
     import numpy as np
 

@@ -263,8 +263,7 @@ class Diffusion:
             raise ConfigError("deepcache_interval needs the DeepCache package: pip install 'genaug[speed]'") from None
         helper = DeepCacheSDHelper(pipe=self.pipe)
         helper.set_params(cache_interval=interval, cache_branch_id=branch)
-        helper.enable()
-        return helper
+        return helper  # enabled around each pipeline call only (`_run`)
 
     def models(self, role: str = "diffusion") -> dict[str, dict[str, str]]:
         """This checkpoint's provenance record, and its LoRA's (`<role>_lora`) when one is fused in."""
@@ -315,8 +314,12 @@ class Diffusion:
                 kw[k] = [r[k] for r in rows]
             if self.eta is not None:
                 kw["eta"] = self.eta
-            if self._deepcache is not None:  # every call starts its own cache: an image never reuses another's
-                self._deepcache.pipe, self._deepcache.cached_output, self._deepcache.start_timestep = pipe, {}, None
+            # DeepCache wraps the UNet for this call only: the call starts with an empty cache (an image never
+            # reuses another's features), and outside pipeline calls the UNet is plain (textual inversion trains
+            # through it with timesteps of its own)
+            if self._deepcache is not None:
+                self._deepcache.pipe = pipe
+                self._deepcache.enable()
             try:
                 with dropping(*_FP32_NOTE), dropping(*_NSFW_NOTE):
                     result = pipe(generator=[torch.Generator("cpu").manual_seed(int(seeds[j])) for j in idx],
@@ -325,6 +328,9 @@ class Diffusion:
                 if not _out_of_memory(e):
                     raise
                 raise self._memory_error(task, e) from None
+            finally:
+                if self._deepcache is not None:
+                    self._deepcache.disable()
             keep = min(m, n - start)
             flagged = getattr(result, "nsfw_content_detected", None) or [False] * keep  # None: no checker ran
             out += [refuse(im, FLAGGED if flag else None) for im, flag in zip(result.images[:keep], flagged)]
