@@ -69,10 +69,10 @@ _CPU_STAGE = 0.25  # CPUs each decoding actor and encoding task asks for: they f
 
 
 class SourceDecoder:
-    """CPU stage: the sources of a batch of (record, variant, seed) rows, decoded once per source and batch.
-    Each row gets its `Example` (pickled: Ray Data would turn a column of objects into arrays), or b"" and
-    (on its source's first row in the batch) the reason it was refused, which the driver lists once in
-    `rejected.jsonl`."""
+    """The sources of a batch of (record, variant, seed) rows, decoded once per source and batch: each row's
+    `Example`, or None and (on its source's first row in the batch) the reason it was refused, which the
+    driver lists once in `rejected.jsonl`. Called as a Ray stage (CPU actors), the examples travel pickled:
+    Ray Data would turn a column of objects into arrays."""
 
     def __init__(self, source: str, input_cfg: dict[str, Any]):
         from ..core.config import build_config
@@ -82,11 +82,12 @@ class SourceDecoder:
         self.input_cfg = build_config(InputConfig, input_cfg, where="input")
         self.source = Source(source, self.input_cfg)
 
-    def __call__(self, batch: dict) -> dict[str, list]:
+    def decode(self, batch: dict) -> list[tuple[Any, int, int, str]]:
+        """(example or None, variant, seed, refusal row as JSON or "") for each row of `batch`."""
         from ..data.images import Rejected
         from ..data.sources import Record
 
-        out: dict[str, list] = {"example": [], "variant": [], "seed": [], "refused": []}
+        out = []
         loaded: dict[str, Any] = {}
         for i in range(len(batch["id"])):
             rid, reason = str(batch["id"][i]), ""
@@ -100,18 +101,21 @@ class SourceDecoder:
                 except Rejected as e:
                     loaded[rid] = None
                     reason = dumps_row({"path": rec.path, "id": rid, "reason": str(e), "unreadable": True})
-            out["example"].append(b"" if loaded[rid] is None else pickle.dumps(loaded[rid]))
-            out["variant"].append(int(batch["variant"][i]))
-            out["seed"].append(int(batch["seed"][i]))
-            out["refused"].append(reason)
+            out.append((loaded[rid], int(batch["variant"][i]), int(batch["seed"][i]), reason))
         return out
+
+    def __call__(self, batch: dict) -> dict[str, list]:
+        rows = self.decode(batch)
+        return {"example": [b"" if e is None else pickle.dumps(e) for e, _, _, _ in rows],
+                "variant": [v for _, v, _, _ in rows], "seed": [s for _, _, s, _ in rows],
+                "refused": [r for _, _, _, r in rows]}
 
 
 class GenaugWorker:
-    """One generation actor: the method built once; `__call__` turns a batch of decoded (example, variant,
-    seed) rows into results (kind, metadata row as JSON, image). With `stages`, nothing else (decoding and
-    encoding are the CPU stages' work); without, it decodes and encodes too (CPU-only runs, where the extra
-    stages' processes only compete for the same cores)."""
+    """One generation actor: the method built once; `__call__` turns a batch of rows into results (kind,
+    metadata row as JSON, image). With `stages`, it takes the decoded examples of the `SourceDecoder` stage and
+    hands pickled images to the `encode_images` stage; without, it decodes and PNG-encodes itself (CPU-only
+    runs, where the extra stages' processes only compete for the same cores)."""
 
     def __init__(self, method: str, options: dict[str, Any], models: str | None, source: str,
                  input_cfg: dict[str, Any], row_base: dict[str, Any], threads: int | None = None,
@@ -133,30 +137,24 @@ class GenaugWorker:
         self.decoder = None if stages else SourceDecoder(source, input_cfg)
 
     def __call__(self, batch: dict) -> dict[str, list]:
+        from ..data.writer import encode_png
         from .core import generate
 
         if self.decoder is not None:
-            batch = self.decoder(batch)
-        out: dict[str, list] = {"kind": [], "row": [], "image": []}
-
-        def emit(kind: str, row: str, image: Any = None) -> None:
-            out["kind"].append(kind)
-            out["row"].append(row)
-            out["image"].append(b"" if image is None else pickle.dumps(image))
-
-        items = []
-        for example, variant, seed, refused in zip(batch["example"], batch["variant"], batch["seed"],
-                                                   batch["refused"]):
-            if refused:
-                emit("reject", str(refused))
-            if len(example):
-                items.append((pickle.loads(example), int(variant), int(seed)))
-        results, refused_now = generate(self.method, items, self.row_base)
-        for e, reason in refused_now.values():
-            emit("reject", dumps_row({"path": e.path, "id": e.id, "reason": reason}))
-        for row, image in results:
-            emit("image", dumps_row(row), image)
-        return out if self.decoder is None else encode_images(out)
+            rows = self.decoder.decode(batch)
+        else:
+            rows = [(pickle.loads(e) if len(e) else None, int(v), int(s), str(r))
+                    for e, v, s, r in zip(batch["example"], batch["variant"], batch["seed"], batch["refused"])]
+        out: list[tuple[str, str, Any]] = [("reject", refused, None) for _, _, _, refused in rows if refused]
+        results, refused_now = generate(self.method, [(e, v, s) for e, v, s, _ in rows if e is not None],
+                                        self.row_base)
+        out += [("reject", dumps_row({"path": e.path, "id": e.id, "reason": reason}), None)
+                for e, reason in refused_now.values()]
+        out += [("image", dumps_row(row), image) for row, image in results]
+        columns = {"kind": [k for k, _, _ in out], "row": [r for _, r, _ in out]}
+        if self.decoder is not None:
+            return columns | {"png": [b"" if im is None else encode_png(im) for _, _, im in out]}
+        return columns | {"image": [b"" if im is None else pickle.dumps(im) for _, _, im in out]}
 
 
 def encode_images(batch: dict) -> dict[str, list]:
@@ -168,14 +166,16 @@ def encode_images(batch: dict) -> dict[str, list]:
                     for kind, im in zip(batch["kind"], batch["image"])]}
 
 
-def _init_ray(ray, address: str | None, workers: int, cpus_per_worker: float) -> None:
-    """Start (or join) Ray unless this process already did; actors get the environment they need."""
+def _init_ray(ray, address: str | None, workers: int, cpus_per_worker: float, stages: bool) -> None:
+    """Start (or join) Ray unless this process already did; actors get the environment they need. A local Ray
+    has a logical CPU more than the workers take when CPU stages run beside them."""
     if ray.is_initialized():
         return
     env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
+    cpus = max(int(workers * cpus_per_worker) + (1 if stages else 0), os.cpu_count() or 1)
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": env} if env else None,
-             **({} if address else {"num_cpus": max(int(workers * cpus_per_worker) + 1, os.cpu_count() or 1)}))
+             **({} if address else {"num_cpus": cpus}))
 
 
 def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = None,
@@ -201,6 +201,7 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
     if not rows:
         return
     p.prepare()  # once, on the driver: its caches are what the actors' own prepare finds
+    stages = num_gpus_per_worker > 0 if stages is None else stages
 
     # Ray Data's per-run notes and Ray core's C++ notes: genaug reports progress itself. Quiet by default (a
     # user's own setting wins), in the processes Ray starts and while Ray Data sets up its logging; the
@@ -208,14 +209,13 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
     quiet = {k: v for k, v in _QUIET_ENV.items() if k not in os.environ}
     with mock.patch.dict(os.environ, quiet):
         import ray.data  # noqa: F401 - configures its logging from the environment on import
-        _init_ray(ray, ray_address, hi, num_cpus_per_worker)
+        _init_ray(ray, ray_address, hi, num_cpus_per_worker, stages)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # metadata.jsonl in source order, as the local executor
     ctx.enable_progress_bars = False  # genaug's own bar below
     threads = max(1, int(num_cpus_per_worker))
     batches = -(-len(rows) // p.batch_size)
     source = str(p.source.root.resolve())
-    stages = num_gpus_per_worker > 0 if stages is None else stages
     ds = ray.data.from_items(rows, override_num_blocks=min(batches, max(hi, min(batches, 4 * hi))))
     if stages:
         ds = ds.map_batches(SourceDecoder, batch_size=p.batch_size, batch_format="numpy", num_cpus=_CPU_STAGE,
