@@ -159,14 +159,13 @@ class BatchWriter:
         self._jobs.put(job)
         self.check()
 
-    def close(self, raise_error: bool = True, ctrl_c: CtrlC | None = None) -> None:
+    def close(self, ctrl_c: CtrlC, raise_error: bool = True) -> None:
         """Write what was submitted (also after an error or Ctrl-C in the caller: what was generated is kept),
-        then end the thread. With `ctrl_c`, a Ctrl-C during the wait stops it (`Thread.join` is safe to
-        interrupt): the daemon thread dies with the process, and a rerun finishes the folder as after any
-        kill."""
+        then end the thread. A Ctrl-C during the wait stops it (`Thread.join` is safe to interrupt): the
+        daemon thread dies with the process, and a rerun finishes the folder as after any kill."""
         if self._thread.is_alive():
             self._jobs.put(None)
-            with ctrl_c.interruptible(check=False) if ctrl_c is not None else contextlib.nullcontext():
+            with ctrl_c.interruptible(check=False):
                 self._thread.join()
         if raise_error:
             self.check()
@@ -247,9 +246,9 @@ def run_local(p: Plan, summary: RunSummary, progress: bool | None = None) -> Non
                     flush()
                     ctrl_c.check()
             except BaseException:
-                writer.close(raise_error=False, ctrl_c=ctrl_c)  # this thread's error (or Ctrl-C) is reported
+                writer.close(ctrl_c, raise_error=False)  # this thread's error (or Ctrl-C) is reported
                 raise
-            writer.close(ctrl_c=ctrl_c)
+            writer.close(ctrl_c)
             ctrl_c.check()  # Ctrl-C during the last write: all is on disk, but the run says it was stopped
     finally:
         bar.close()
