@@ -53,11 +53,13 @@ class PipelineFlow(FlowODE):
         from ..core.config import ConfigError
 
         encoders = flow_text_encoders(self.pipe)
+        n_vectors = {}  # token -> its vectors (a multi-vector token has several rows per encoder)
         for token, per_encoder in vectors.items():  # check everything before changing anything
             counts = {v.reshape(-1, v.shape[-1]).shape[0] for v in per_encoder.values()}
             if set(per_encoder) != set(encoders) or len(counts) != 1:
                 raise ConfigError(f"textual-inversion token {token}: {self.id} has text encoders {sorted(encoders)}, "
                                   f"the token rows for {sorted(per_encoder)}; learn the tokens on this pipeline")
+            n_vectors[token] = counts.pop()
             for name, (_, te) in encoders.items():
                 width = te.get_input_embeddings().weight.shape[1]
                 if per_encoder[name].shape[-1] != width:
@@ -66,8 +68,7 @@ class PipelineFlow(FlowODE):
                                       "learn the tokens on this pipeline")
         texts = {}
         for token, per_encoder in vectors.items():
-            first = next(iter(per_encoder.values()))
-            n = first.reshape(-1, first.shape[-1]).shape[0]  # vectors of a multi-vector token
+            n = n_vectors[token]
             names = vector_tokens(token, n)
             for name, (tok, te) in encoders.items():
                 tok.add_tokens([t for t in names if t not in tok.get_vocab()])  # SD3's tokenizers may be one object
