@@ -62,6 +62,53 @@ def initial_row(tok, te, initializer: str) -> torch.Tensor:
     return te.get_input_embeddings().weight[ids].detach().mean(0)
 
 
+def _posterior(pipe, images: list[Image.Image], res: int, device, dtype: torch.dtype,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of the VAE posterior of every image at `res` px, in the model's latent space (shifted and
+    scaled as the pipeline's own latents), computed once: a latent is drawn from it per step (DA-Fusion:
+    `latent_dist.sample()`)."""
+    vae = pipe.vae
+    px = torch.stack([pipe.image_processor.preprocess(im.convert("RGB"), height=res, width=res)[0] for im in images])
+    shift, scale = getattr(vae.config, "shift_factor", None) or 0.0, vae.config.scaling_factor
+    with torch.no_grad():
+        posterior = vae.encode(px.to(device, vae.dtype)).latent_dist
+        return ((posterior.mean - shift) * scale).to(dtype), (posterior.std * scale).to(dtype)
+
+
+def _fit(loss, step, latents: torch.Tensor, latents_std: torch.Tensor, phrase: str, draw_time, steps: int,
+         batch_size: int, seed: int, desc: str, progress: bool | None) -> dict[str, Any]:
+    """The training loop of both recipes (DA-Fusion's): per step a batch of the class's images with a latent drawn
+    from each one's VAE posterior (`latents` ± `latents_std`), a random horizontal flip, noise, times from
+    `draw_time(n, generator)` and a random template holding `phrase`; `loss(x0, noise, times, prompts)` backward,
+    then `step()`. Every draw from one CPU generator seeded with `seed`; a fixed held-out draw (seed + 1) measures
+    progress before and after without the sampling noise. Returns the losses: per step, and held-out."""
+    device, dtype = latents.device, latents.dtype
+    ge = torch.Generator().manual_seed(seed + 1)
+    n_eval = min(len(latents), 8)
+    fixed = (latents[:n_eval], torch.randn(latents[:n_eval].shape, generator=ge).to(device, dtype),
+             draw_time(n_eval, ge), [TEMPLATES[i % len(TEMPLATES)].format(phrase) for i in range(n_eval)])
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    with torch.enable_grad():
+        with torch.no_grad():
+            eval_before = loss(*fixed).item()
+        for _ in tqdm(range(steps), desc=desc, disable=bar_disabled(progress), leave=False):
+            idx = torch.randint(len(latents), (min(batch_size, len(latents)),), generator=g).to(device)
+            lat = latents[idx] + latents_std[idx] * torch.randn(latents[idx].shape, generator=g).to(device, dtype)
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            lat = torch.where(flip.view(-1, 1, 1, 1).to(device), lat.flip(-1), lat)
+            noise = torch.randn(lat.shape, generator=g).to(device, dtype)
+            times = draw_time(len(idx), g)
+            prompts = [TEMPLATES[int(i)].format(phrase) for i in torch.randint(len(TEMPLATES), (len(idx),), generator=g)]
+            value = loss(lat, noise, times, prompts)
+            value.backward()
+            step()
+            losses.append(value.item())
+        with torch.no_grad():
+            eval_after = loss(*fixed).item()
+    return {"train": losses, "eval_before": eval_before, "eval_after": eval_after}
+
+
 def learn_token(pipe, images: list[Image.Image], token: str, initializer: str, steps: int = 1000,
                 lr: float = 2e-3, batch_size: int = 4, weight_decay: float = 1e-2, resolution: int | None = None,
                 seed: int = 0, progress: bool | None = None, vectors: int = 1,
@@ -107,12 +154,7 @@ def learn_token(pipe, images: list[Image.Image], token: str, initializer: str, s
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     res = resolution or unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
     device, dtype = unet.device, unet.dtype
-    g = torch.Generator().manual_seed(seed)
-    px = torch.stack([pipe.image_processor.preprocess(im.convert("RGB"), height=res, width=res)[0] for im in images])
-    with torch.no_grad():  # the posterior once; a latent is drawn from it per step (DA-Fusion: latent_dist.sample())
-        posterior = vae.encode(px.to(device, vae.dtype)).latent_dist
-        latents_all = posterior.mean.to(dtype) * vae.config.scaling_factor
-        latents_std = posterior.std.to(dtype) * vae.config.scaling_factor
+    latents_all, latents_std = _posterior(pipe, images, res, device, dtype)
     xl = "text_encoder_2" in copies
 
     def denoising_loss(lat, noise, t, prompts):
@@ -126,39 +168,21 @@ def learn_token(pipe, images: list[Image.Image], token: str, initializer: str, s
         target = noise if noise_sched.config.prediction_type == "epsilon" else noise_sched.get_velocity(lat, noise, t)
         return F.mse_loss(pred.float(), target.float())
 
-    # A fixed held-out draw (noise, timesteps, templates) measures progress without the sampling noise.
-    ge = torch.Generator().manual_seed(seed + 1)
-    n_eval = min(len(images), 8)
-    fixed = (latents_all[:n_eval], torch.randn(latents_all[:n_eval].shape, generator=ge).to(device, dtype),
-             torch.randint(noise_sched.config.num_train_timesteps, (n_eval,), generator=ge).to(device),
-             [TEMPLATES[i % len(TEMPLATES)].format(token) for i in range(n_eval)])
-    with torch.no_grad():
-        eval_before = denoising_loss(*fixed).item()
-    losses = []
-    for step in tqdm(range(steps), desc=f"textual inversion {token}", disable=bar_disabled(progress),
-                     leave=False):
-        idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=g)
-        idx_d = idx.to(latents_all.device)
-        lat = latents_all[idx_d] + latents_std[idx_d] * torch.randn(
-            latents_all[idx_d].shape, generator=g).to(device, dtype)
-        flip = torch.rand(len(idx), generator=g) < 0.5
-        lat = torch.where(flip.view(-1, 1, 1, 1).to(device), lat.flip(-1), lat)
-        noise = torch.randn(lat.shape, generator=g).to(device, dtype)
-        t = torch.randint(noise_sched.config.num_train_timesteps, (len(idx),), generator=g).to(device)
-        prompts = [TEMPLATES[int(i)].format(token) for i in torch.randint(len(TEMPLATES), (len(idx),), generator=g)]
-        loss = denoising_loss(lat, noise, t, prompts)
-        loss.backward()
+    def draw_t(n, gen):
+        return torch.randint(noise_sched.config.num_train_timesteps, (n,), generator=gen).to(device)
+
+    def step():
         with torch.no_grad():
             for weight, token_id, keep in rows.values():
                 weight.grad[keep] = 0  # only the new row learns
                 weight[token_id] *= 1 - lr * weight_decay  # AdamW's decoupled decay, on that row alone
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-    with torch.no_grad():
-        eval_after = denoising_loss(*fixed).item()
+
+    losses = _fit(denoising_loss, step, latents_all, latents_std, token, draw_t, steps, batch_size, seed,
+                  f"textual inversion {token}", progress)
     learned = {name: weight[token_id].detach().clone().squeeze(0) for name, (weight, token_id, _) in rows.items()}
-    return learned, {"train": losses, "eval_before": eval_before, "eval_after": eval_after}
+    return learned, losses
 
 
 # the file format: diffusers' / A1111's `{token: vector}` for one text encoder, `clip_l` / `clip_g` for SDXL
@@ -351,13 +375,7 @@ def learn_flow_token(pipe, images: list[Image.Image], token: str, initializer: s
         sched = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)  # fresh: the training sigmas
         n_train = sched.config.num_train_timesteps
         res = resolution or transformer.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
-        px = torch.stack([pipe.image_processor.preprocess(im.convert("RGB"), height=res, width=res)[0]
-                          for im in images])
-        shift, scale = vae.config.shift_factor or 0.0, vae.config.scaling_factor
-        with torch.no_grad():
-            posterior = vae.encode(px.to(device, vae.dtype)).latent_dist
-            latents_all = ((posterior.mean - shift) * scale).to(dtype)
-            latents_std = (posterior.std * scale).to(dtype)
+        latents_all, latents_std = _posterior(pipe, images, res, device, dtype)
 
         def flow_loss(x0, noise, u, prompts):
             idx = (u * n_train).long().clamp(max=n_train - 1)  # u = 1.0 after rounding would run past the end
@@ -374,39 +392,17 @@ def learn_flow_token(pipe, images: list[Image.Image], token: str, initializer: s
             return compute_density_for_timestep_sampling(FLOW_WEIGHTING, n, logit_mean=0.0, logit_std=1.0,
                                                          generator=gen)
 
-        # a fixed held-out draw (noise, sigmas, templates) measures progress without the sampling noise
-        ge = torch.Generator().manual_seed(seed + 1)
-        n_eval = min(len(images), 8)
-        fixed = (latents_all[:n_eval], torch.randn(latents_all[:n_eval].shape, generator=ge).to(device, dtype),
-                 draw_u(n_eval, ge), [TEMPLATES[i % len(TEMPLATES)].format(phrase) for i in range(n_eval)])
-        g = torch.Generator().manual_seed(seed)
-        losses = []
-        with torch.enable_grad():
-            with torch.no_grad():
-                eval_before = flow_loss(*fixed).item()
-            for _ in tqdm(range(steps), desc=f"textual inversion {token} (flow matching)",
-                          disable=bar_disabled(progress), leave=False):
-                idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=g).to(device)
-                lat = latents_all[idx] + latents_std[idx] * torch.randn(latents_all[idx].shape, generator=g).to(
-                    device, dtype)
-                flip = torch.rand(len(idx), generator=g) < 0.5
-                lat = torch.where(flip.view(-1, 1, 1, 1).to(device), lat.flip(-1), lat)
-                noise = torch.randn(lat.shape, generator=g).to(device, dtype)
-                u = draw_u(len(idx), g)
-                prompts = [TEMPLATES[int(i)].format(phrase)
-                           for i in torch.randint(len(TEMPLATES), (len(idx),), generator=g)]
-                loss = flow_loss(lat, noise, u, prompts)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-            with torch.no_grad():
-                eval_after = flow_loss(*fixed).item()
+        def step():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        losses = _fit(flow_loss, step, latents_all, latents_std, phrase, draw_u, steps, batch_size, seed,
+                      f"textual inversion {token} (flow matching)", progress)
     finally:
         for h in hooks:
             h.remove()
     learned = {name: r.detach().clone().squeeze(0) for name, r in rows.items()}
-    return learned, {"train": losses, "eval_before": eval_before, "eval_after": eval_after}
+    return learned, losses
 
 
 def _learn_flow_to_file(pipe, images: list[Image.Image], token: str, label: str, options: dict[str, Any],
