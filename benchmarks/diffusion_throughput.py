@@ -18,7 +18,7 @@ are built from the public architecture configs of stable-diffusion-v1-5 and stab
 the da_fusion method does) against a per-image diffusers loop on the *same* loaded modules (same dtype,
 attention processor, memory format, compiled UNet), same steps, strengths, seeds and number of outputs:
 
-    .venv/bin/python benchmarks/diffusion_throughput.py --arch sd15 --quick            # CPU: fp32, batch 1-2
+    .venv/bin/python benchmarks/diffusion_throughput.py --arch sd15 --quick            # CPU: float32, batch 1-2
     .venv/bin/python benchmarks/diffusion_throughput.py --arch sd15 --max-batch 32     # GPU: the whole sweep
     .venv/bin/python benchmarks/diffusion_throughput.py --arch sdxl --max-batch 8
 
@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from genaug.components.diffusion import DTYPES
 
 
 class ForwardTimer:
@@ -156,7 +158,6 @@ ARCHS = {
                                                  "timestep_spacing": "leading", "use_karras_sigmas": False}),
     },
 }
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 STRENGTHS_DA_FUSION = (0.25, 0.5, 0.75, 1.0)
 
 
@@ -349,15 +350,16 @@ def full_size_main(args) -> None:
     diffusers.utils.logging.set_verbosity_error()
     on_gpu = torch.cuda.is_available()
     if args.quick:
-        args.dtypes = args.dtypes or ["fp32"]
+        args.dtypes = args.dtypes or ["float32"]
         args.images = args.images or 2
         args.max_batch = args.max_batch or 2
-    args.dtypes = args.dtypes or (["fp16", "bf16"] if on_gpu else ["fp32", "bf16"])
+    args.dtypes = args.dtypes or (["float16", "bfloat16"] if on_gpu else ["float32", "bfloat16"])
     args.images = args.images or 32
     args.max_batch = args.max_batch or 16
-    bad = [d for d in args.dtypes if d == "fp16" and not on_gpu]
+    bad = [d for d in args.dtypes if d == "float16" and not on_gpu]
     if bad:
-        raise SystemExit("fp16 on the CPU is not a throughput setting (slow or unsupported kernels): use fp32 / bf16")
+        raise SystemExit("float16 on the CPU is not a throughput setting (slow or unsupported kernels): use float32 / "
+                         "bfloat16")
     batches = [b for b in (2**i for i in range(12)) if b <= args.max_batch]
     spec = ARCHS[args.arch]
     resolution = args.size if args.size != 64 else spec["resolution"]
@@ -386,7 +388,7 @@ def full_size_main(args) -> None:
               f"device {'cuda: ' + torch.cuda.get_device_name() if on_gpu else 'cpu'}, torch {torch.__version__}, "
               f"diffusers {diffusers.__version__}, {torch.get_num_threads()} threads")
         results = []
-        header = (f"{'dtype':<5} {'attn':<7} {'cl':<3} {'comp':<4} {'method':<13} {'batch':>5} | "
+        header = (f"{'dtype':<8} {'attn':<7} {'cl':<3} {'comp':<4} {'method':<13} {'batch':>5} | "
                   f"{'loop img/s':>10} {'genaug img/s':>12} {'speed-up':>8} | {'UNet it/s loop/genaug':>21} | "
                   f"{'peak MB loop/genaug':>19} | {'outside fwd loop/genaug':>23} | {'max|d|':>6}")
         print(header)
@@ -414,7 +416,7 @@ def full_size_main(args) -> None:
                                 warmed.add(b)
                             g = _timed(d.pipe, lambda: genaug_arm(d, sources, prompts, seeds, strengths, args))
                     except torch.OutOfMemoryError:
-                        print(f"{dtype:<5} {attention:<7} {'on' if cl else 'off':<3} {'on' if comp else 'off':<4} "
+                        print(f"{dtype:<8} {attention:<7} {'on' if cl else 'off':<3} {'on' if comp else 'off':<4} "
                               f"{method:<13} {b:>5} | out of memory: the sweep stops here")
                         torch.cuda.empty_cache()
                         break
@@ -425,7 +427,7 @@ def full_size_main(args) -> None:
                            **{f"loop_{k}": v for k, v in base.items() if k != "images"},
                            **{f"genaug_{k}": v for k, v in g.items() if k != "images"}}
                     results.append(row)
-                    print(f"{dtype:<5} {attention:<7} {'on' if cl else 'off':<3} {'on' if comp else 'off':<4} "
+                    print(f"{dtype:<8} {attention:<7} {'on' if cl else 'off':<3} {'on' if comp else 'off':<4} "
                           f"{method:<13} {b:>5} | {base['img_s']:>10.3f} {g['img_s']:>12.3f} {row['speedup']:>7.2f}x | "
                           f"{base['unet_it_s']:>10.3f}/{g['unet_it_s']:<10.3f} | "
                           f"{base['peak_mb']:>9.0f}/{g['peak_mb']:<9.0f} | "
@@ -454,9 +456,10 @@ def main() -> None:
     full = ap.add_argument_group("full size (--arch sd15 / sdxl): public architectures, random weights, no download")
     full.add_argument("--arch", choices=["tiny", *ARCHS], default="tiny",
                       help="tiny (default): the tiny-model run above; sd15 (512 px) / sdxl (1024 px): the sweep")
-    full.add_argument("--quick", action="store_true", help="CPU-sized: fp32, 2 images, batch 1 and 2")
+    full.add_argument("--quick", action="store_true", help="CPU-sized: float32, 2 images, batch 1 and 2")
     full.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=None,
-                      help="default fp16 bf16 on a GPU, fp32 bf16 on the CPU; the first is the baseline")
+                      help="genaug's dtype names; default float16 bfloat16 on a GPU, float32 bfloat16 on the CPU; "
+                           "the first is the baseline")
     full.add_argument("--attention", nargs="+", choices=["sdpa", "classic"], default=None,
                       help="sdpa: diffusers' default AttnProcessor2_0; classic: AttnProcessor (default both)")
     full.add_argument("--channels-last", nargs="+", type=lambda v: v == "on", default=None,
