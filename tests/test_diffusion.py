@@ -105,6 +105,21 @@ def test_captions_beam_and_nucleus_counts(tiny_models):
     assert len(both) >= len(beam_only)
 
 
+def test_nucleus_captions_do_not_depend_on_where_the_model_was_loaded_from(tiny_models, tmp_path):
+    """Two machines with the same weights in different folders (`--models DIR`) sample the same captions."""
+    import shutil
+
+    from genaug.components.captioner import Captioner
+    from PIL import Image
+
+    moved = shutil.copytree(tiny_models["blip"], tmp_path / "elsewhere" / "blip")
+    img = Image.new("RGB", (20, 20), (200, 30, 90))
+    here, there = Captioner(str(tiny_models["blip"])), Captioner(str(moved))
+    assert here.id != there.id  # two cache entries, one per path: the second captions again, with the same draw
+    assert here.captions(img, 0, 6) == there.captions(img, 0, 6)
+    assert there.cache.hits == 0
+
+
 def test_textual_inversion_lowers_its_loss_and_changes_only_the_new_row(tiny_models, digit_images):
     import torch
     from diffusers import StableDiffusionPipeline

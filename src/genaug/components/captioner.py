@@ -2,7 +2,9 @@
 
 Default: `Salesforce/blip-image-captioning-base` at a pinned revision. Captions of an image are keyed by
 a hash of its pixels, the model and the options, so a rerun never captions the same image twice. Nucleus
-sampling is seeded from that key: the same image gets the same captions on any machine and in any batch.
+sampling is seeded from the pixels and the sampling options alone — not from where the model was loaded from
+(a hub id, or a `--models` folder that differs between machines): the same image and weights get the same
+captions on any machine, from any path, in any batch.
 """
 from __future__ import annotations
 
@@ -40,9 +42,9 @@ class Captioner:
     def captions(self, image: Image.Image, n_beam: int = 10, n_nucleus: int = 10, top_p: float = 0.9) -> list[str]:
         """`n_beam` beam-search captions then `n_nucleus` nucleus-sampled ones (duplicates kept out)."""
         key = content_key(image, self.id, self.revision, n_beam, n_nucleus, top_p, self.max_new_tokens)
-        return self.cache.get_or_put(key, lambda: self._generate(image, key, n_beam, n_nucleus, top_p))
+        return self.cache.get_or_put(key, lambda: self._generate(image, n_beam, n_nucleus, top_p))
 
-    def _generate(self, image: Image.Image, key: str, n_beam: int, n_nucleus: int, top_p: float) -> list[str]:
+    def _generate(self, image: Image.Image, n_beam: int, n_nucleus: int, top_p: float) -> list[str]:
         px = self.processor(images=image.convert("RGB"), return_tensors="pt").pixel_values.to(self.device,
                                                                                             self.model.dtype)
         out = []
@@ -52,7 +54,7 @@ class Captioner:
             out += self.processor.batch_decode(ids, skip_special_tokens=True)
         if n_nucleus:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(key[:15], 16))
+                torch.manual_seed(int(content_key(image, n_nucleus, top_p, self.max_new_tokens)[:15], 16))
                 ids = self.model.generate(pixel_values=px, do_sample=True, top_p=top_p, top_k=0,
                                           num_return_sequences=n_nucleus, max_new_tokens=self.max_new_tokens)
             out += self.processor.batch_decode(ids, skip_special_tokens=True)
