@@ -12,7 +12,8 @@ the classifier, its steps and seeds. Levers:
 - the demo's "both" arm (the best classical candidate's images beside the generator's) with guidance 2;
 - the closed-setting generator (`--ablation closed`, the labelled images only; needs that demo folder) with
   guidance 2, alone and in "both"; a generator trained twice as long;
-- fewer images: only the first of the 2 variants of each real image;
+- fewer images: only the first of the 2 variants of each real image; more: 4 instead of 2;
+- the two composed: the best classical candidate applied once to every generated image (in its place);
 - a lower synthetic share of every batch (0.25 instead of 0.5).
 Prints one row per lever: validation and test accuracy (mean ± std over the demo's seeds) and the test
 difference to the demo's semantic_flow arm, real-only and the best classical arm; writes OUT/levers.csv and
@@ -55,6 +56,16 @@ LEVERS: dict[str, dict] = {
     "900 generator steps, guidance 2": {"generate": {"guidance": 2.0}, "fit": {"steps": 900}},
     "both, 900 generator steps, guidance 2": {"generate": {"guidance": 2.0}, "fit": {"steps": 900},
                                               "with_best_classical": True},
+    # guidance keeps the label: does it let an earlier insertion (more diversity) pay?
+    "t0 = 0.2, guidance 2": {"generate": {"guidance": 2.0, "t0": [0.2]}},
+    "both, t0 = 0.2, guidance 2": {"generate": {"guidance": 2.0, "t0": [0.2]}, "with_best_classical": True},
+    # more images: 4 per real image instead of 2
+    "4 images per real image, guidance 2": {"generate": {"guidance": 2.0}, "n": 4},
+    "both, 4 images per real image, guidance 2": {"generate": {"guidance": 2.0}, "n": 4, "with_best_classical": True},
+    # the two augmentations composed: the best classical candidate applied to each generated image
+    "classical on the generator's images, guidance 2": {"generate": {"guidance": 2.0}, "chain_classical": True},
+    "both, classical on the generator's images, guidance 2": {"generate": {"guidance": 2.0}, "chain_classical": True,
+                                                              "with_best_classical": True},
     "midpoint solver": {"generate": {"solver": "midpoint"}},
     "latent mode (inversion + delta)": {"generate": {"mode": "latent"}},
     "DIAGen weighting": {"score": "weight"},
@@ -111,15 +122,19 @@ def main() -> None:
             if "generate" in lever:
                 # the same generation options are the same images: "both, guidance 2" reuses "guidance 2"'s
                 first = next(n for n, v in LEVERS.items() if all(v.get(k) == lever.get(k)
-                                                                 for k in ("generate", "flow", "fit")))
+                                                                 for k in ("generate", "flow", "fit", "n")))
                 flow = demo / lever.get("flow", "flow-model")
                 if "fit" in lever:  # a generator of its own: the demo's settings and data, one option changed
                     flow = out / "flows" / _slug(first)
                     fit_flow(real, flow, {**cfg["flow"], **lever["fit"]}, progress=False,
                              unlabeled=pool_manifest(split / "rest.csv", cfg["pool_per_class"]))
                 syn = out / "synthetic" / _slug(first)
-                augment(real, syn, method="semantic_flow", n=cfg["n"], seed=0, progress=False,
+                augment(real, syn, method="semantic_flow", n=lever.get("n", cfg["n"]), seed=0, progress=False,
                         options={"model": str(flow), **cfg["semantic_flow"], **lever["generate"]})
+                if lever.get("chain_classical"):  # one classical variant of every generated image, in its place
+                    chained = out / "synthetic" / f"{_slug(first)}_then_{arms['classical']['method']}"
+                    augment(syn, chained, method=arms["classical"]["method"], n=1, seed=0, progress=False)
+                    syn = chained
             elif lever.get("score") == "weight":
                 syn = _copy_folder(base_syn, out / "synthetic" / key)
                 weight_synthetic(syn, real, val=val, progress=False, **PROBE)
