@@ -151,6 +151,22 @@ def test_resuming_with_other_settings_is_refused(imagefolder, tmp_path):
     assert "other settings" in res.output and "seed" in res.output
     res = cli("augment", imagefolder, "--method", "randaugment", "--out", out, expect=2)
     assert "method" in res.output
+    # one option changed: the message names it alone, not the whole options
+    res = cli("augment", imagefolder, "--method", "cutout", "--out", out, "value=9", expect=2)
+    text = " ".join(res.output.split())
+    assert "options.value: 0 there, 9 now" in text and "options.scale" not in text
+
+
+def test_resuming_a_folder_of_an_older_genaug_says_which_new_setting_stops_it(imagefolder, tmp_path):
+    out = tmp_path / "out"
+    cli("augment", imagefolder, "--method", "cutout", "--out", out)
+    config = yaml.safe_load((out / "config.yaml").read_text())  # as a genaug without the option "value" wrote it
+    del config["options"]["value"]
+    config["versions"]["genaug"] = "0.0.1"
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    res = cli("augment", imagefolder, "--method", "cutout", "--out", out, expect=2)
+    text = " ".join(res.output.split())
+    assert "options.value: absent there, 0 now" in text and "made by genaug 0.0.1" in text
 
 
 def test_new_source_images_are_picked_up_on_rerun(tmp_path, digit_images):
