@@ -14,7 +14,7 @@ the classifier, its steps and seeds. Levers:
   guidance 2, alone and in "both"; a generator trained twice as long;
 - fewer images: only the first of the 2 variants of each real image; more: 4 instead of 2;
 - the two composed: the best classical candidate applied once to every generated image (in its place);
-- a lower synthetic share of every batch (0.25 instead of 0.5).
+- a lower synthetic share of every batch (0.25 instead of 0.5); for "both", a higher one (0.75).
 Prints one row per lever: validation and test accuracy (mean ± std over the demo's seeds) and the test
 difference to the demo's semantic_flow arm, real-only and the best classical arm; writes OUT/levers.csv and
 OUT/levers.md. Choose a lever on the validation column only: the test column is there to report.
@@ -72,6 +72,9 @@ LEVERS: dict[str, dict] = {
     "label-agreement filter": {"score": "agreement"},
     "1 image per real image": {"first_variant_only": True},
     "synthetic share 0.25": {"train": {"synthetic_prob": 0.25}},
+    # "both" splits the synthetic half between two sources: a larger share gives each of them more
+    "both, guidance 2, synthetic share 0.75": {"generate": {"guidance": 2.0}, "with_best_classical": True,
+                                               "train": {"synthetic_prob": 0.75}},
 }
 PROBE = {"backbone": "mobilenet_v2"}  # the offline probe; weighting and filtering share one training of it
 
