@@ -57,18 +57,27 @@ def test_ray_writes_what_the_local_executor_writes(method, ray_session, tmp_path
 
 def test_ray_stages_for_gpu_workers_write_what_the_local_executor_writes(ray_session, tmp_path, digit_images):
     # With GPU workers the sources are decoded and the PNGs encoded in CPU stages beside the workers (the
-    # default there); forced here on CPU workers: the same bytes, rows and rejections as the local executor.
+    # default there); forced here on CPU workers: the same bytes, rows and rejections as the local executor,
+    # staged or not. The manifest repeats an id on another image in the same batch: refused, not generated.
     from genaug.pipeline import augment
 
     src = make_imagefolder(tmp_path / "src", digit_images, per_class=3, classes=("0", "1"))
     (src / "1" / "broken.png").write_bytes(b"not an image")
-    local = augment(src, tmp_path / "local", method="randaugment", n=3, batch_size=4, progress=False)
-    staged = augment(src, tmp_path / "ray", method="randaugment", n=3, batch_size=4, progress=False,
-                     executor="ray", workers=2, stages=True)
-    assert staged.generated == local.generated == 18 and staged.rejected == local.rejected == 1
-    assert png_bytes(tmp_path / "ray") == png_bytes(tmp_path / "local")
-    assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
-    assert (tmp_path / "ray" / "rejected.jsonl").read_text() == (tmp_path / "local" / "rejected.jsonl").read_text()
+    files = sorted(src.rglob("*.png"))
+    lines = [f"{f.relative_to(tmp_path).as_posix()},{f.parent.name},{f.parent.name}-{f.stem}" for f in files]
+    lines.insert(1, f"{files[-2].relative_to(tmp_path).as_posix()},1,{lines[0].rsplit(',', 1)[1]}")
+    (tmp_path / "m.csv").write_text("path,label,id\n" + "\n".join(lines) + "\n")
+    local = augment(tmp_path / "m.csv", tmp_path / "local", method="randaugment", n=3, batch_size=4, progress=False)
+    assert local.generated == 18 and local.rejected == 2
+    for stages in (True, False):
+        out = tmp_path / f"ray-{stages}"
+        run = augment(tmp_path / "m.csv", out, method="randaugment", n=3, batch_size=4, progress=False,
+                      executor="ray", workers=2, stages=stages)
+        assert (run.generated, run.rejected) == (local.generated, local.rejected)
+        assert png_bytes(out) == png_bytes(tmp_path / "local")
+        assert _rows(out) == _rows(tmp_path / "local")
+        assert (out / "rejected.jsonl").read_text() == (tmp_path / "local" / "rejected.jsonl").read_text()
+        assert "duplicate id" in (out / "rejected.jsonl").read_text()
 
 
 def test_bad_ray_options_are_clear(tmp_path, imagefolder):

@@ -88,20 +88,22 @@ class SourceDecoder:
         from ..data.sources import Record
 
         out = []
-        loaded: dict[str, Any] = {}
+        loaded: dict[tuple, Any] = {}
         for i in range(len(batch["id"])):
-            rid, reason = str(batch["id"][i]), ""
-            if rid not in loaded:
+            # a record is its id, path, row and the source's verdict: a duplicate id is another record (refused)
+            key = tuple(str(batch[k][i]) for k in ("id", "path", "row", "error"))
+            rid, reason = key[0], ""
+            if key not in loaded:
                 row = int(batch["row"][i])
                 rec = Record(id=rid, path=str(batch["path"][i]), label=str(batch["label"][i]),
                              mask_path=str(batch["mask_path"][i]) or None, error=str(batch["error"][i]) or None,
                              row=row if row >= 0 else None)
                 try:
-                    loaded[rid] = self.source.load(rec, self.input_cfg)
+                    loaded[key] = self.source.load(rec, self.input_cfg)
                 except Rejected as e:
-                    loaded[rid] = None
+                    loaded[key] = None
                     reason = dumps_row({"path": rec.path, "id": rid, "reason": str(e), "unreadable": True})
-            out.append((loaded[rid], int(batch["variant"][i]), int(batch["seed"][i]), reason))
+            out.append((loaded[key], int(batch["variant"][i]), int(batch["seed"][i]), reason))
         return out
 
     def __call__(self, batch: dict) -> dict[str, list]:
