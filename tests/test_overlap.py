@@ -12,7 +12,7 @@ import pytest
 
 from conftest import make_imagefolder, png_bytes, read_rows
 from genaug.engine.core import RunSummary, plan
-from genaug.engine.local import CtrlC, run_local
+from genaug.engine.local import STOP_WAIT, CtrlC, read_ahead, run_local
 from genaug.pipeline import augment
 
 
@@ -151,6 +151,35 @@ def test_ctrl_c_is_raised_at_once_in_generation_and_held_elsewhere_until_the_nex
             assert signal.getsignal(signal.SIGINT) is mine  # a caller's handler is left alone
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_stalled_source_does_not_keep_a_stopped_run_waiting():
+    # The reader thread is stuck reading the second source (a hung network mount); Ctrl-C, seen by the
+    # consumer's wait, must end the block within STOP_WAIT, not when the read returns.
+    release = threading.Event()
+
+    def sources():
+        yield "first"
+        release.wait(60)  # the stalled read
+        yield "second"
+
+    def ctrl_c_after_a_moment(started=time.monotonic()):
+        if time.monotonic() - started > 0.3:
+            raise KeyboardInterrupt
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with read_ahead(sources(), depth=1, name="genaug-stalled-reader", waiting=ctrl_c_after_a_moment) as items:
+                assert next(items) == "first"
+                next(items)
+        assert time.monotonic() - t0 < 0.3 + STOP_WAIT + 2.0
+        stalled = [t for t in threading.enumerate() if t.name == "genaug-stalled-reader"]
+        assert len(stalled) == 1  # still in its read: the block did not wait for it
+    finally:
+        release.set()  # the read returns; the thread sees the stop and ends
+    stalled[0].join(5)
+    assert not stalled[0].is_alive()
 
 
 def test_ctrl_c_while_waiting_for_the_writer_stops_the_run_outside_any_queue_call(tmp_path, source,

@@ -24,6 +24,7 @@ from ..data.images import Rejected
 from .core import Plan, RunSummary, generate
 
 _POLL = 0.1  # seconds between looks at a stop flag while a queue is full
+STOP_WAIT = 1.0  # seconds a stopped run waits for its reader thread before leaving it behind
 
 
 class CtrlC:
@@ -88,9 +89,9 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
 def read_ahead(items: Iterable, depth: int, name: str = "genaug-reader",
                waiting: Callable[[], None] | None = None) -> Iterator[Iterator]:
     """`items`, produced on a background thread up to `depth` ahead of the consumer. An exception there is
-    raised here, unchanged, when the consumer reaches it; leaving the block stops and joins the thread.
-    `waiting` is called every 0.1 s while the consumer waits for the next item (a stalled source can still
-    be stopped: `CtrlC.check`)."""
+    raised here, unchanged, when the consumer reaches it; leaving the block stops and joins the thread (after
+    an exception, for at most STOP_WAIT seconds). `waiting` is called every 0.1 s while the consumer waits for
+    the next item (a stalled source can still be stopped: `CtrlC.check`)."""
     q: queue.Queue = queue.Queue(maxsize=max(1, depth))
     stop = threading.Event()
 
@@ -119,11 +120,16 @@ def read_ahead(items: Iterable, depth: int, name: str = "genaug-reader",
 
     thread = threading.Thread(target=produce, name=name, daemon=True)
     thread.start()
+    done = False
     try:
         yield consume()
+        done = True
     finally:
         stop.set()
-        thread.join()
+        # After an exception (a Ctrl-C among them) the thread gets STOP_WAIT seconds: it may be stuck in a
+        # stalled read of the source (a hung network mount), which must not keep the run from stopping; a
+        # daemon, it ends at its next put or with the process.
+        thread.join(None if done else STOP_WAIT)
 
 
 class BatchWriter:
