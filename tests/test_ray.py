@@ -109,3 +109,16 @@ def test_killed_ray_run_resumes_without_doubles(tmp_path, digit_images):
     assert len(rows) == 360 and len({(r["source_id"], r["variant"]) for r in rows}) == 360
     cli("augment", src, "--method", "augmix", "--out", tmp_path / "local", "-n", 4)
     assert png_bytes(out) == png_bytes(tmp_path / "local")
+
+
+def test_a_relative_source_after_the_driver_changed_directory(ray_session, tmp_path, digit_images, monkeypatch):
+    # Ray's workers keep the directory they were started in; the driver (a notebook, a script) may have moved
+    # since ray.init. A source given relative to the driver's directory must still be read.
+    from genaug.pipeline import augment
+
+    make_imagefolder(tmp_path / "src", digit_images, per_class=2, classes=("0", "1"))
+    monkeypatch.chdir(tmp_path)
+    local = augment("src", "local", method="flipcrop", n=1, batch_size=2, progress=False)
+    run = augment("src", "ray", method="flipcrop", n=1, batch_size=2, progress=False, executor="ray", workers=1)
+    assert run.generated == local.generated == 4 and run.rejected == 0
+    assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")

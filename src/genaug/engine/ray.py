@@ -68,17 +68,26 @@ def parse_workers(workers: int | str | tuple[int, int] | None) -> tuple[int, int
 _CPU_STAGE = 0.25  # CPUs each decoding actor and encoding task asks for: they fit beside the workers
 
 
+def _enter(cwd: str | None) -> None:
+    """Work in the driver's directory `cwd` (when this machine has it): the sources' paths are as the user gave
+    them, relative to it, and Ray's workers keep the directory they were started in (where `ray start` ran, or
+    the driver's before it moved)."""
+    if cwd and os.path.isdir(cwd):
+        os.chdir(cwd)
+
+
 class SourceDecoder:
     """The sources of a batch of (record, variant, seed) rows, decoded once per source and batch: each row's
     `Example`, or None and (on its source's first row in the batch) the reason it was refused, which the
     driver lists once in `rejected.jsonl`. Called as a Ray stage (CPU actors), the examples travel pickled:
     Ray Data would turn a column of objects into arrays."""
 
-    def __init__(self, source: str, input_cfg: dict[str, Any]):
+    def __init__(self, source: str, input_cfg: dict[str, Any], cwd: str | None = None):
         from ..core.config import build_config
         from ..data.images import InputConfig
         from ..data.sources import Source
 
+        _enter(cwd)
         self.input_cfg = build_config(InputConfig, input_cfg, where="input")
         self.source = Source(source, self.input_cfg)
 
@@ -121,7 +130,7 @@ class GenaugWorker:
 
     def __init__(self, method: str, options: dict[str, Any], models: str | None, source: str,
                  input_cfg: dict[str, Any], row_base: dict[str, Any], threads: int | None = None,
-                 stages: bool = True):
+                 stages: bool = True, cwd: str | None = None):
         import torch
 
         from ..components.hub import models_dir
@@ -130,13 +139,14 @@ class GenaugWorker:
         from ..data.sources import Source
         from ..methods import create_method
 
+        _enter(cwd)
         if threads:
             torch.set_num_threads(threads)  # actors are reused processes: set it explicitly
         with models_dir(models):
             self.method = create_method(method, options)
         self.method.prepare(Source(source, build_config(InputConfig, input_cfg, where="input")))  # cache hits
         self.row_base = row_base
-        self.decoder = None if stages else SourceDecoder(source, input_cfg)
+        self.decoder = None if stages else SourceDecoder(source, input_cfg, cwd)
 
     def __call__(self, batch: dict) -> dict[str, list]:
         from ..data.writer import encode_png
@@ -222,13 +232,13 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
     if stages:
         ds = ds.map_batches(SourceDecoder, batch_size=p.batch_size, batch_format="numpy", num_cpus=_CPU_STAGE,
                             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=hi),
-                            fn_constructor_kwargs=dict(source=source, input_cfg=run.input))
+                            fn_constructor_kwargs=dict(source=source, input_cfg=run.input, cwd=os.getcwd()))
     ds = ds.map_batches(
         GenaugWorker, batch_size=p.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
             min_size=lo, max_size=hi), num_gpus=num_gpus_per_worker or None, num_cpus=num_cpus_per_worker,
         fn_constructor_kwargs=dict(method=run.method, options=run.options, models=run.models,
                                    source=source, input_cfg=run.input, row_base=p.row_base, threads=threads,
-                                   stages=stages))
+                                   stages=stages, cwd=os.getcwd()))
     if stages:
         ds = ds.map_batches(encode_images, batch_size=None, batch_format="numpy", num_cpus=_CPU_STAGE)
     bar = tqdm(total=len(rows), desc=f"genaug {run.method} (ray x{hi})", unit="img", dynamic_ncols=True,
