@@ -111,14 +111,22 @@ def test_killed_ray_run_resumes_without_doubles(tmp_path, digit_images):
     assert png_bytes(out) == png_bytes(tmp_path / "local")
 
 
-def test_a_relative_source_after_the_driver_changed_directory(ray_session, tmp_path, digit_images, monkeypatch):
+def test_a_relative_source_after_the_driver_changed_directory_and_ray_data_settings_left_alone(ray_session, tmp_path, digit_images, monkeypatch):
     # Ray's workers keep the directory they were started in; the driver (a notebook, a script) may have moved
     # since ray.init. A source given relative to the driver's directory must still be read.
     from genaug.pipeline import augment
 
     make_imagefolder(tmp_path / "src", digit_images, per_class=2, classes=("0", "1"))
     monkeypatch.chdir(tmp_path)
+    import ray.data
+
+    context = ray.data.DataContext.get_current()  # a user's own settings, other than genaug's
+    monkeypatch.setattr(context.execution_options, "preserve_order", False)
+    monkeypatch.setattr(context, "enable_progress_bars", True)
     local = augment("src", "local", method="flipcrop", n=1, batch_size=2, progress=False)
     run = augment("src", "ray", method="flipcrop", n=1, batch_size=2, progress=False, executor="ray", workers=1)
     assert run.generated == local.generated == 4 and run.rejected == 0
     assert _rows(tmp_path / "ray") == _rows(tmp_path / "local")
+    # genaug's Ray Data settings (source order, no Ray bars) were the run's own: the user's are as they were
+    context = ray.data.DataContext.get_current()
+    assert (context.execution_options.preserve_order, context.enable_progress_bars) == (False, True)

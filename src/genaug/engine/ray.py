@@ -222,36 +222,39 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
     with mock.patch.dict(os.environ, quiet):
         import ray.data  # noqa: F401 - configures its logging from the environment on import
         _init_ray(ray, ray_address, hi, num_cpus_per_worker, stages)
-    ctx = ray.data.DataContext.get_current()
+    # This run's settings on a copy of Ray Data's context, current only for the run: the user's own Ray Data
+    # code in this process keeps its settings.
+    ctx = ray.data.DataContext.get_current().copy()
     ctx.execution_options.preserve_order = True  # metadata.jsonl in source order, as the local executor
     ctx.enable_progress_bars = False  # genaug's own bar below
-    threads = max(1, int(num_cpus_per_worker))
-    batches = -(-len(rows) // p.batch_size)
-    source = str(p.source.root.resolve())
-    ds = ray.data.from_items(rows, override_num_blocks=min(batches, max(hi, min(batches, 4 * hi))))
-    if stages:
-        ds = ds.map_batches(SourceDecoder, batch_size=p.batch_size, batch_format="numpy", num_cpus=_CPU_STAGE,
-                            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=hi),
-                            fn_constructor_kwargs=dict(source=source, input_cfg=run.input, cwd=os.getcwd()))
-    ds = ds.map_batches(
-        GenaugWorker, batch_size=p.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
-            min_size=lo, max_size=hi), num_gpus=num_gpus_per_worker or None, num_cpus=num_cpus_per_worker,
-        fn_constructor_kwargs=dict(method=run.method, options=run.options, models=run.models,
-                                   source=source, input_cfg=run.input, row_base=p.row_base, threads=threads,
-                                   stages=stages, cwd=os.getcwd()))
-    if stages:
-        ds = ds.map_batches(encode_images, batch_size=None, batch_format="numpy", num_cpus=_CPU_STAGE)
-    bar = tqdm(total=len(rows), desc=f"genaug {run.method} (ray x{hi})", unit="img", dynamic_ncols=True,
-               disable=bar_disabled(progress))
-    with bar, warnings.catch_warnings():  # the bar closes and the filter ends with the run
-        warnings.filterwarnings("ignore", message=".*minimum number of concurrent actors.*")  # few blocks: fine
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            for kind, row_json, png in zip(batch["kind"], batch["row"], batch["png"]):
-                row = json.loads(str(row_json))
-                if kind == "image":
-                    outdir.write(bytes(png), row)
-                    summary.generated += 1
-                    bar.update(1)
-                elif outdir.reject(row["path"], row["id"], row["reason"]):  # listed once, however many batches
-                    summary.sources -= bool(row.get("unreadable"))  # as locally: sources read = images loaded
-            outdir.sync()
+    with ray.data.DataContext.current(ctx):
+        threads = max(1, int(num_cpus_per_worker))
+        batches = -(-len(rows) // p.batch_size)
+        source = str(p.source.root.resolve())
+        ds = ray.data.from_items(rows, override_num_blocks=min(batches, max(hi, min(batches, 4 * hi))))
+        if stages:
+            ds = ds.map_batches(SourceDecoder, batch_size=p.batch_size, batch_format="numpy", num_cpus=_CPU_STAGE,
+                                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=hi),
+                                fn_constructor_kwargs=dict(source=source, input_cfg=run.input, cwd=os.getcwd()))
+        ds = ds.map_batches(
+            GenaugWorker, batch_size=p.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
+                min_size=lo, max_size=hi), num_gpus=num_gpus_per_worker or None, num_cpus=num_cpus_per_worker,
+            fn_constructor_kwargs=dict(method=run.method, options=run.options, models=run.models,
+                                       source=source, input_cfg=run.input, row_base=p.row_base, threads=threads,
+                                       stages=stages, cwd=os.getcwd()))
+        if stages:
+            ds = ds.map_batches(encode_images, batch_size=None, batch_format="numpy", num_cpus=_CPU_STAGE)
+        bar = tqdm(total=len(rows), desc=f"genaug {run.method} (ray x{hi})", unit="img", dynamic_ncols=True,
+                   disable=bar_disabled(progress))
+        with bar, warnings.catch_warnings():  # the bar closes and the filter ends with the run
+            warnings.filterwarnings("ignore", message=".*minimum number of concurrent actors.*")  # few blocks: fine
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                for kind, row_json, png in zip(batch["kind"], batch["row"], batch["png"]):
+                    row = json.loads(str(row_json))
+                    if kind == "image":
+                        outdir.write(bytes(png), row)
+                        summary.generated += 1
+                        bar.update(1)
+                    elif outdir.reject(row["path"], row["id"], row["reason"]):  # listed once, however many batches
+                        summary.sources -= bool(row.get("unreadable"))  # as locally: sources read = images loaded
+                outdir.sync()
