@@ -121,6 +121,30 @@ def test_each_generator_gets_its_own_m_unless_a_budget_is_given(tmp_path):
     cli("bench", cfg, "budget=3", "--out", tmp_path / "matched")
     matched = pd.read_csv(tmp_path / "matched" / "results.csv").set_index("arm")
     assert matched.loc["randaugment", "budget"] == 3 and matched.loc["randaugment", "n_synthetic"] == 3 * n_real
+    # a lower budget in the same folder: its own generation, not the 3-image folder's images under its name
+    cli("bench", cfg, "budget=1", "--out", tmp_path / "matched")
+    lower = pd.read_csv(tmp_path / "matched" / "results.csv").set_index("arm")
+    assert lower.loc["randaugment", "budget"] == 1 and lower.loc["randaugment", "n_synthetic"] == n_real
+
+
+def test_a_bench_rerun_retrains_what_reads_data_changed_in_place(tmp_path):
+    """Cached runs are keyed by what their files hold, not only their paths: a split rewritten with another
+    validation size is new data, and the runs on it train again."""
+    cfg = tmp_path / "b.yaml"
+    small = {**BENCH, "data": {**BENCH["data"], "pool_per_class": 6, "test_per_class": 2},
+             "splits": {"shots": [2], "seeds": [0], "val": 1}, "methods": [{"method": "mixup"}],
+             "train": {"epochs": 1, "image_size": 16, "batch_size": 8, "min_steps": 0}}
+    del small["budget"], small["synthetic_probs"]
+    cfg.write_text(yaml.safe_dump(small))
+    cli("bench", cfg, "--out", tmp_path / "run")
+    rows = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "runs").rglob("bench_row.json")}
+    assert len(rows) == 2
+    cli("bench", cfg, "--out", tmp_path / "run")
+    assert {p: p.stat().st_mtime_ns for p in rows} == rows  # nothing changed: all reused
+    cli("bench", cfg, "splits.val=2", "--out", tmp_path / "run")  # val.csv rewritten at the same path
+    assert all(p.stat().st_mtime_ns != t for p, t in rows.items())
+    metrics = json.loads((tmp_path / "run" / "runs" / "real" / "shots-2" / "seed-0" / "metrics.json").read_text())
+    assert metrics["val"]["n"] == 2 * 10  # two a class now
 
 
 def test_pseudo_labels_come_from_the_classifier_not_the_pool(bench_run, tmp_path):
@@ -165,6 +189,37 @@ def test_pseudo_labels_come_from_the_classifier_not_the_pool(bench_run, tmp_path
             "--out", tmp_path / "train", "epochs=1", "image_size=28", "batch_size=16", "min_steps=0", "--json",
             tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["n_synthetic"] == len(kept), r.output
+    # the same request reuses the manifest; another cap (or threshold, classifier, pool) makes it again
+    stamp = out.stat().st_mtime_ns
+    assert pseudo_label(real_run, pool, out, threshold=threshold, per_class=3) == report
+    assert out.stat().st_mtime_ns == stamp
+    fewer = pseudo_label(real_run, pool, out, threshold=threshold, per_class=1)
+    assert fewer["kept"] == len(pd.read_csv(out)) and pd.read_csv(out)["label"].value_counts().max() == 1
+
+
+def test_generator_scores_of_a_folder_with_nothing_to_draw_or_a_class_missing(bench_run, tmp_path, caplog):
+    """Columns that cannot be had are empty, with a warning — the bench goes on to its other arms."""
+    import shutil
+
+    from genaug.bench.run import generator_scores
+
+    run = bench_run[0] / "run"
+    real_run = run / "runs" / "real" / "shots-4" / "seed-0"
+    syn = shutil.copytree(run / "synthetic" / "randaugment" / "shots-4" / "budget-2" / "seed-0", tmp_path / "syn")
+    meta = syn / "metadata.jsonl"
+    rows = [json.loads(line) for line in meta.read_text().splitlines()]
+    first = rows[0]["label"]
+
+    def weigh(rule):
+        meta.write_text("".join(json.dumps({**r, "weight": rule(r)}) + "\n" for r in rows))
+
+    weigh(lambda r: 0.0)
+    scores = generator_scores(real_run, syn, tmp_path / "cas", None, None, {"epochs": 1, "image_size": 16})
+    assert scores == {"label_agreement": None, "cas_acc": None} and "no image that training draws" in caplog.text
+    weigh(lambda r: 0.0 if r["label"] == first else 1.0)  # one class without images: no comparable CAS
+    scores = generator_scores(real_run, syn, tmp_path / "cas", None, None, {"epochs": 1, "image_size": 16})
+    assert 0 <= scores["label_agreement"] <= 1 and scores["cas_acc"] is None
+    assert f"of class(es) ['{first}']" in caplog.text and not (tmp_path / "cas").exists()
 
 
 def test_a_bench_diagen_arm_calibrates_its_weights_on_the_validation_split(tmp_path, digit_images, tiny_models):
@@ -182,7 +237,7 @@ def test_a_bench_diagen_arm_calibrates_its_weights_on_the_validation_split(tmp_p
         "methods": [{"method": "diagen", "options": diagen}], "budget": 1, "cas": False,
         "train": {"epochs": 1, "image_size": 16, "batch_size": 8, "min_steps": 0}}))
     cli("bench", cfg, "--out", tmp_path / "run")
-    syn = tmp_path / "run" / "synthetic" / "diagen" / "shots-3" / "seed-0"
+    syn = tmp_path / "run" / "synthetic" / "diagen" / "shots-3" / "budget-1" / "seed-0"
     val = (tmp_path / "run" / "splits" / "shots-3" / "seed-0" / "val.csv").resolve()
     w = json.loads((syn / "weighting.json").read_text())
     assert w["calibration"] == "val" and w["val"] == str(val) and w["n_holdout"] == 4 and w["holdout"] is None

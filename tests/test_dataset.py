@@ -45,6 +45,21 @@ def test_items_batches_and_weights(tmp_path, digit_images):
     assert torch.equal(flipped[0][0], ds[0][0].flip(-1))
 
 
+def test_an_output_folder_as_the_real_set_keeps_its_weights(tmp_path, digit_images):
+    # CAS trains on a generator's images alone: they are its "real" set, and their weights still count
+    import json
+
+    make_imagefolder(tmp_path / "data", digit_images, per_class=2)
+    augment(tmp_path / "data", tmp_path / "aug", method="cutout", n=2, progress=False)
+    meta = tmp_path / "aug" / "metadata.jsonl"
+    rows = [json.loads(line) for line in meta.read_text().splitlines()]
+    for i, r in enumerate(rows):
+        r["weight"] = [0.0, 0.5, 2.0][i % 3]
+    meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = AugmentedDataset(tmp_path / "aug", image_size=16)
+    assert ds.n_real == 8 and sorted(ds.weights.tolist()) == [0.5] * 4 + [2.0] * 4  # weight 0: never drawn
+
+
 def test_shared_loads_decode_a_source_once_and_see_a_rewritten_manifest(tmp_path, digit_images):
     import json
     import os

@@ -120,7 +120,7 @@ def _grids(root: Path) -> dict[str, Path]:
     grids = {}
     syn_root = root / "synthetic"
     for arm_dir in sorted(p for p in syn_root.iterdir() if p.is_dir()) if syn_root.exists() else []:
-        first = next(iter(sorted(arm_dir.glob("*/seed-*/metadata.jsonl"))), None)
+        first = next(iter(sorted(arm_dir.glob("*/budget-*/seed-*/metadata.jsonl"))), None)
         if first is not None:
             (root / "grids").mkdir(exist_ok=True)
             grids[arm_dir.name] = save_grid(first.parent, root / "grids" / f"{arm_dir.name}.png")

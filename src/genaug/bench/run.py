@@ -16,7 +16,7 @@ options set `weight_val` or turn weighting off. Training draws synthetic images 
     RUN_DIR/config.yaml                     the resolved bench configuration
     RUN_DIR/data/                           built-in datasets exported as files (when used)
     RUN_DIR/splits/<split>/seed-S/train.csv the split files
-    RUN_DIR/synthetic/<arm>/<split>/seed-S/ genaug augment outputs (+ generation.json)
+    RUN_DIR/synthetic/<arm>/<split>/budget-N/seed-S/  genaug augment outputs (+ generation.json)
     RUN_DIR/runs/<arm>/<split>/seed-S[/p-P] genaug train run directories (<arm>-cas: synthetic only)
     RUN_DIR/results.csv                     one row per trained run
     RUN_DIR/report.md, report.html          tables, plots, image grids
@@ -24,6 +24,7 @@ options set `weight_val` or turn weighting off. Training draws synthetic images 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ from pydantic import Field
 
 from ..core.config import ConfigError, build_config, config_dataclass, config_hash, to_dict
 from ..data.builtin import BUILTIN, export_builtin
+from ..data.metadata import FILTERED, METADATA
 from ..data.sources import Record
 from ..data.splits import make_splits, split_name
 from ..pipeline import augment
@@ -148,15 +150,6 @@ def _generate(arm: ArmSpec, split_file: Path, out: Path, budget: int, seed: int,
     return out, summary.seconds
 
 
-def label_agreement(real_run: Path, synthetic: Path) -> float:
-    """The share of `synthetic`'s images (as training draws them: weight > 0, not filtered) that the real-only
-    classifier of the finished run `real_run` assigns to their label."""
-    device = resolve_device("auto")
-    model, meta = load_run(real_run, device)
-    images = load_synthetic(synthetic, meta["image_size"])
-    return evaluate(model, images, meta["classes"], meta["mean"], meta["std"], device)["accuracy"]
-
-
 @torch.no_grad()
 def pseudo_label(real_run: Path, pool: Path, out: Path, threshold: float = 0.95,
                  per_class: int | None = None) -> dict[str, Any]:
@@ -166,10 +159,14 @@ def pseudo_label(real_run: Path, pool: Path, out: Path, threshold: float = 0.95,
     are kept, at most `per_class` per predicted class (most confident first: a matched budget), and written to
     `out` as a manifest (path,label,id,confidence) that `train` adds as the synthetic share. Returns the counts,
     and — only to report how good the labels were — their accuracy against the pool's withheld labels when it
-    has them. Reused when `out` exists."""
+    has them. Reused when `out` was made from the same classifier, pool, threshold and per-class cap."""
     report_path = out.with_suffix(".json")
+    inputs = {"model": contents(Path(real_run) / "best.safetensors"), "pool": contents(pool), "threshold": threshold,
+              "per_class": per_class}
     if out.is_file() and report_path.is_file():
-        return json.loads(report_path.read_text())
+        report = json.loads(report_path.read_text())
+        if report.get("inputs") == inputs:
+            return report
     from ..data.imageset import load_real
     from ..data.sources import Source
     from ..data.splits import write_manifest
@@ -195,19 +192,31 @@ def pseudo_label(real_run: Path, pool: Path, out: Path, threshold: float = 0.95,
     labelled = all(r.label is not None for r in by_id.values())
     report = {"pool": str(pool), "pool_images": len(images), "threshold": threshold, "per_class": per_class,
               "kept": len(kept), "per_class_kept": {c: sum(r.label == c for r, _ in kept) for c in meta["classes"]},
-              "accuracy_vs_withheld_labels": correct / len(kept) if labelled else None}
+              "accuracy_vs_withheld_labels": correct / len(kept) if labelled else None, "inputs": inputs}
     report_path.write_text(json.dumps(report, indent=2))
     return report
 
 
 def generator_scores(real_run: Path, synthetic: Path, cas_dir: Path | None, val, test, tcfg: dict,
                      progress=None) -> dict[str, float | None]:
-    """`label_agreement` and (with `cas_dir`) `cas_acc` of one generator's images: the columns a generator gets
-    beside the accuracy its images buy."""
-    out: dict[str, float | None] = {"label_agreement": label_agreement(real_run, synthetic), "cas_acc": None}
-    if cas_dir is not None:
-        cas = train_cached(cas_dir, synthetic, [], val, test, {}, tcfg,
-                           row={"arm": "cas"}, progress=progress)
+    """The columns that judge one generator's images on their own (those training draws: weight > 0, not
+    filtered): `label_agreement`, the share the real-only classifier of the finished run `real_run` assigns to
+    their label, and (with `cas_dir`) `cas_acc`. None, with a warning, where a column cannot be had: no image
+    to draw, or (CAS) a class without any — a classifier that never saw a class is not comparable."""
+    out: dict[str, float | None] = {"label_agreement": None, "cas_acc": None}
+    device = resolve_device("auto")
+    model, meta = load_run(real_run, device)
+    images = load_synthetic(synthetic, meta["image_size"])
+    if not len(images):
+        log.warning("%s holds no image that training draws (all rejected, weight 0 or filtered): no label "
+                    "agreement, no CAS", synthetic)
+        return out
+    out["label_agreement"] = evaluate(model, images, meta["classes"], meta["mean"], meta["std"], device)["accuracy"]
+    missing = sorted(set(meta["classes"]) - set(images.labels))
+    if cas_dir is not None and missing:
+        log.warning("%s holds no image that training draws of class(es) %s: no CAS", synthetic, missing[:5])
+    elif cas_dir is not None:
+        cas = train_cached(cas_dir, synthetic, [], val, test, {}, tcfg, row={"arm": "cas"}, progress=progress)
         out["cas_acc"] = cas["test_acc"] if cas["test_acc"] is not None else cas["val_acc"]
     return out
 
@@ -240,8 +249,10 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
                 synthetic, gen_seconds, probs, budget, scores = [], 0.0, [None], 0, {}
                 if kind == "generator":
                     budget = arm_budget(arm, cfg.budget)
+                    # a folder per budget: a folder generated at a larger budget holds more images than a
+                    # smaller budget's run may draw
                     syn, gen_seconds = _generate(arm, sdir / "train.csv", root / "synthetic" / name / split
-                                                 / f"seed-{seed}", budget, seed, val)
+                                                 / f"budget-{budget}" / f"seed-{seed}", budget, seed, val)
                     synthetic = [syn]
                     probs = cfg.synthetic_probs or [base_train.synthetic_prob]
                     # judged once per generation, whatever the synthetic proportions it is trained at
@@ -268,12 +279,38 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
     return rows
 
 
+def contents(src: str | Path | None) -> str | None:
+    """A digest of what training reads from `src`, so a cached run is not reused after it changed in place (a
+    split rewritten with another validation size, a generator folder given more images, reweighted or
+    filtered): a file's bytes; a genaug output folder's rows and filters (metadata.jsonl, filtered.jsonl:
+    which images, their labels and weights); any other folder's file names, sizes and modification times.
+    Anything else (None, a dataset name) stands for itself."""
+    if src is None:
+        return None
+    p = Path(src)
+    h = hashlib.blake2b(digest_size=16)
+    if p.is_file():
+        h.update(p.read_bytes())
+    elif (p / METADATA).is_file():
+        for q in (p / METADATA, p / FILTERED):
+            h.update(q.read_bytes() if q.is_file() else b"-")
+    elif p.is_dir():
+        for q in sorted(x for x in p.rglob("*") if x.is_file()):
+            st = q.stat()
+            h.update(f"{q.relative_to(p).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    else:
+        return str(src)
+    return h.hexdigest()
+
+
 def train_cached(run_dir: Path, real: Path, synthetic: list[Path], val, test, ood: dict, tcfg: dict, row: dict,
                  progress=None) -> dict:
-    """`genaug train` once per configuration: a run directory holding the same configuration is reused.
-    Returns a results row (`row` plus sizes, accuracies and seconds)."""
+    """`genaug train` once per configuration: a run directory holding the same configuration — the options and
+    what every data source holds now (`contents`) — is reused. Returns a results row (`row` plus sizes,
+    accuracies and seconds)."""
     key = config_hash({"tcfg": tcfg, "real": str(real), "synthetic": [str(s) for s in synthetic], "val": str(val),
-                       "test": str(test), "ood": ood})
+                       "test": str(test), "ood": ood,
+                       "contents": [contents(x) for x in (real, *synthetic, val, test, *ood.values())]})
     done = run_dir / "bench_row.json"
     if done.exists():
         cached = json.loads(done.read_text())

@@ -3,8 +3,8 @@
 `AugmentedDataset` holds the real images and any number of genaug output folders (or other labelled sources
 added to the real ones, e.g. a manifest of pseudo-labelled unlabelled images: weight 1), decoded once into
 memory at one resolution (few-shot and low-data sets are small: 10k images at 32 px are 30 MB), with each
-image's class index and loss weight (1 for real images, the manifest's `weight` for synthetic ones;
-weight-0 images are left out). `SyntheticShareSampler` yields batches of indices in which synthetic images
+image's class index and loss weight (1 for real images, the manifest's `weight` for synthetic ones — also
+when a genaug output folder is given as the real set; weight-0 images are left out). `SyntheticShareSampler` yields batches of indices in which synthetic images
 are a fixed share of every batch (the papers' mixing), or real and synthetic pooled and shuffled.
 
     loader = DataLoader(ds, batch_sampler=SyntheticShareSampler(ds, batch_size=64, synthetic_share=0.5))
@@ -38,7 +38,9 @@ class AugmentedDataset(Dataset):
     def __init__(self, real: str | Path | ImageSet, synthetic: Sequence[str | Path | ImageSet] = (),
                  image_size: int = 32, classes: Sequence[str] | None = None, use_weights: bool = True,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        real_set = real if isinstance(real, ImageSet) else load_real(real, image_size, "real")
+        # a genaug output folder as the real set (CAS: a classifier on synthetic images alone) keeps its weights
+        real_set = (real if isinstance(real, ImageSet) else load_synthetic(real, image_size)
+                    if (Path(real) / METADATA).is_file() else load_real(real, image_size, "real"))
         syn_set = concat([s if isinstance(s, ImageSet) else _load_added(s, image_size) for s in synthetic], image_size)
         self.classes = list(classes) if classes is not None else sorted(set(real_set.labels))
         foreign = sorted(set(syn_set.labels) - set(self.classes))
