@@ -68,6 +68,21 @@ def _examples(digits16, n=6):
     return [load_example(r, InputConfig()) for r in list(Source(digits16).records())[:: 90 // n]][:n]
 
 
+@pytest.mark.parametrize("solver", ["euler", "dopri5"])
+def test_a_row_is_the_same_whatever_rows_share_its_batch(solver, tiny_flow, digits16):
+    # an adaptive solver picks its steps from an error estimate: over the whole batch, it made a row depend
+    # on its batch-mates
+    flow = FlowModel.from_pretrained(tiny_flow)
+    data = load_real(digits16, 16)
+    x = data.images[:3, :1].float() / 127.5 - 1
+    y = data.targets(flow.spec.classes)[:3]
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    alone = flow.generate(z[:1], y[:1], steps=8, solver=solver, t_from=0.4)
+    together = flow.generate(z, y, steps=8, solver=solver, t_from=0.4)
+    others = flow.generate(torch.cat([z[:1], 3 * z[1:]]), y, steps=8, solver=solver, t_from=0.4)
+    assert torch.equal(alone[0], together[0]) and torch.equal(alone[0], others[0])
+
+
 def test_delta_zero_keeps_the_image_and_change_grows_with_delta(tiny_flow, digits16):
     examples = _examples(digits16)
     m = create_method("semantic_flow", {"model": str(tiny_flow), "steps": 20, "solver": "rk4"})

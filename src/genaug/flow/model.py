@@ -108,15 +108,24 @@ class FlowODE(ABC):
                   solver: str = "euler", guidance: float = 1.0) -> torch.Tensor:
         """Solve dx/dt = v(t, x | cond) from `t_from` to `t_to` (backwards when t_to < t_from: inversion).
 
-        `steps` counts fixed steps over the whole [0, 1] interval, so a part of it gets its share."""
+        `steps` counts fixed steps over the whole [0, 1] interval, so a part of it gets its share. An adaptive
+        solver (dopri5) ignores `steps` and picks its steps from an error estimate over the tensor it solves, so
+        each row is solved on its own: a row's result never depends on the rows beside it in a batch."""
         from torchdiffeq import odeint
 
         if t_from == t_to:
             return x
         ts = torch.tensor([t_from, t_to], dtype=x.dtype, device=x.device)
-        options = {"step_size": 1.0 / max(1, steps)} if solver in ("euler", "midpoint", "rk4") else {}
-        return odeint(lambda t, z: self.velocity(t, z, cond, guidance), x, ts, method=solver, options=options,
-                      rtol=1e-4, atol=1e-4)[-1]
+        fixed = solver in ("euler", "midpoint", "rk4")
+        options = {"step_size": 1.0 / max(1, steps)} if fixed else {}
+
+        def solve(x0, c):
+            return odeint(lambda t, z: self.velocity(t, z, c, guidance), x0, ts, method=solver, options=options,
+                          rtol=1e-4, atol=1e-4)[-1]
+
+        if fixed or len(x) == 1:
+            return solve(x, cond)
+        return torch.cat([solve(x[i:i + 1], cond[i:i + 1]) for i in range(len(x))])
 
     def time_grid(self, t_from: float, t_to: float, steps: int) -> list[float]:
         """The step boundaries from `t_from` to `t_to`: the multiples of 1/steps between them, and both ends."""
