@@ -39,13 +39,31 @@ def test_resumed_training_equals_an_uninterrupted_one(digits16, tmp_path):
     cfg = {**TINY_FLOW, "steps": 8, "checkpoint_every": 4}
     fit_flow(digits16, tmp_path / "straight", cfg, progress=False)
     fit_flow(digits16, tmp_path / "resumed", {**cfg, "steps": 4}, progress=False)
+    with open(tmp_path / "resumed" / "train_log.csv", "a") as f:  # a step a killed run logged past its checkpoint
+        f.write("5,0.5,0.001,1.0\n")
     res = cli("fit-flow", digits16, "--out", tmp_path / "resumed", *[f"{k}={json.dumps(v)}" for k, v in cfg.items()])
     assert "steps 8" in res.output
     a, b = load_file(tmp_path / "straight" / UNET), load_file(tmp_path / "resumed" / UNET)
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")  # step 5 logged once, as trained
     res = cli("fit-flow", digits16, "--out", tmp_path / "resumed", "lr=0.5", expect=2)
     assert "another training run" in res.output
+    res = cli("fit-flow", digits16, "--out", tmp_path / "resumed",
+              *[f"{k}={json.dumps(v)}" for k, v in {**cfg, "steps": 4}.items()], expect=2)
+    assert "already holds 8 training steps, more than steps=4" in " ".join(res.output.split())
+
+
+def test_one_channel_from_colour_images_is_the_luminance_generation_reads():
+    from PIL import Image
+
+    from genaug.flow.train import to_model_space
+
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    x = to_model_space(torch.from_numpy(rgb).permute(0, 3, 1, 2), 1)
+    pil = np.stack([np.asarray(Image.fromarray(a).convert("L")) for a in rgb])[:, None]
+    assert torch.equal(x, torch.from_numpy(pil).float() / 127.5 - 1)
+    grey = torch.from_numpy(rgb[..., :1]).permute(0, 3, 1, 2).repeat(1, 3, 1, 1)
+    assert torch.equal(to_model_space(grey, 1), grey[:, :1].float() / 127.5 - 1)  # grey: the image itself
 
 
 def test_inversion_then_generation_reconstructs(tiny_flow, digits16):

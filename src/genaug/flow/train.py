@@ -117,9 +117,9 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
 
     grey = is_grey(images) and (pool is None or is_grey(pool))
     channels = (1 if grey else 3) if cfg.channels == "auto" else cfg.channels
-    x_all = images[:, :channels].float() / 127.5 - 1
+    x_all = to_model_space(images, channels)
     y_all = data.targets(classes)
-    x_pool = pool[:, :channels].float() / 127.5 - 1 if pool is not None else None
+    x_pool = to_model_space(pool, channels) if pool is not None else None
     n_pool = 0 if pool is None else round(cfg.unlabeled_share * cfg.batch_size)
     spec = FlowSpec(classes=classes, image_size=size, channels=channels, sigma_min=cfg.sigma_min)
 
@@ -145,8 +145,12 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
                 or ckpt["config"].get("n_unlabeled", 0) != resolved["n_unlabeled"]):
             raise ConfigError(f"{out} holds a checkpoint of another training run (other data or options); "
                               "use another --out")
+        if ckpt["step"] > cfg.steps:
+            raise ConfigError(f"{out} already holds {ckpt['step']} training steps, more than steps={cfg.steps}; "
+                              f"use steps={ckpt['step']} (or more) to finish it, or another --out")
         model.unet.load_state_dict(ckpt["unet"])
         ema.load_state_dict(ckpt["ema"])
+        ema.to(device)  # loaded to the CPU; its averages must live beside the weights they follow
         opt.load_state_dict(ckpt["opt"])
         sched.load_state_dict(ckpt["sched"])
         g.set_state(ckpt["rng"])
@@ -156,6 +160,11 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
 
     log_path = out / "train_log.csv"
     new_log = step == 0 or not log_path.exists()
+    if not new_log:  # the steps logged after the checkpoint are trained again: their rows go
+        with open(log_path, newline="") as f:
+            kept = [r for i, r in enumerate(csv.reader(f)) if i == 0 or (r and r[0].isdigit() and int(r[0]) <= step)]
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
     with open(log_path, "w" if new_log else "a", newline="") as f:
         w = csv.writer(f)
         if new_log:
@@ -208,6 +217,16 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
               "reconstruction": recon}
     (out / "fit_result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     return result
+
+
+def to_model_space(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 `(N, 3, S, S)` images as the model sees them: floats in [-1, 1] with `channels` channels. One channel
+    is PIL's luminance (mode "L", what `FlowModel.encode_images` reads a source as, computed the same way), which
+    for a grey image is the image itself."""
+    if channels == 1:
+        x = images.to(torch.int32)
+        images = ((x[:, 0] * 19595 + x[:, 1] * 38470 + x[:, 2] * 7471 + 32768) >> 16)[:, None]
+    return images.float() / 127.5 - 1
 
 
 @torch.no_grad()
