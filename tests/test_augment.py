@@ -144,6 +144,19 @@ def test_rerun_skips_and_larger_n_adds_only_missing_variants(imagefolder, tmp_pa
     assert png_bytes(tmp_path / "fresh") == after
 
 
+def test_a_last_row_cut_before_its_newline_is_kept_and_the_next_rows_follow_on_their_own_lines(imagefolder,
+                                                                                                 tmp_path):
+    out = tmp_path / "out"
+    cli("augment", imagefolder, "--method", "cutout", "--out", out, "-n", 1)
+    n = len(read_rows(out))
+    meta = out / "metadata.jsonl"
+    meta.write_text(meta.read_text().rstrip("\n"))  # cut between the last "}" and its newline
+    cli("augment", imagefolder, "--method", "cutout", "--out", out, "-n", 2)
+    assert len(read_rows(out)) == 2 * n
+    cli("augment", imagefolder, "--method", "cutout", "--out", tmp_path / "fresh", "-n", 2)
+    assert png_bytes(out) == png_bytes(tmp_path / "fresh")
+
+
 def test_resuming_with_other_settings_is_refused(imagefolder, tmp_path):
     out = tmp_path / "out"
     cli("augment", imagefolder, "--method", "cutout", "--out", out)

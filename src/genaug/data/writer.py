@@ -171,7 +171,7 @@ class OutputDir:
         done: dict[tuple[str, int], str] = {}
         if not path.exists():
             return done, False
-        kept, dropped = [], 0
+        kept, dropped, unended = [], 0, False
         for line, row in iter_lines(self.root):
             try:
                 key = (row["source_id"], int(row["variant"]))
@@ -180,11 +180,13 @@ class OutputDir:
                 ok = False  # a row torn by a kill mid-write
             if ok:
                 done[key] = row["file_name"]
+                unended |= not line.endswith("\n")  # cut after its "}" (or rewritten without one)
                 kept.append(line if line.endswith("\n") else line + "\n")
             else:
                 dropped += 1
         if dropped:
             log.info("dropped %d incomplete metadata row(s) from an interrupted run", dropped)
+        if dropped or unended:  # the next row must start on a line of its own
             atomic_write(path, "".join(kept))
         return done, dropped > 0
 
