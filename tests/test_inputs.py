@@ -80,6 +80,10 @@ def messy(tmp_path):
     (bad / "truncated.jpg").write_bytes(jpg.read_bytes()[:-300])
     jpg.unlink()
     decompression_bomb(bad / "bomb.png")
+    # a PNG whose eXIf chunk is not EXIF (Pillow fails reading the orientation, after decoding the pixels)
+    png = (ok / "grey.png").read_bytes()
+    at = png.index(b"IDAT") - 4
+    (bad / "bad exif.png").write_bytes(png[:at] + _png_chunk(b"eXIf", b"\x00\x01garbage") + png[at:])
     Image.new("RGB", (1, 1)).save(bad / "one_pixel.png")
     Image.new("RGB", (300, 10)).save(bad / "strip.png")
     return root
@@ -95,13 +99,14 @@ def test_awkward_inputs_are_used_and_broken_ones_rejected_with_reasons(messy, tm
     assert all(r["label"] == "chat noir 猫" for r in rows)
     rejected = {Path(r["path"]).name: r["reason"] for r in map(json.loads, open(out / "rejected.jsonl"))}
     assert set(rejected) == {"zero.png", "text.jpg", "random.png", "truncated.png", "truncated.jpg", "bomb.png",
-                             "one_pixel.png", "strip.png"}
+                             "one_pixel.png", "strip.png", "bad exif.png"}
+    assert "damaged image data" in rejected["bad exif.png"]
     assert "empty file" in rejected["zero.png"]
     assert "not a recognised image" in rejected["text.jpg"] and "not a recognised image" in rejected["random.png"]
     assert "truncated" in rejected["truncated.png"] and "truncated" in rejected["truncated.jpg"]
     assert "decompression-bomb" in rejected["bomb.png"]
     assert "too small" in rejected["one_pixel.png"] and "aspect ratio" in rejected["strip.png"]
-    assert "8 rejected" in res.output and "'empty class' has no images" in res.output
+    assert "9 rejected" in res.output and "'empty class' has no images" in res.output
     # the EXIF-rotated 40x20 photo is used upright: 20x40
     exif_row = next(r for r in rows if r["source_id"].endswith("exif_rotated.jpg"))
     assert Image.open(out / exif_row["file_name"]).size == (20, 40)
@@ -181,8 +186,9 @@ def test_csv_manifest_with_masks(tmp_path, digit_images):
     m[4:12, 4:12] = 255
     Image.fromarray(m).save(tmp_path / "mask.png")
     Image.fromarray(m[:8]).save(tmp_path / "wrong.png")
-    (tmp_path / "d.csv").write_text("path,label,mask\n0.png,zero,mask.png\n1.png,one,\n2.png,two,wrong.png\n"
-                                    "missing.png,three,\n")
+    Image.fromarray(m).convert("RGBA").save(tmp_path / "opaque.png")  # an editor's export: opaque, white subject
+    (tmp_path / "d.csv").write_text("path,label,mask,id\n0.png,zero,mask.png,\n1.png,one,,\n2.png,two,wrong.png,\n"
+                                    "missing.png,three,,\n0.png,zero,opaque.png,again\n")
     from genaug.data import Source, load_example
 
     src = Source(tmp_path / "d.csv")
@@ -194,6 +200,7 @@ def test_csv_manifest_with_masks(tmp_path, digit_images):
         load_example(recs[2], InputConfig())
     with pytest.raises(Rejected, match="file not found"):
         load_example(recs[3], InputConfig())
+    assert np.array_equal(np.asarray(load_example(recs[4], InputConfig()).mask), m)  # not all 255
 
 
 def test_manifest_without_required_columns_is_a_clear_error(tmp_path):

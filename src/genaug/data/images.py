@@ -150,22 +150,35 @@ def load_image(path: str | Path | bytes, cfg: InputConfig) -> tuple[Image.Image,
     """Return `(rgb, alpha_or_None)`, EXIF orientation applied, transparency composited onto
     `cfg.background`, or raise `Rejected`. `path` may be the encoded bytes of an image file."""
     im = _open_decoded(path if isinstance(path, bytes) else Path(path), cfg)
-    if getattr(im, "n_frames", 1) > 1:
-        im.seek(0)  # animated GIF / multi-page TIFF: the first frame is the image
-    im = ImageOps.exif_transpose(im)
-    rgb, alpha = _to_rgb_and_alpha(im, background_rgb(cfg.background))
+    try:
+        if getattr(im, "n_frames", 1) > 1:
+            im.seek(0)  # animated GIF / multi-page TIFF: the first frame is the image
+        im = ImageOps.exif_transpose(im)
+        rgb, alpha = _to_rgb_and_alpha(im, background_rgb(cfg.background))
+    except Rejected:
+        raise
+    except Exception as e:  # noqa: BLE001 - damaged metadata (EXIF, frame table) fails in many ways: one input
+        raise Rejected(f"damaged image data ({type(e).__name__}: {e})") from None
     _check_size(*rgb.size, cfg)
     return rgb, alpha
 
 
 def load_mask(path: str | Path | bytes, size: tuple[int, int], cfg: InputConfig) -> Image.Image:
-    """A dataset mask: any image mode, read as 8-bit grey (255 = subject), the size of its image."""
+    """A dataset mask: any image mode, read as 8-bit grey (255 = subject), the size of its image; with an alpha
+    channel that is not all opaque, that channel."""
     name = "mask" if isinstance(path, bytes) else f"mask {path}"
     try:
-        im = ImageOps.exif_transpose(_open_decoded(path if isinstance(path, bytes) else Path(path), cfg))
+        im = _open_decoded(path if isinstance(path, bytes) else Path(path), cfg)
     except Rejected as e:
         raise Rejected(f"{name}: {e}") from None
-    mask = im.getchannel("A") if im.mode in _ALPHA_MODES else im.convert("L")
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception as e:  # noqa: BLE001 - as in load_image
+        raise Rejected(f"{name}: damaged image data ({type(e).__name__}: {e})") from None
+    # the alpha channel is the mask when it says something; an all-opaque one (an editor's RGBA export of a
+    # black-and-white mask) does not: the grey levels do
+    alpha = im.getchannel("A") if im.mode in _ALPHA_MODES else None
+    mask = alpha if alpha is not None and alpha.getextrema() != (255, 255) else im.convert("L")
     if mask.size != size:
         raise Rejected(f"{name} is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}")
     return mask
