@@ -104,6 +104,27 @@ def test_hugging_face_dataset_is_a_source(kind, tmp_path, digit_images):
     assert (real.weights == 1).all()
 
 
+def test_an_hf_imagefolder_brings_its_masks(tmp_path, digit_images):
+    # HF's imagefolder reads `mask_file_name` as an Image column `mask`: the dataset's masks, as documented
+    from genaug.data import load_example
+
+    root = tmp_path / "hf"
+    (root / "imgs").mkdir(parents=True)
+    m = np.zeros((16, 16), np.uint8)
+    m[3:9, 5:12] = 255
+    with open(root / "metadata.jsonl", "w", encoding="utf-8") as f:
+        for i in range(3):
+            digit_images[0][i].save(root / "imgs" / f"{i}.png")
+            Image.fromarray(np.roll(m, i, axis=1)).save(root / "imgs" / f"{i}_mask.png")
+            f.write(json.dumps({"file_name": f"imgs/{i}.png", "mask_file_name": f"imgs/{i}_mask.png",
+                                "label": "zero"}) + "\n")
+    src = Source(root)
+    recs = list(src.records())
+    assert src.kind == "hf-imagefolder" and [r.id for r in recs] == [f"imgs/{i}.png" for i in range(3)]
+    for i, rec in enumerate(recs):
+        assert np.array_equal(np.asarray(load_example(rec, InputConfig()).mask), np.roll(m, i, axis=1))
+
+
 def test_undecodable_dataset_row_is_rejected_with_a_reason(tmp_path, digit_images):
     import datasets
 

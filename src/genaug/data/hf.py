@@ -124,17 +124,23 @@ class HFDataset:
             return self.names[v] if 0 <= v < len(self.names) else None  # -1: ClassLabel's "no label"
         return str(v)
 
-    def rows(self) -> Iterator[tuple[int, str | None, str | None, str | None]]:
-        """`(index, stored image path, label, id column)` per row, in dataset order; nothing is decoded."""
-        cols = [self.image_col, self.label_col] + ([self.id_col] if self.id_col else [])
+    def rows(self) -> Iterator[tuple[int, str | None, str | None, str | None, str | None]]:
+        """`(index, stored image path, label, id column, stored mask path)` per row, in dataset order; nothing is
+        decoded."""
+        cols = ([self.image_col, self.label_col] + ([self.id_col] if self.id_col else [])
+                + ([self.mask_col] if self.mask_col else []))
+
+        def stored_paths(batch, column):  # only the `path` child of an image struct: bytes never leave Arrow
+            return [p for chunk in batch.column(column).chunks for p in chunk.field("path").to_pylist()]
+
         i = 0
         for batch in self.ds.select_columns(cols).with_format("arrow").iter(batch_size=1000):
-            # only the `path` child of the image struct is read: the bytes are never copied out of Arrow
-            paths = [p for chunk in batch.column(self.image_col).chunks for p in chunk.field("path").to_pylist()]
+            paths = stored_paths(batch, self.image_col)
             labels = batch.column(self.label_col).to_pylist()
             ids = batch.column(self.id_col).to_pylist() if self.id_col else [None] * len(labels)
-            for path, label, rid in zip(paths, labels, ids):
-                yield i, path, self._label(label), None if rid is None else str(rid)
+            masks = stored_paths(batch, self.mask_col) if self.mask_col else [None] * len(labels)
+            for path, label, rid, mask in zip(paths, labels, ids, masks):
+                yield i, path, self._label(label), None if rid is None else str(rid), mask
                 i += 1
 
     def encoded(self, row: int, column: str) -> bytes | str | None:

@@ -127,11 +127,11 @@ class Source:
     def _hf_records(self) -> Iterator[tuple[str, Record]]:
         """Files of an HF imagefolder keep their path as id (as an ImageFolder's do); rows whose image lives
         in Arrow get the `id` column, else their index, and a `DATASET#index` path for messages."""
-        for i, path, label, rid in self.hf.rows():
-            if self.hf.layout == "imagefolder" and path:
+        for i, path, label, rid, mask in self.hf.rows():
+            if self.hf.layout == "imagefolder" and path:  # files (the mask too, when the row names one)
                 p = Path(path)
                 rec = Record(id=p.relative_to(self.root.resolve()).as_posix() if p.is_relative_to(self.root.resolve())
-                             else p.as_posix(), path=path, label=label)
+                             else p.as_posix(), path=path, label=label, mask_path=mask)
             else:
                 rec = Record(id=rid if rid is not None else str(i), path=f"{self.root}#{i}", label=label, row=i)
             if not label:
