@@ -203,6 +203,19 @@ def test_csv_manifest_with_masks(tmp_path, digit_images):
     assert np.array_equal(np.asarray(load_example(recs[4], InputConfig()).mask), m)  # not all 255
 
 
+def test_a_manifest_saved_by_a_spreadsheet_reads_as_written(tmp_path, digit_images):
+    # Excel writes UTF-8 CSV with a byte-order mark; hand-written headers carry spaces; a JSONL file may start
+    # with a mark too
+    from genaug.data import Source
+
+    digit_images[0][0].save(tmp_path / "0.png")
+    (tmp_path / "d.csv").write_text("\ufeffpath, label\n0.png,zero\n", encoding="utf-8")
+    (tmp_path / "d.jsonl").write_text('\ufeff{"path": "0.png", "label": "zero"}\n', encoding="utf-8")
+    for name in ("d.csv", "d.jsonl"):
+        recs = list(Source(tmp_path / name).records())
+        assert [(r.id, r.label, r.error) for r in recs] == [("0.png", "zero", None)]
+
+
 def test_manifest_without_required_columns_is_a_clear_error(tmp_path):
     (tmp_path / "d.csv").write_text("file,class\na.png,x\n")
     res = cli("augment", tmp_path / "d.csv", "--method", "cutout", "--out", tmp_path / "o", expect=2)

@@ -35,6 +35,14 @@ class Record:
     row: int | None = None  # index in a Hugging Face dataset whose images live in Arrow, not in files
 
 
+def _csv_reader(f) -> csv.DictReader:
+    """A manifest's rows by column name; names are read without surrounding spaces (`path, label`)."""
+    reader = csv.DictReader(f)
+    if reader.fieldnames:
+        reader.fieldnames = [name.strip() for name in reader.fieldnames]
+    return reader
+
+
 class Source:
     """A dataset of labelled images on disk. `input_cfg` is how `load` checks images unless told otherwise."""
 
@@ -66,8 +74,8 @@ class Source:
         elif self.kind == "imagefolder":
             self._check_imagefolder()
         elif self.kind == "csv":
-            with open(self.root, encoding="utf-8", newline="") as f:
-                missing = {"path", "label"} - set(csv.DictReader(f).fieldnames or [])
+            with open(self.root, encoding="utf-8-sig", newline="") as f:
+                missing = {"path", "label"} - set(_csv_reader(f).fieldnames or [])
             if missing:
                 raise ConfigError(f"manifest {self.root} lacks column(s) {sorted(missing)}; it needs path,label[,mask][,id]")
 
@@ -139,9 +147,9 @@ class Source:
             yield f"row {i}", rec
 
     def _manifest_rows(self) -> Iterator[tuple[int, dict | None]]:
-        with open(self.root, encoding="utf-8", newline="") as f:
+        with open(self.root, encoding="utf-8-sig", newline="") as f:  # -sig: a BOM (Excel's CSV) is not data
             if self.kind == "csv":
-                reader = csv.DictReader(f)
+                reader = _csv_reader(f)
                 for row in reader:
                     yield reader.line_num, row
                 return
