@@ -157,6 +157,11 @@ def test_a_last_row_cut_before_its_newline_is_kept_and_the_next_rows_follow_on_t
     assert png_bytes(out) == png_bytes(tmp_path / "fresh")
 
 
+def test_an_output_folder_inside_the_image_folder_it_reads_is_refused(imagefolder, tmp_path):
+    res = cli("augment", imagefolder, "--method", "cutout", "--out", imagefolder / "aug", expect=2)
+    assert "is inside the source folder" in res.output and not (imagefolder / "aug").exists()
+
+
 def test_resuming_with_other_settings_is_refused(imagefolder, tmp_path):
     out = tmp_path / "out"
     cli("augment", imagefolder, "--method", "cutout", "--out", out)

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field
 
 from ..components.hub import models_dir
-from ..core.config import build_config, config_dataclass, config_hash, to_dict
+from ..core.config import ConfigError, build_config, config_dataclass, config_hash, to_dict
 from ..core.log import get_logger
 from ..core.records import Example, refusal
 from ..core.seeding import derive_seed
@@ -129,6 +129,9 @@ def plan(source: str | Path, out: str | Path, method: str, n: int | None = None,
     cls = get_method_class(run.method)
     input_cfg = build_config(InputConfig, run.input, where="input")
     src = Source(source, input_cfg)  # a bad source fails before any model is loaded
+    if src.kind in ("imagefolder", "hf-imagefolder") and Path(out).resolve().is_relative_to(src.root.resolve()):
+        raise ConfigError(f"--out {out} is inside the source folder {source}: the next run would read the generated "
+                          "images as a source (a class named after the folder, or the only images). Write elsewhere.")
     with models_dir(run.models):
         m = create_method(run.method, run.options)
     batch_size = run.batch_size or cls.default_batch_size
