@@ -60,6 +60,19 @@ def test_an_output_folder_as_the_real_set_keeps_its_weights(tmp_path, digit_imag
     assert ds.n_real == 8 and sorted(ds.weights.tolist()) == [0.5] * 4 + [2.0] * 4  # weight 0: never drawn
 
 
+def test_a_generated_image_gone_missing_is_named_in_the_error(tmp_path, digit_images):
+    import pytest
+
+    from genaug.core.config import ConfigError
+
+    make_imagefolder(tmp_path / "data", digit_images, per_class=2)
+    augment(tmp_path / "data", tmp_path / "aug", method="cutout", n=1, progress=False)
+    gone = sorted((tmp_path / "aug").rglob("*.png"))[0]
+    gone.unlink()
+    with pytest.raises(ConfigError, match=f"{gone.name}.*file not found.*rerun"):
+        AugmentedDataset(tmp_path / "data", synthetic=[tmp_path / "aug"], image_size=16)
+
+
 def test_shared_loads_decode_a_source_once_and_see_a_rewritten_manifest(tmp_path, digit_images):
     import json
     import os

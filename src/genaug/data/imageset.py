@@ -140,7 +140,12 @@ def _load_synthetic(out_dir: Path, size: int, keep_zero_weight: bool) -> ImageSe
             raise ConfigError(f"{out_dir / r['file_name']}: weight must be a finite number >= 0, got {w}")
         if left_out(r) and not keep_zero_weight:
             continue
-        image, _ = load_image(out_dir / r["file_name"], ANY_SIZE)
+        try:
+            image, _ = load_image(out_dir / r["file_name"], ANY_SIZE)
+        except Rejected as e:  # a folder edited by hand, or copied in part: say which image and how to mend it
+            raise ConfigError(f"{out_dir / r['file_name']} (a row of {out_dir / METADATA}): {e}; delete it if it "
+                              "is there and rerun the `genaug augment` that made the folder: it regenerates "
+                              "missing images") from None
         images.append(_to_tensor(image, size))
         labels.append(r["label"])
         weights.append(w)
