@@ -174,6 +174,19 @@ def test_cutout_is_composited_onto_the_background(background, rgb, tmp_path):
     assert tuple(ims.images[0][:, 0, 0].tolist()) == rgb
 
 
+@pytest.mark.parametrize("mode, key", [("L", 0), ("RGB", (0, 0, 0))])
+def test_a_colour_keyed_cutout_is_composited_and_masked_too(mode, key, tmp_path):
+    # a grey or RGB PNG whose tRNS chunk marks one colour transparent: a cut-out without an alpha channel
+    arr = np.zeros((16, 16, 3) if mode == "RGB" else (16, 16), np.uint8)
+    arr[4:12, 4:12] = 200
+    (tmp_path / "src" / "bag").mkdir(parents=True)
+    Image.fromarray(arr, mode).save(tmp_path / "src" / "bag" / "cut.png", transparency=key)
+    src = Source(tmp_path / "src")
+    ex = src.load(next(src.records()))
+    assert tuple(np.asarray(ex.image)[0, 0]) == (255, 255, 255) and tuple(np.asarray(ex.image)[8, 8]) == (200,) * 3
+    assert ex.mask is not None and np.asarray(ex.mask)[0, 0] == 0 and np.asarray(ex.mask)[8, 8] == 255
+
+
 def test_cutout_alpha_stays_the_mask(tmp_path):
     src = Source(_cutout(tmp_path / "src"), InputConfig(background="black"))
     ex = src.load(next(src.records()))

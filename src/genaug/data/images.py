@@ -113,7 +113,7 @@ def _open_decoded(path: Path | bytes, cfg: InputConfig) -> Image.Image:
 
 def _to_rgb_and_alpha(im: Image.Image, background: tuple[int, int, int]) -> tuple[Image.Image, Image.Image | None]:
     mode = im.mode
-    if mode == "P":
+    if mode == "P" or (mode in ("L", "RGB") and "transparency" in im.info):  # a palette's or a tRNS colour key
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
     elif mode in _16BIT_MODES or mode == "I":
         arr = np.asarray(im)
