@@ -157,6 +157,18 @@ def test_a_last_row_cut_before_its_newline_is_kept_and_the_next_rows_follow_on_t
     assert png_bytes(out) == png_bytes(tmp_path / "fresh")
 
 
+def test_a_manifest_left_behind_by_a_killed_reweighting_is_rebuilt_by_the_next_run(imagefolder, tmp_path):
+    # `genaug weight` rewrites metadata.jsonl, then manifest.parquet: killed between the two, the parquet holds
+    # the old weights with the same number of rows; the next run must see that and rebuild it
+    out = tmp_path / "out"
+    cli("augment", imagefolder, "--method", "cutout", "--out", out, "-n", 1)
+    meta = out / "metadata.jsonl"
+    meta.write_text("".join(json.dumps({**json.loads(line), "weight": 0.5}) + "\n"
+                            for line in meta.read_text().splitlines()))
+    cli("augment", imagefolder, "--method", "cutout", "--out", out, "-n", 1)  # nothing to generate
+    assert set(pq.read_table(out / "manifest.parquet").column("weight").to_pylist()) == {0.5}
+
+
 def test_an_output_folder_inside_the_image_folder_it_reads_is_refused(imagefolder, tmp_path):
     res = cli("augment", imagefolder, "--method", "cutout", "--out", imagefolder / "aug", expect=2)
     assert "is inside the source folder" in res.output and not (imagefolder / "aug").exists()

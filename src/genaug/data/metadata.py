@@ -93,8 +93,19 @@ def filtered_keys(folder: str | Path) -> set[tuple[str, int]]:
     return keys
 
 
+_DIGEST_KEY = b"genaug.metadata_digest"  # in manifest.parquet's schema: the metadata.jsonl it was built from
+
+
+def metadata_digest(folder: str | Path) -> str:
+    """A digest of `folder/metadata.jsonl`'s bytes."""
+    import hashlib
+
+    return hashlib.blake2b((Path(folder) / METADATA).read_bytes(), digest_size=16).hexdigest()
+
+
 def write_manifest_parquet(folder: str | Path, rows: list[dict[str, Any]] | None = None) -> None:
-    """`manifest.parquet` = the rows of `metadata.jsonl`, sorted by file_name, written atomically."""
+    """`manifest.parquet` = the rows of `metadata.jsonl` (as on disk now), sorted by file_name, written
+    atomically, with the digest of that metadata.jsonl in its schema (`manifest_matches`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -103,8 +114,24 @@ def write_manifest_parquet(folder: str | Path, rows: list[dict[str, Any]] | None
     if not rows:
         (folder / MANIFEST).unlink(missing_ok=True)
         return
+    table = pa.Table.from_pylist(rows)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           _DIGEST_KEY: metadata_digest(folder).encode()})
     with atomic_path(folder / MANIFEST) as tmp:
-        pq.write_table(pa.Table.from_pylist(rows), tmp)
+        pq.write_table(table, tmp)
+
+
+def manifest_matches(folder: str | Path) -> bool:
+    """`manifest.parquet` was built from `metadata.jsonl` as it is now (not, e.g., before a reweighting that
+    was killed between rewriting the one and the other)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        stored = (pq.read_schema(Path(folder) / MANIFEST).metadata or {}).get(_DIGEST_KEY)
+        return stored is not None and stored.decode() == metadata_digest(folder)
+    except (FileNotFoundError, OSError, pa.ArrowInvalid):
+        return False
 
 
 def rewrite_rows(folder: str | Path, rows: list[dict[str, Any]]) -> None:

@@ -26,8 +26,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 from filelock import FileLock, Timeout
 
@@ -35,7 +33,7 @@ from ..core.config import ConfigError
 from ..core.log import get_logger
 from ..core.files import atomic_write
 from .labels import label_folder
-from .metadata import (CONFIG, MANIFEST, METADATA, REJECTED, dumps_row, filtered_keys, iter_lines,
+from .metadata import (CONFIG, METADATA, REJECTED, dumps_row, filtered_keys, iter_lines, manifest_matches,
                        write_manifest_parquet)
 
 log = get_logger(__name__)
@@ -143,7 +141,7 @@ class OutputDir:
             raise
         self.n_rejected = 0
         self._rejected_seen: set[tuple[str, str]] = set()
-        self._changed = rows_dropped or not self._manifest_matches()
+        self._changed = rows_dropped or not manifest_matches(self.root)
 
     # ---- resume --------------------------------------------------------------------------------
     def _check_same_run(self, config: dict[str, Any], keys: tuple[str, ...]) -> None:
@@ -189,13 +187,6 @@ class OutputDir:
         if dropped or unended:  # the next row must start on a line of its own
             atomic_write(path, "".join(kept))
         return done, dropped > 0
-
-    def _manifest_matches(self) -> bool:
-        """The parquet manifest of a previous run still describes exactly the rows on disk."""
-        try:
-            return pq.read_metadata(self.root / MANIFEST).num_rows == len(self.done)
-        except (FileNotFoundError, OSError, pa.ArrowInvalid):
-            return False
 
     def is_done(self, source_id: str, variant: int) -> bool:
         return (source_id, variant) in self.done or (source_id, variant) in self.filtered
