@@ -65,6 +65,38 @@ def test_weight_command_rewrites_metadata_and_manifest(tmp_path, digit_images):
     assert len(read_rows(syn)) == 240
 
 
+def test_a_rerun_weighs_again_when_the_filters_removed_other_images(tmp_path, digit_images, monkeypatch):
+    # DIAGen's weights average to 1 over a source's kept images: another filtered set means other weights, so
+    # the weight stage of a rerun must not call the folder "unchanged"
+    from genaug.data import Source
+    from genaug.data.metadata import rewrite_rows
+    from genaug.scoring import weighting
+
+    real = make_imagefolder(tmp_path / "real", digit_images, per_class=2)
+    syn = tmp_path / "syn"
+    cli("augment", real, "--method", "flipcrop", "--out", syn, "-n", 3)
+
+    class Probe:  # confidences 0.9 / 0.2 / 0.9 for variants 0 / 1 / 2
+        def folder_probs(self, folder):
+            rows = read_rows(folder)
+            conf = torch.tensor([{0: 0.9, 1: 0.2, 2: 0.9}[r["variant"]] for r in rows])
+            return torch.stack([conf, 1 - conf], 1), torch.zeros(len(rows), dtype=torch.long)
+
+        def describe(self):
+            return {"temperature": 1.0, "backbone_requested": "resnet50"}
+
+    weighting._weight_rows(syn, Probe(), "diagen", 0.2, None)
+    calls = []
+    monkeypatch.setattr(weighting, "weight_synthetic", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(
+        weighting.ConfigError("stopped here")))
+    source = Source(real)
+    assert "unchanged" in weighting.weight_stage(syn, source, backbone="resnet50")["weighting"] and not calls
+    rows = read_rows(syn)
+    rows[2]["filtered"] = "blank"  # a filter run removed one image
+    rewrite_rows(syn, rows)
+    assert "unchanged" not in weighting.weight_stage(syn, source, backbone="resnet50")["weighting"] and calls
+
+
 def test_weight_needs_two_real_images_per_class(tmp_path, digit_images):
     real = make_imagefolder(tmp_path / "real", digit_images, per_class=1)
     cli("augment", real, "--method", "flipcrop", "--out", tmp_path / "syn")

@@ -78,13 +78,21 @@ def _weight_rows(synthetic: Path, probe, rule: str, holdout: float, val: str | P
     probe_record = {k: v for k, v in probe.describe().items() if k != "holdout_accuracy"}
     summary = {"rule": rule, **probe_record,
                "val": str(val) if val is not None else None, "holdout": holdout if val is None else None,
-               "n_synthetic": len(rows), "n_filtered": int(removed.sum()),
+               "n_synthetic": len(rows), "n_filtered": int(removed.sum()), "filtered_digest": _filtered_digest(rows),
                "mean_confidence": float(p.mean()) if len(p) else float("nan"),
                "zero_weight": int((weights == 0).sum()),
                "weight_min": float(weights.min()) if len(rows) else float("nan"),
                "weight_max": float(weights.max()) if len(rows) else float("nan")}
     atomic_write(synthetic / "weighting.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _filtered_digest(rows: list[dict[str, Any]]) -> str:
+    """Which rows a filter removed: the weights average over the others, so another set means weighing again."""
+    import hashlib
+
+    ids = sorted(f"{r['source_id']}\0{r['variant']}" for r in rows if r.get("filtered"))
+    return hashlib.blake2b("\n".join(ids).encode(), digest_size=16).hexdigest()
 
 
 def weight_stage(out: Path, source, rule: str = "diagen", holdout: float = 0.2,
@@ -94,13 +102,15 @@ def weight_stage(out: Path, source, rule: str = "diagen", holdout: float = 0.2,
     A rerun of a folder already weighted the same way (rule, calibration split, backbone) with the same number
     of images does nothing; a folder that cannot be weighted (a class with one real image) keeps weight 1 and
     the report says why."""
-    n_rows = len(read_rows(out))
+    rows = read_rows(out)
+    n_rows = len(rows)
     done = Path(out) / "weighting.json"
     val = str(val) if val is not None else None
     if done.is_file():
         previous = json.loads(done.read_text())
         if (previous.get("n_synthetic") == n_rows and previous.get("rule") == rule and previous.get("val") == val
-                and previous.get("backbone_requested", "mobilenet_v2") == backbone):
+                and previous.get("backbone_requested", "mobilenet_v2") == backbone
+                and previous.get("filtered_digest") == _filtered_digest(rows)):  # the average is over the kept
             return {"weighting": f"unchanged ({n_rows} images already weighted)"}
     try:
         r = weight_synthetic(out, source.root, rule=rule, holdout=holdout, classifier=classifier, seed=seed,
