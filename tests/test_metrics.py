@@ -43,6 +43,18 @@ def test_distances_are_named_by_their_feature_space():
         "fd_mobilenet_v2", "kd_mobilenet_v2", "kd_mobilenet_v2_std"}
 
 
+def test_kernel_distance_is_the_same_on_every_call_and_leaves_the_global_rng_alone():
+    g = torch.Generator().manual_seed(1)
+    real, fake = torch.randn(120, 8, generator=g), torch.randn(120, 8, generator=g) + 0.3  # > 50: subsets drawn
+    torch.manual_seed(5)
+    first = frechet_kernel_distances(real, fake, space="mobilenet_v2")
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert frechet_kernel_distances(real, fake, space="mobilenet_v2") == first and torch.equal(torch.rand(1), after)
+    torch.manual_seed(6)
+    assert frechet_kernel_distances(real, fake, space="mobilenet_v2") == first
+
+
 def _cmmd_numpy(x, y, sigma=10.0, scale=1000.0):
     """The paper's estimator written out pair by pair: scale * (mean k(x, x') + mean k(y, y') - 2 mean k(x, y))."""
     def mean_k(a, b):

@@ -32,6 +32,7 @@ from ..features import FID_FEATURES
 # CMMD's kernel bandwidth and the factor that makes its values readable: the paper's and its reference
 # code's (google-research/google-research, cmmd/distance.py).
 CMMD_SIGMA, CMMD_SCALE = 10.0, 1000.0
+KID_SEED = 0  # the subsets KID averages over: a fixed draw
 
 
 class _Precomputed(nn.Module):
@@ -79,7 +80,8 @@ def distance_keys(space: str) -> tuple[str, str]:
 def frechet_kernel_distances(real: torch.Tensor, fake: torch.Tensor, space: str,
                              kid_subset: int = 50) -> dict[str, float]:
     """Fréchet distance (FID's formula) and the kernel distance (KID's unbiased polynomial-kernel MMD, mean and
-    std over 50 subsets) between two feature sets of `space`, keyed by `distance_keys(space)`."""
+    std over 50 subsets, drawn with a fixed seed: the same features give the same figures) between two feature
+    sets of `space`, keyed by `distance_keys(space)`."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -97,7 +99,9 @@ def frechet_kernel_distances(real: torch.Tensor, fake: torch.Tensor, space: str,
             kid = KernelInceptionDistance(feature=_Precomputed(d), subset_size=subset, subsets=50)
         kid.update(real.double(), real=True)
         kid.update(fake.double(), real=False)
-        mean, std = kid.compute()
+        with torch.random.fork_rng(devices=[]):  # torchmetrics draws the subsets from the global RNG
+            torch.manual_seed(KID_SEED)
+            mean, std = kid.compute()
         out[kd_key], out[f"{kd_key}_std"] = float(mean), float(std)
     return out
 
