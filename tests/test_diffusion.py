@@ -181,6 +181,21 @@ def test_sdxl_textual_inversion_trains_only_the_new_row_of_both_encoders(tiny_mo
     assert "<t>" not in pipe.tokenizer.get_vocab()  # the pipeline itself is untouched
 
 
+def test_sdxl_base_guides_against_zeros_for_an_empty_negative_prompt(tiny_models):
+    # SDXL base sets force_zeros_for_empty_prompt: its own pipeline guides against zero embeddings, not the
+    # encoding of ""; a negative prompt that says something is encoded
+    import torch
+
+    from genaug.components.diffusion import Diffusion
+
+    xl = Diffusion(str(tiny_models["sdxl"]))
+    empty, said = xl.encode("a photo of a cat"), xl.encode("a photo of a cat", "blurry")
+    for k in ("negative_prompt_embeds", "negative_pooled_prompt_embeds"):
+        assert not empty[k].any() and said[k].abs().sum() > 0
+    sd = Diffusion(str(tiny_models["sd15"]))  # SD 1.x has no such setting: "" is encoded
+    assert sd.encode("a photo of a cat")["negative_prompt_embeds"].abs().sum() > 0
+
+
 @pytest.mark.parametrize("method, extra", [
     ("da_fusion", ["ti_steps=2", "strengths=[0.5]"]),
     ("diagen", ["ti_steps=2", "weighting=none"]),

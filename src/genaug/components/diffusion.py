@@ -293,7 +293,10 @@ class Diffusion:
             return self._embeds[key]
         with token_rows(self.pipe, rows):
             out = self.pipe.encode_prompt(prompt=prompt, device=self.device, num_images_per_prompt=1,
-                                          do_classifier_free_guidance=True, negative_prompt=negative_prompt)
+                                          do_classifier_free_guidance=True,
+                                          # None when empty: SDXL base then guides against zeros
+                                          # (force_zeros_for_empty_prompt), as its own pipeline does
+                                          negative_prompt=negative_prompt or None)
         names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
         embeds = {k: v for k, v in zip(names, out) if v is not None}
         if rows is None:

@@ -148,6 +148,9 @@ class SGID(Method):
             if cond.pooled_embeds is not None:  # SDXL
                 embeds |= {"pooled_prompt_embeds": cond.pooled_embeds,
                            "negative_pooled_prompt_embeds": cond.negative_pooled_embeds}
+                if self.sd.pipe.config.get("force_zeros_for_empty_prompt"):  # SDXL base: "" is zeros, as in
+                    for k in ("negative_prompt_embeds", "negative_pooled_prompt_embeds"):  # its own pipeline
+                        embeds[k] = torch.zeros_like(embeds[k])
             self._embeds[weighted] = embeds
         return self._embeds[weighted]
 
