@@ -201,6 +201,9 @@ def test_csv_manifest_with_masks(tmp_path, digit_images):
     with pytest.raises(Rejected, match="file not found"):
         load_example(recs[3], InputConfig())
     assert np.array_equal(np.asarray(load_example(recs[4], InputConfig()).mask), m)  # not all 255
+    Image.fromarray(m // 255).save(tmp_path / "mask.png")  # a 0/1 mask: refused with the mend, not misread
+    with pytest.raises(Rejected, match="no value of 128 or more.*multiply a 0/1 mask by 255"):
+        load_example(recs[0], InputConfig())
 
 
 def test_a_manifest_saved_by_a_spreadsheet_reads_as_written(tmp_path, digit_images):

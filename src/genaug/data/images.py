@@ -179,6 +179,10 @@ def load_mask(path: str | Path | bytes, size: tuple[int, int], cfg: InputConfig)
     # black-and-white mask) does not: the grey levels do
     alpha = im.getchannel("A") if im.mode in _ALPHA_MODES else None
     mask = alpha if alpha is not None and alpha.getextrema() != (255, 255) else im.convert("L")
+    top = mask.getextrema()[1]
+    if 0 < top < 128:  # a 0/1 mask, or a trimap (Oxford Pets' 1/2/3): read as "no subject" it would mislead
+        raise Rejected(f"{name} has no value of 128 or more (its largest is {top}): genaug reads 255 as the subject "
+                       "and 0 as the rest; multiply a 0/1 mask by 255, convert a trimap")
     if mask.size != size:
         raise Rejected(f"{name} is {mask.size[0]}x{mask.size[1]} but the image is {size[0]}x{size[1]}")
     return mask

@@ -165,7 +165,8 @@ class AGA(Method):
         backgrounds_dir: str | None = None  # copy-paste mode: backgrounds drawn from this folder, no diffusion
         steps: int = Field(30, ge=1)
         guidance_scale: float = Field(7.5, ge=0)
-        negative_prompt: str = "{classes}, person, people, animal, text, watermark"
+        # the fixed words first: CLIP reads 77 tokens, and a long class list (37 pet breeds) must not push them out
+        negative_prompt: str = "person, people, animal, text, watermark, {classes}"
         instructions: tuple[str, ...] = INSTRUCTIONS
         backgrounds: tuple[str, ...] = BACKGROUNDS
         temporal: tuple[str, ...] = TEMPORAL
