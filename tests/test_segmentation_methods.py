@@ -185,13 +185,23 @@ def test_inpaint_repaints_only_its_region(cutouts, tmp_path, tiny_models, mode):
 
 
 def test_inpaint_with_textual_inversion_tokens(cutouts, tmp_path, tiny_models):
+    import json
+    import shutil
+
+    # the token base with SD 1.5's own scheduler (PNDM, which takes no eta): the sampling options are the
+    # inpainting model's, never applied to the base, which only lends its tokens
+    base = shutil.copytree(tiny_models["sd15"], tmp_path / "sd15-pndm")
+    config = json.loads((base / "scheduler" / "scheduler_config.json").read_text())
+    (base / "scheduler" / "scheduler_config.json").write_text(json.dumps({**config, "_class_name": "PNDMScheduler"}))
+    index = json.loads((base / "model_index.json").read_text())
+    (base / "model_index.json").write_text(json.dumps({**index, "scheduler": ["diffusers", "PNDMScheduler"]}))
     out = tmp_path / "ti"
     cli("augment", cutouts, "--out", out, "--method", "inpaint", "-n", 1, f"model={tiny_models['sd15-inpaint']}",
-        "steps=2", f"tokens_from={tiny_models['sd15']}", "ti_steps=2", "resolution=32", "mode=foreground")
+        "steps=2", f"tokens_from={base}", "ti_steps=2", "resolution=32", "mode=foreground", "scheduler=ddim", "eta=0.3")
     rows = read_rows(out)
     tokens = {r["label"]: r["params"]["prompt"].removeprefix("a photo of a ") for r in rows}
     assert set(tokens.values()) == {"<genaug-class-0>", "<genaug-class-1>"}
-    assert rows[0]["models"]["tokens_from"]["id"] == str(tiny_models["sd15"])
+    assert rows[0]["models"]["tokens_from"]["id"] == str(base)
     res = cli("augment", cutouts, "--out", tmp_path / "x", "--method", "inpaint", f"model={tiny_models['sd15-inpaint']}",
               "prompt=a photo of a {token}", expect=2)
     assert "tokens_from" in res.output

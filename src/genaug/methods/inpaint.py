@@ -88,9 +88,11 @@ class Inpaint(Method):
         self.masker = c.masker(c.device)
         self.tokens: dict[str, str] = {}
         # the base model of the tokens, loaded now: models resolve against --models while the method is built
+        # only lends its tokens, never generates: none of the sampling options (scheduler, eta, DeepCache,
+        # compile, LoRA) apply to it, whatever its own scheduler takes
         self.base = (c.diffusion(c.tokens_from, c.tokens_revision, scheduler=None, safety_checker=False, lora=None,
-                                 lora_revision=None, lora_scale=1.0)
-                     if c.tokens_from else None)  # only lends its tokens: never generates
+                                 lora_revision=None, lora_scale=1.0, eta=None, deepcache_interval=1, compile=False)
+                     if c.tokens_from else None)
 
     def models(self) -> dict[str, dict[str, str]]:
         out = self.sd.models()
