@@ -109,6 +109,12 @@ def test_diagen_prompts_from_an_openai_compatible_endpoint(src, tmp_path, tiny_m
     assert [p for p, s in method.write_prompts("1") if s == "llm"] == ["a photo of a {token} and a 0"]
     prompts = method.write_prompts("1", ("0", "1"))
     assert [s for _, s in prompts] == ["template"] * 4
+    # a class whose name holds another's: "dog" inside "hot dog" is this class, not the other one
+    ChatServer.answer = "a photo of a hot dog on a plate\na photo of a dog and a hot dog\n"
+    method = DIAGen(DIAGen.Config(model=str(tiny_models["sd15"]), resolution=32, llm=chat_server,
+                                  prompts_per_class=1))
+    assert method.write_prompts("hot dog", ("dog", "hot dog")) == [("a photo of a {token} on a plate", "llm")]
+    assert method.write_prompts("dog", ("dog", "hot dog"))[0][1] == "template"  # both lines name a hot dog
     ChatServer.answer = "\x00\x01 garbage without any class"
     assert all(s == "template" for _, s in DIAGen(DIAGen.Config(
         model=str(tiny_models["sd15"]), resolution=32, llm=chat_server, prompt_seed=1)).write_prompts("0"))

@@ -163,7 +163,11 @@ class DIAGen(DAFusion):
                            .replace("{n}", str(k + 5)))  # a few spare: some lines may lack the class name
             pattern, others = _word_pattern(label), [_word_pattern(o) for o in other_labels if o != label]
             for line in self.llm.complete(instruction, seed=derive_seed(c.prompt_seed, f"diagen-llm/{label}", 0)):
-                if len(pattern.findall(line)) != 1 or "{" in line or "}" in line or any(o.search(line) for o in others):
+                own = [m.span() for m in pattern.finditer(line)]
+                # another class named outside this one's own name ("dog" inside "hot dog" is not "dog")
+                other = any(not any(a <= m.start() and m.end() <= b for a, b in own)
+                            for o in others for m in o.finditer(line))
+                if len(own) != 1 or "{" in line or "}" in line or other:
                     continue  # DIAGen keeps prompts that name the class; exactly once, so the token is the subject
                 found.append((pattern.sub("{token}", line), "llm"))
                 if len(found) == k:
