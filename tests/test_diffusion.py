@@ -32,6 +32,14 @@ def test_bad_real_guidance_options(src, tmp_path, tiny_models, args, message):
     assert message in res.output
 
 
+@pytest.mark.parametrize("method", ["da_fusion", "diagen"])
+def test_too_few_steps_for_a_strength_is_refused_before_any_token_trains(method, src, tmp_path, tiny_models):
+    res = cli("augment", src, "--method", method, "--out", tmp_path / "o", f"model={tiny_models['sd15']}",
+              "resolution=32", "steps=4", "strengths=[0.1, 0.5]", "ti_steps=50", expect=2)
+    assert "steps x strength must be at least 1 (got 4 x 0.1)" in " ".join(res.output.split())
+    assert not (tmp_path / "o" / "metadata.jsonl").exists()
+
+
 def test_default_hub_model_offline_is_a_clear_error(src, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     res = cli("augment", src, "--method", "real_guidance", "--out", tmp_path / "o", expect=2)

@@ -38,6 +38,10 @@ class DAFusion(Method):
         c = self.config
         if "{token}" not in c.prompt:
             raise ConfigError("da_fusion: prompt must contain {token}")
+        short = [s for s in c.strengths if int(c.steps * s) < 1]
+        if short:  # now, not after the classes' tokens have trained
+            raise ConfigError(f"{self.name}: steps x strength must be at least 1 (got {c.steps} x {short[0]}): "
+                              "more steps, or larger strengths")
         self.sd = c.diffusion(c.model, c.revision)
         self.tokens: dict[str, str] = {}
 
