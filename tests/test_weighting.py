@@ -34,6 +34,18 @@ def test_temperature_scaling_lowers_held_out_nll():
     assert t2 < 1 and a2 < b2
 
 
+def test_a_calibration_set_classified_perfectly_keeps_the_temperature_at_its_bound():
+    # the NLL of a perfectly separated set falls for ever as T -> 0: unbounded, DIAGen's weights became a filter
+    from genaug.scoring.probe import T_MIN, temperature_note
+
+    targets = torch.arange(10)
+    logits = torch.zeros(10, 10)
+    logits[targets, targets] = 1.2  # every one right, each at p ~ 0.25
+    t, before, after = fit_temperature(logits, targets)
+    assert t == pytest.approx(T_MIN) and after < before and "bound 0.1" in temperature_note(t)
+    assert temperature_note(1.7) is None
+
+
 def test_weight_command_rewrites_metadata_and_manifest(tmp_path, digit_images):
     real = make_imagefolder(tmp_path / "real", digit_images, per_class=20)
     syn = tmp_path / "syn"

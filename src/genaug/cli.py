@@ -481,6 +481,7 @@ def weight(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the summary as JSON")] = None,
 ) -> None:
     """Weight synthetic images by a calibrated real-data classifier's confidence (DIAGen's weighting)."""
+    from .scoring.probe import temperature_note
     from .scoring.weighting import weight_synthetic
 
     try:
@@ -498,6 +499,8 @@ def weight(
                f"({r['classifier']['model']}, {r['classifier']['image_size']} px)")
     if r["backbone_fallback"]:
         typer.echo(f"note: {r['backbone_fallback']}")
+    if temperature_note(r["temperature"]):
+        typer.echo(f"note: {temperature_note(r['temperature'])}")
     _write_json(json_out, r)
 
 

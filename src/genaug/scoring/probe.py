@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,19 +74,37 @@ def resolve_classifier(backbone: str = "resnet50", overrides: dict[str, Any] | N
     return cfg, used, fallback
 
 
+# The temperature is kept in [T_MIN, T_MAX]. On a calibration set the classifier gets entirely right (a few-shot
+# hold-out of one image a class often is), the NLL falls for ever as T -> 0: unbounded, T reached 0.02 and every
+# synthetic image whose label was not the classifier's first choice got weight ~0 (DIAGen's rule turned into a
+# hard filter). At the bound the report says so.
+T_MIN, T_MAX = 0.1, 10.0
+
+
+def temperature_note(t: float) -> str | None:
+    """What a user should know about a fitted temperature at one of its bounds; None inside them."""
+    bound = next((b for b in (T_MIN, T_MAX) if math.isclose(t, b, rel_tol=1e-4)), None)
+    if bound is None:
+        return None
+    return (f"temperature at its bound {bound:g}: the calibration NLL kept falling (a calibration set the classifier "
+            f"gets {'all right' if bound == T_MIN else 'badly wrong'}, often a tiny one); a larger validation "
+            "split calibrates better")
+
+
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, steps: int = 100) -> tuple[float, float, float]:
-    """`(T, NLL at T = 1, NLL at T)` for held-out logits (LBFGS on log T, T kept positive)."""
+    """`(T, NLL at T = 1, NLL at T)` for held-out logits (LBFGS on log T; T kept in [T_MIN, T_MAX])."""
     log_t = torch.zeros(1, requires_grad=True)
+    bounds = (math.log(T_MIN), math.log(T_MAX))
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), targets)
+        loss = F.cross_entropy(logits / log_t.clamp(*bounds).exp(), targets)
         loss.backward()
         return loss
 
     opt.step(closure)
-    t = float(log_t.detach().exp())
+    t = float(log_t.detach().clamp(*bounds).exp())
     with torch.no_grad():
         return t, float(F.cross_entropy(logits, targets)), float(F.cross_entropy(logits / t, targets))
 

@@ -24,6 +24,7 @@ from ..core.config import ConfigError
 from ..core.files import atomic_write
 from ..data.metadata import read_rows, rewrite_rows
 from ..data.writer import folder_locked
+from .probe import temperature_note
 from .probe import fit_probe
 
 
@@ -128,4 +129,6 @@ def weight_stage(out: Path, source, rule: str = "diagen", holdout: float = 0.2,
               "mean_confidence": round(r["mean_confidence"], 4), "zero_weight": r["zero_weight"]}
     if r["backbone_fallback"]:
         report["weight_classifier_fallback"] = r["backbone_fallback"]
+    if temperature_note(r["temperature"]):
+        report["temperature_note"] = temperature_note(r["temperature"])
     return report
