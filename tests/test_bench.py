@@ -99,17 +99,23 @@ def test_bad_bench_configs(tmp_path, change, message):
     assert message in cli("bench", cfg, "--out", tmp_path / "r", expect=2).output
 
 
+def _small_bench(tmp_path, val: int, method: str):
+    """A bench config of 2 shots, one seed, one arm beside real, one short epoch; no budget (the methods' M)."""
+    small = {**BENCH, "data": {**BENCH["data"], "pool_per_class": 6, "test_per_class": 2},
+             "splits": {"shots": [2], "seeds": [0], "val": val}, "methods": [{"method": method}],
+             "train": {"epochs": 1, "image_size": 16, "batch_size": 8, "min_steps": 0}}
+    del small["budget"], small["synthetic_probs"]
+    cfg = tmp_path / "b.yaml"
+    cfg.write_text(yaml.safe_dump(small))
+    return cfg
+
+
 def test_each_generator_gets_its_own_m_unless_a_budget_is_given(tmp_path):
     """budget: unset -> each generator writes its paper's M (the method's default_n); budget=N -> N for all.
     The budget and the synthetic share each arm actually used are in results.csv."""
     from genaug.methods import get_method_class
 
-    cfg = tmp_path / "b.yaml"
-    small = {**BENCH, "data": {**BENCH["data"], "pool_per_class": 6, "test_per_class": 2},
-             "splits": {"shots": [2], "seeds": [0], "val": 0}, "methods": [{"method": "randaugment"}],
-             "train": {"epochs": 1, "image_size": 16, "batch_size": 8, "min_steps": 0}}
-    del small["budget"], small["synthetic_probs"]
-    cfg.write_text(yaml.safe_dump(small))
+    cfg = _small_bench(tmp_path, val=0, method="randaugment")
     cli("bench", cfg, "--out", tmp_path / "own")
     own = pd.read_csv(tmp_path / "own" / "results.csv").set_index("arm")
     m = get_method_class("randaugment").default_n
@@ -130,12 +136,7 @@ def test_each_generator_gets_its_own_m_unless_a_budget_is_given(tmp_path):
 def test_a_bench_rerun_retrains_what_reads_data_changed_in_place(tmp_path):
     """Cached runs are keyed by what their files hold, not only their paths: a split rewritten with another
     validation size is new data, and the runs on it train again."""
-    cfg = tmp_path / "b.yaml"
-    small = {**BENCH, "data": {**BENCH["data"], "pool_per_class": 6, "test_per_class": 2},
-             "splits": {"shots": [2], "seeds": [0], "val": 1}, "methods": [{"method": "mixup"}],
-             "train": {"epochs": 1, "image_size": 16, "batch_size": 8, "min_steps": 0}}
-    del small["budget"], small["synthetic_probs"]
-    cfg.write_text(yaml.safe_dump(small))
+    cfg = _small_bench(tmp_path, val=1, method="mixup")
     cli("bench", cfg, "--out", tmp_path / "run")
     rows = {p: p.stat().st_mtime_ns for p in (tmp_path / "run" / "runs").rglob("bench_row.json")}
     assert len(rows) == 2
