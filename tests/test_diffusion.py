@@ -192,8 +192,6 @@ def test_sdxl_textual_inversion_trains_only_the_new_row_of_both_encoders(tiny_mo
 def test_sdxl_base_guides_against_zeros_for_an_empty_negative_prompt(tiny_models):
     # SDXL base sets force_zeros_for_empty_prompt: its own pipeline guides against zero embeddings, not the
     # encoding of ""; a negative prompt that says something is encoded
-    import torch
-
     from genaug.components.diffusion import Diffusion
 
     xl = Diffusion(str(tiny_models["sdxl"]))
@@ -555,16 +553,21 @@ def test_eta_reaches_tcd_and_is_refused_where_the_scheduler_takes_none(tiny_mode
         PipelineOptions(resolution=32, scheduler="euler", eta=0.3).diffusion(str(tiny_models["sd15"]), None)
 
 
-def test_deepcache_reuses_features_but_never_across_calls(tiny_models, digit_images):
-    import numpy as np
-
+def _plain_and_deepcache(tiny_models):
+    """The tiny SD 1.5 twice, fresh: as is, and with DeepCache every 3 steps."""
     from genaug.components.diffusion import PipelineOptions
 
     pytest.importorskip("DeepCache")
-    images = [im.convert("RGB") for im in digit_images[0][:2]]
     model = str(tiny_models["sd15"])
-    plain = PipelineOptions(resolution=32, micro_batch=1).diffusion(model, None)
-    cached = PipelineOptions(resolution=32, micro_batch=1, deepcache_interval=3).diffusion(model, None)
+    return (PipelineOptions(resolution=32, micro_batch=1).diffusion(model, None),
+            PipelineOptions(resolution=32, micro_batch=1, deepcache_interval=3).diffusion(model, None))
+
+
+def test_deepcache_reuses_features_but_never_across_calls(tiny_models, digit_images):
+    import numpy as np
+
+    images = [im.convert("RGB") for im in digit_images[0][:2]]
+    plain, cached = _plain_and_deepcache(tiny_models)
     fresh = _img2img(cached, images[1:], strength=0.5, steps=8)[0]
     assert not np.array_equal(fresh, _img2img(plain, images[1:], strength=0.5, steps=8)[0])  # features were reused
     _img2img(cached, images[:1], strength=1.0, steps=8)  # another image, another start step: its cache must not leak
@@ -576,14 +579,10 @@ def test_deepcache_leaves_the_unet_plain_for_textual_inversion(tiny_models, digi
     # their own: DeepCache must be on only inside pipeline calls, before and after one
     import torch
 
-    from genaug.components.diffusion import PipelineOptions
     from genaug.components.textual_inversion import learn_token
 
-    pytest.importorskip("DeepCache")
     images = [im.convert("RGB") for im in digit_images[0][:4]]
-    model = str(tiny_models["sd15"])
-    plain = PipelineOptions(resolution=32, micro_batch=1).diffusion(model, None)
-    cached = PipelineOptions(resolution=32, micro_batch=1, deepcache_interval=3).diffusion(model, None)
+    plain, cached = _plain_and_deepcache(tiny_models)
     want, _ = learn_token(plain.pipe, images, "<t0>", "cat", steps=4, resolution=32, progress=False)
     for _ in range(2):  # before any pipeline call, then after one
         got, _ = learn_token(cached.pipe, images, "<t0>", "cat", steps=4, resolution=32, progress=False)
