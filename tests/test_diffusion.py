@@ -120,12 +120,46 @@ def test_nucleus_captions_do_not_depend_on_where_the_model_was_loaded_from(tiny_
     from genaug.components.captioner import Captioner
     from PIL import Image
 
-    moved = shutil.copytree(tiny_models["blip"], tmp_path / "elsewhere" / "blip")
+    # copied without its modification times: another cache entry, so the second captions again, same draw
+    moved = shutil.copytree(tiny_models["blip"], tmp_path / "elsewhere" / "blip", copy_function=shutil.copy)
     img = Image.new("RGB", (20, 20), (200, 30, 90))
     here, there = Captioner(str(tiny_models["blip"])), Captioner(str(moved))
-    assert here.id != there.id  # two cache entries, one per path: the second captions again, with the same draw
+    assert here.model_key != there.model_key
     assert here.captions(img, 0, 6) == there.captions(img, 0, 6)
     assert there.cache.hits == 0
+    kept = shutil.copytree(tiny_models["blip"], tmp_path / "kept" / "blip")  # times kept: the same entry
+    again = Captioner(str(kept))
+    assert again.captions(img, 0, 6) == here.captions(img, 0, 6) and again.cache.hits == 1
+
+
+def test_captions_are_keyed_by_each_option_and_by_what_a_model_folder_holds(tiny_models, tmp_path):
+    """(n_beam 11, n_nucleus 0) and (1, 10) are two requests; weights re-saved into the same folder are
+    captioned again, not answered from the cache of the old weights."""
+    import shutil
+
+    import torch
+    from PIL import Image
+    from transformers import BlipForConditionalGeneration
+
+    from genaug.components.captioner import Captioner
+
+    img = Image.new("RGB", (20, 20), (90, 30, 200))
+    folder = shutil.copytree(tiny_models["blip"], tmp_path / "blip")
+    cap = Captioner(str(folder))
+    beams = cap.captions(img, 11, 0)
+    mixed = cap.captions(img, 1, 10)
+    assert cap.cache.hits == 0 and cap.cache.misses == 2
+    assert mixed == cap._generate(img, 1, 10, 0.9) and len(beams) >= 1
+
+    model = BlipForConditionalGeneration.from_pretrained(folder)
+    with torch.no_grad():
+        for p in model.text_decoder.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.5)
+    model.save_pretrained(folder)  # retrained in place
+    retrained = Captioner(str(folder))
+    assert retrained.model_key != cap.model_key
+    fresh = retrained.captions(img, 11, 0)
+    assert retrained.cache.hits == 0 and fresh == retrained._generate(img, 11, 0, 0.9)
 
 
 def test_textual_inversion_lowers_its_loss_and_changes_only_the_new_row(tiny_models, digit_images):

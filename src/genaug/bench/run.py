@@ -35,6 +35,7 @@ import yaml
 from pydantic import Field
 
 from ..core.config import ConfigError, build_config, config_dataclass, config_hash, to_dict
+from ..core.files import folder_stamp
 from ..data.builtin import BUILTIN, export_builtin
 from ..data.metadata import FILTERED, METADATA
 from ..data.sources import Record
@@ -295,9 +296,7 @@ def contents(src: str | Path | None) -> str | None:
         for q in (p / METADATA, p / FILTERED):
             h.update(q.read_bytes() if q.is_file() else b"-")
     elif p.is_dir():
-        for q in sorted(x for x in p.rglob("*") if x.is_file()):
-            st = q.stat()
-            h.update(f"{q.relative_to(p).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return folder_stamp(p)
     else:
         return str(src)
     return h.hexdigest()

@@ -8,12 +8,15 @@ captions on any machine, from any path, in any batch.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+
 import torch
 from PIL import Image
 
 from ..core.devices import model_dtype, resolve_device
 from ..data.cache import Cache, content_key
-from .hub import load_pretrained, local_override
+from .hub import load_pretrained, local_override, model_key
 
 BLIP_MODEL = "Salesforce/blip-image-captioning-base"
 BLIP_REVISION = "82a37760796d32b1411fe092ab5d4e227313294b"
@@ -32,6 +35,7 @@ class Captioner:
                                      dtype=dtype).to(self.device).eval()
         self.processor = load_pretrained(BlipProcessor, model, self.revision, role="captioner", weights=False)
         self.max_new_tokens = max_new_tokens
+        self.model_key = model_key(model, self.revision)
         self.cache = Cache("captions")
 
     @staticmethod
@@ -41,7 +45,7 @@ class Captioner:
     @torch.no_grad()
     def captions(self, image: Image.Image, n_beam: int = 10, n_nucleus: int = 10, top_p: float = 0.9) -> list[str]:
         """`n_beam` beam-search captions then `n_nucleus` nucleus-sampled ones (duplicates kept out)."""
-        key = content_key(image, self.id, self.revision, n_beam, n_nucleus, top_p, self.max_new_tokens)
+        key = content_key(image, self.model_key, n_beam, n_nucleus, top_p, self.max_new_tokens)
         return self.cache.get_or_put(key, lambda: self._generate(image, n_beam, n_nucleus, top_p))
 
     def _generate(self, image: Image.Image, n_beam: int, n_nucleus: int, top_p: float) -> list[str]:
@@ -53,9 +57,20 @@ class Captioner:
                                       max_new_tokens=self.max_new_tokens)
             out += self.processor.batch_decode(ids, skip_special_tokens=True)
         if n_nucleus:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(content_key(image, n_nucleus, top_p, self.max_new_tokens)[:15], 16))
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(_nucleus_seed(image, n_nucleus, top_p, self.max_new_tokens))
                 ids = self.model.generate(pixel_values=px, do_sample=True, top_p=top_p, top_k=0,
                                           num_return_sequences=n_nucleus, max_new_tokens=self.max_new_tokens)
             out += self.processor.batch_decode(ids, skip_special_tokens=True)
         return list(dict.fromkeys(c for c in map(self._clean, out) if c))
+
+
+def _nucleus_seed(image: Image.Image, *numbers) -> int:
+    """The seed of an image's nucleus sampling: its pixels and the sampling options (numbers), hashed as genaug
+    always has (kept byte for byte, so captions, and SGID's images, do not change between versions)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{image.mode}{image.size}".encode())
+    h.update(image.tobytes())
+    for n in numbers:
+        h.update(json.dumps(n).encode())
+    return int(h.hexdigest()[:15], 16)

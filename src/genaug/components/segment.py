@@ -22,7 +22,7 @@ from ..core.config import config_dataclass
 from ..core.devices import resolve_device
 from ..core.files import atomic_path
 from ..data.cache import Cache, content_key
-from .hub import load_pretrained, local_override
+from .hub import load_pretrained, local_override, model_key
 
 GDINO_MODEL = "IDEA-Research/grounding-dino-tiny"
 GDINO_REVISION = "a2bb814dd30d776dcf7e30523b00659f4f141c71"
@@ -64,6 +64,8 @@ class SubjectMasks:
         self.phrases = dict(phrases or {})
         self.device = resolve_device(device)
         self._models = None  # loaded on the first image without a dataset mask
+        self.model_keys = (model_key(self.detector_id, self.detector_revision),
+                           model_key(self.segmenter_id, self.segmenter_revision))
         self.cache = Cache("masks")
 
     def describe(self) -> dict[str, dict[str, str]]:
@@ -89,8 +91,7 @@ class SubjectMasks:
         if dataset_mask is not None:
             return dataset_mask, {"mask_source": "dataset"}
         phrase = self.phrases.get(label, self.phrase).format(label=" ".join(label.replace("_", " ").split()))
-        key = content_key(image, phrase, self.detector_id, self.detector_revision, self.segmenter_id,
-                          self.segmenter_revision, self.box_threshold, self.text_threshold)
+        key = content_key(image, phrase, *self.model_keys, self.box_threshold, self.text_threshold)
 
         def segment() -> dict[str, Any]:  # the PNG is in place before its JSON, which marks the entry complete
             mask, info = self._segment(image, phrase)

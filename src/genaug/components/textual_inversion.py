@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..core.config import ConfigError, config_dataclass
 from ..data.cache import Cache
 from ..core.log import bar_disabled, dropping
+from .hub import model_key
 
 # DA-Fusion's (and DIAGen's) `imagenet_templates_small`, fine_tune.py: the prompts a class token trains under
 TEMPLATES = ("a photo of a {}", "a rendering of a {}", "a cropped photo of the {}", "the photo of a {}",
@@ -228,10 +229,10 @@ def _learn_to_file(pipe, images: list[Image.Image], token: str, label: str, opti
 
 def _token_file(images: list[Image.Image], label: str, token: str, model: tuple, options: dict[str, Any],
                 recipe: str, learn) -> Path:
-    """The cached token file of (the class's images, label, token, model, options, recipe); `learn(path)` writes
-    it when missing. A second run needing the same token waits for the first's file instead of training again."""
-    key = hashlib.blake2b(repr((_images_digest(images), label, token, *model, sorted(options.items()),
-                                recipe)).encode(), digest_size=16).hexdigest()
+    """The cached token file of (the class's images, label, token, model = (id, revision, *more), options,
+    recipe) — the model by `model_key`, what it holds —; `learn(path)` writes it when missing. A second run needing the same token waits for the first's file instead of training again."""
+    key = hashlib.blake2b(repr((_images_digest(images), label, token, model_key(*model[:2]), *model[2:],
+                                sorted(options.items()), recipe)).encode(), digest_size=16).hexdigest()
     return Cache("textual_inversion").get_or_create(key, ".safetensors", learn)
 
 

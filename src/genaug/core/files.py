@@ -34,3 +34,17 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
         else:
             tmp.write_text(data, encoding="utf-8")
     return Path(path)
+
+
+def folder_stamp(folder: str | Path) -> str:
+    """A digest of a folder's file names (relative), sizes and modification times: changes when any file is
+    added, removed, rewritten or resized, without reading the files (a model folder can hold gigabytes). The
+    same folder copied elsewhere with its times kept (`cp -p`, `shutil.copytree`) has the same stamp."""
+    import hashlib
+
+    root = Path(folder)
+    h = hashlib.blake2b(digest_size=16)
+    for q in sorted(x for x in root.rglob("*") if x.is_file()):
+        st = q.stat()
+        h.update(f"{q.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()

@@ -1,8 +1,9 @@
 """The one on-disk cache: captions, LLM completions, CLIP similarities, subject masks, learned tokens.
 
 Everything lives under `cache_root()` (`GENAUG_CACHE`, default `~/.cache/genaug`), one folder per cache:
-`<root>/<name>/<key[:2]>/<key><suffix>`. A key is a content hash of the inputs, the options and the model
-revisions (`content_key`), so a changed input or model is a new entry, never a stale one. JSON values and
+`<root>/<name>/<key[:2]>/<key><suffix>`. A key is a content hash of the inputs, the options and the models
+(`content_key`; a model by `components.hub.model_key`: a hub id's revision, a local folder's files), so a
+changed input or model is a new entry, never a stale one. JSON values and
 binary artefacts are written atomically, and an entry being computed is locked (`<key>.lock` beside it), so
 two runs that need the same entry compute it once: the second waits, then reads the first's result.
 """
@@ -25,12 +26,12 @@ def cache_root() -> Path:
 
 
 def content_key(image, *parts) -> str:
-    """A hash of an image's pixels (mode, size, bytes) and of JSON-able `parts` (options, model ids, revisions)."""
+    """A hash of an image's pixels (mode, size, bytes) and of JSON-able `parts` (options, model keys), encoded
+    as one JSON list: parts are delimited (`1, 10` and `11, 0` are two keys)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{image.mode}{image.size}".encode())
     h.update(image.tobytes())
-    for p in parts:
-        h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    h.update(json.dumps(list(parts), sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 

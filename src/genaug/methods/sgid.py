@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from ..components.captioner import BLIP_MODEL, Captioner
 from ..components.clip import Clip
 from ..components.diffusion import SD15_MODEL, PipelineOptions
+from ..components.hub import model_key
 from ..core.config import ConfigError, config_dataclass, range_option
 from ..data.cache import Cache, content_key
 from .registry import register_method
@@ -99,6 +100,7 @@ class SGID(Method):
         self.captioner = Captioner(c.captioner, c.captioner_revision, c.device)
         self.clip = Clip(c.clip, c.clip_revision or (CLIP_B32_REVISION if c.clip == CLIP_B32 else None), c.device)
         self.similarities = Cache("sgid-clip")
+        self.clip_key = model_key(self.clip.id, self.clip.revision)
         from compel import CompelForSD, CompelForSDXL
 
         self.compel = (CompelForSDXL if self.sd.is_xl else CompelForSD)(self.sd.pipe)
@@ -112,7 +114,7 @@ class SGID(Method):
     def best_caption(self, image) -> tuple[str, float]:
         c = self.config
         captions = self.captioner.captions(image, c.n_beam, c.n_nucleus, c.top_p)
-        key = content_key(image, self.clip.id, self.clip.revision, captions)
+        key = content_key(image, self.clip_key, captions)
 
         def best() -> list:
             sims = self.clip.image_text_similarity([image] * len(captions), captions).tolist()
