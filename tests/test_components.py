@@ -44,6 +44,101 @@ def test_missing_hub_model_offline_is_a_quick_clear_error(monkeypatch):
     assert time.perf_counter() - t < 5
 
 
+def test_offline_is_read_as_huggingface_hub_reads_it(monkeypatch):
+    """HF_HUB_OFFLINE=ON is offline to huggingface_hub, so to genaug too: the error says so, at once."""
+    from genaug.components import hub
+
+    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "ON")
+    with pytest.raises(ModelNotAvailable, match="HF_HUB_OFFLINE is set"):
+        Clip("org/not-cached", revision="0123abc")
+    with pytest.raises(ModelNotAvailable) as e:
+        Clip("org/not-cached", revision="0123abc")
+    assert "hf download org/not-cached --revision 0123abc --local-dir DIR" in str(e.value)
+
+
+def test_the_hub_is_reached_through_the_environments_proxy(monkeypatch):
+    """A machine that reaches the hub only through HTTPS_PROXY / HTTP_PROXY is online: a download goes there."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from huggingface_hub import constants
+
+    from genaug.components import hub
+
+    class Proxy(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", "http://hub.invalid")
+        for var in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        assert not hub._hub_reachable(timeout=2)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.server_address[1]}")
+        assert hub._hub_reachable(timeout=2)
+        monkeypatch.delenv("HTTP_PROXY")
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")  # plain http
+        assert hub._hub_reachable(timeout=2)
+    finally:
+        server.shutdown()
+
+
+def test_a_partly_downloaded_cache_entry_is_completed_from_the_hub_or_named(tiny, tmp_path, monkeypatch):
+    """The model's weights are in the HF cache but not its processor (fetched alone by another tool): offline,
+    the error says the entry is partial; online, genaug asks the hub for the rest instead of failing on the cache."""
+    import shutil
+
+    from genaug.components import hub
+
+    rev = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "hub" / "models--org--clip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(rev)
+    snap = repo / "snapshots" / rev
+    snap.mkdir(parents=True)
+    for f in ("config.json", "model.safetensors"):  # the model, without tokenizer / processor files
+        shutil.copy(tiny / "clip" / f, snap / f)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(ModelNotAvailable, match="only partly in the local cache and HF_HUB_OFFLINE is set"):
+        Clip("org/clip")
+    asked = []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=3.0: asked.append(1) or True)
+    with pytest.raises(ModelNotAvailable, match="could not load 'org/clip' from the hub"):
+        Clip("org/clip")  # this machine has no hub: the second try fails, naming where it looked
+    assert asked
+
+
+def test_a_missing_folder_that_looks_like_a_hub_id_names_its_neighbours(tmp_path, monkeypatch):
+    (tmp_path / "models" / "clip").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotAvailable, match=r"Nor is it a directory: models/ holds clip"):
+        Clip("models/clp")
+
+
+def test_local_model_folders_are_keyed_by_what_they_hold(tiny, tmp_path):
+    import shutil
+
+    from transformers import CLIPModel
+
+    from genaug.components.hub import model_key
+
+    copy = shutil.copytree(tiny / "clip", tmp_path / "a" / "clip")  # times kept: the same weights, same key
+    assert model_key(str(copy)) == model_key(str(tiny / "clip")) != model_key("org/clip", "abc")
+    CLIPModel.from_pretrained(copy).save_pretrained(copy)  # re-saved in place
+    assert model_key(str(copy)) != model_key(str(tiny / "clip"))
+    assert model_key("org/clip", "abc") != model_key("org/clip", "abd")
+
+
 def test_missing_local_directory(tmp_path):
     with pytest.raises(ModelNotAvailable, match="not found"):
         Clip(str(tmp_path / "nope" / "clip"))

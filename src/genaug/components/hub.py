@@ -10,12 +10,11 @@ import contextlib
 import contextvars
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from ..core.config import ConfigError
+from ..core.files import folder_stamp
 from ..core.log import get_logger
 
 log = get_logger(__name__)
@@ -50,28 +49,51 @@ def local_override(component: str, model: str) -> str:
     return model if local is None or Path(model).expanduser().is_dir() else str(local)
 
 
+def model_key(model: str, revision: str | None = None) -> str:
+    """What a cached result computed with `model` is keyed by: a hub id at its revision; a local directory by
+    what it holds (its files' names, sizes and modification times, `folder_stamp`), not by where it is — so
+    weights re-saved into the same folder are a new key, never a stale hit, and the same folder under
+    another `--models` path is the same key."""
+    path = Path(model).expanduser()
+    return f"local:{folder_stamp(path)}" if path.is_dir() else f"{model}@{revision or 'main'}"
+
+
 class ModelNotAvailable(ConfigError):
     """A pretrained model could not be loaded; the message says how to get it."""
 
 
 def offline() -> bool:
-    """HF_HUB_OFFLINE is set: nothing may be downloaded."""
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, as huggingface_hub reads it: nothing may be downloaded."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return value.upper() in constants.ENV_VARS_TRUE_VALUES
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One HEAD request to the hub's endpoint (`HF_ENDPOINT`), through the proxies the environment names, as a
+    download would go: any HTTP answer means reachable; no answer within `timeout` s means not."""
+    import urllib.error
+    import urllib.request
+
     from huggingface_hub import constants
 
-    url = urlparse(constants.ENDPOINT)
     try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
+        opener = urllib.request.build_opener()  # reads the proxy variables now (urlopen's opener keeps its first)
+        opener.open(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return True  # the server answered, if only with an error status
+    except (OSError, ValueError):
         return False
+    return True
 
 
-def resolve(model: str, revision: str | None = None) -> tuple[str, dict[str, Any], str]:
-    """`(what to pass to from_pretrained, extra kwargs, where it was looked for)`."""
+_CACHED = "the Hugging Face cache"
+
+
+def resolve(model: str, revision: str | None = None, cache: bool = True) -> tuple[str, dict[str, Any], str]:
+    """`(what to pass to from_pretrained, extra kwargs, where it was looked for)`: a local directory, the
+    Hugging Face cache (unless `cache=False`), or the hub when it can be reached."""
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -79,20 +101,27 @@ def resolve(model: str, revision: str | None = None) -> tuple[str, dict[str, Any
         return str(path), {}, f"local directory {path}"
     if model.startswith((".", "/", "~")) or os.sep in model.strip("/").split("/", 1)[-1]:
         raise ModelNotAvailable(f"model directory not found: {model}")
-    from huggingface_hub import snapshot_download
+    if cache:
+        from huggingface_hub import snapshot_download
 
-    try:  # already in the local cache (HF_HOME): load it from there, no network at all
-        local = snapshot_download(model, revision=revision, local_files_only=True)
-        return local, {}, f"the Hugging Face cache ({local})"
-    except Exception:  # noqa: BLE001 - any failure here just means "not cached"
-        pass
-    where = f"the Hugging Face cache (HF_HOME) and the hub, as {model!r} at revision {revision or 'main'}"
+        try:  # already in the local cache (HF_HOME): load it from there, no network at all
+            local = snapshot_download(model, revision=revision, local_files_only=True)
+            return local, {}, f"{_CACHED} ({local})"
+        except Exception:  # noqa: BLE001 - any failure here just means "not cached"
+            pass
+    where = f"the hub, as {model!r} at revision {revision or 'main'} (not, or not whole, in {_CACHED})"
     if offline() or not _hub_reachable():
         why = "HF_HUB_OFFLINE is set" if offline() else "the hub cannot be reached from this machine"
+        state = "is not in the local cache" if cache else "is only partly in the local cache"
+        rev = f" --revision {revision}" if revision else ""
+        parent, local = Path(model).parent, ""
+        if parent != Path(".") and parent.is_dir():  # "models/blip" may be a mistyped folder, not a hub id
+            held = ", ".join(sorted(q.name for q in parent.iterdir()))
+            local = f" Nor is it a directory: {parent}/ holds {held[:200] or 'nothing'}."
         raise ModelNotAvailable(
-            f"model {model!r} (revision {revision or 'main'}) is not in the local cache and {why}. "
-            f"Fix: download it on a machine with network access (e.g. `huggingface-cli download {model}`) and "
-            f"pass its directory instead of the hub id, or point --models at a folder of local models.")
+            f"model {model!r} (revision {revision or 'main'}) {state} and {why}.{local} "
+            f"Fix: download it on a machine with network access (`hf download {model}{rev} --local-dir DIR`) and "
+            f"pass that directory, DIR, instead of the hub id, or point --models at a folder of local models.")
     return model, {"revision": revision} if revision else {}, where
 
 
@@ -120,17 +149,26 @@ def load_pretrained(cls, model: str, revision: str | None = None, role: str = "m
 
     `weights=True` (models, not processors / tokenizers) loads safetensors only: pickled weights can run code.
     """
+    options = {**({"use_safetensors": True} if weights else {}),
+               **({"trust_remote_code": True} if trust_remote_code else {}), **kwargs}
     source, extra, where = resolve(model, revision)
-    if weights:
-        extra["use_safetensors"] = True
-    if trust_remote_code:
-        extra["trust_remote_code"] = True
     try:
         with _quiet_loading():
-            return cls.from_pretrained(source, **extra, **kwargs)
+            return cls.from_pretrained(source, **extra, **options)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelNotAvailable(f"{role}: could not load {model!r} from {where}: {first}") from None
+        error = e
+    if where.startswith(_CACHED):  # a partly downloaded cache entry (another object of the model was fetched
+        try:                       # alone): the hub completes it when it can be reached
+            source, extra, where = resolve(model, revision, cache=False)
+        except ModelNotAvailable as e:
+            raise ModelNotAvailable(f"{role}: {e}") from None
+        try:
+            with _quiet_loading():
+                return cls.from_pretrained(source, **extra, **options)
+        except (OSError, ValueError) as e:
+            error = e
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise ModelNotAvailable(f"{role}: could not load {model!r} from {where}: {first}") from None
 
 
 
