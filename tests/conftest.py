@@ -131,12 +131,14 @@ class ChatServer(BaseHTTPRequestHandler):
     """A loopback OpenAI-compatible chat endpoint answering `answer` to every request, recording them."""
 
     answer = ""
+    raw: bytes | None = None  # when set, the whole body of a 200 reply instead of a chat completion
     requests: list = []
 
     def do_POST(self):  # noqa: N802 - http.server's naming
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         type(self).requests.append((self.path, body, self.headers.get("Authorization")))
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": type(self).answer}}]}).encode()
+        data = type(self).raw or json.dumps(
+            {"choices": [{"message": {"role": "assistant", "content": type(self).answer}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -151,7 +153,7 @@ class ChatServer(BaseHTTPRequestHandler):
 def chat_server():
     server = HTTPServer(("127.0.0.1", 0), ChatServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    ChatServer.requests = []
+    ChatServer.requests, ChatServer.raw = [], None
     yield f"http://127.0.0.1:{server.server_address[1]}/v1"
     server.shutdown()
 

@@ -44,6 +44,24 @@ def test_sanitise_bounds_and_cleans_completions():
     assert lines[:3] == ["a photo of a red cat in the rain", "a photo of a cat at night", "a photo of a cat [31m"]
     assert all(len(line) <= 60 and line == line.strip() and line.isprintable() for line in lines)
     assert len(lines) == len(set(lines)) == 4  # duplicates and blank / replacement-only lines dropped
+    markdown = ("## Prompts\nHere are 3 prompts:\n**1. A dog on a beach**\n1.A dog in the snow\n- *a dog* in rain\n"
+                "2) __a dog__ at night\n2.5D render of a dog\na photo of <genaug_dog_1> on grass")
+    assert sanitise(markdown) == ["A dog on a beach", "A dog in the snow", "a dog in rain", "a dog at night",
+                                  "2.5D render of a dog", "a photo of <genaug_dog_1> on grass"]
+
+
+def test_a_malformed_endpoint_reply_is_not_cached(chat_server, caplog):
+    """A 200 reply that is no chat completion (a proxy's error page) falls back to templates for this request
+    only: the next run asks again instead of reading an empty completion from the cache for ever."""
+    from conftest import ChatServer
+    from genaug.components.llm import LLM
+
+    ChatServer.raw = b"<html>502 upstream</html>"
+    assert LLM(chat_server).complete("write prompts", seed=3) == []
+    assert "not an OpenAI chat completion" in caplog.text and "502 upstream" in caplog.text
+    ChatServer.raw, ChatServer.answer = None, "a dog on grass"
+    assert LLM(chat_server).complete("write prompts", seed=3) == ["a dog on grass"]
+    assert len(ChatServer.requests) == 2
 
 
 def test_diagen_end_to_end_with_a_local_llm(src, tmp_path, tiny_models, monkeypatch):

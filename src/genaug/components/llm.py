@@ -36,7 +36,7 @@ from ..core.config import ConfigError, config_dataclass
 from ..core.devices import model_dtype, resolve_device
 from ..data.cache import Cache
 from ..core.log import get_logger
-from .hub import ModelNotAvailable, load_pretrained, local_override
+from .hub import ModelNotAvailable, load_pretrained, local_override, model_key
 
 log = get_logger(__name__)
 
@@ -45,18 +45,27 @@ log = get_logger(__name__)
 LOCAL_LLM = "Qwen/Qwen2.5-1.5B-Instruct"
 LOCAL_LLM_REVISION = "989aa7980e4cf806f80c7fef2b1adb7bc71aa306"
 URL_ENV, MODEL_ENV = "GENAUG_LLM_URL", "GENAUG_LLM_MODEL"  # llm=auto: an endpoint given by the environment
-_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022>]+|\(?\d{1,3}[.):]|[a-z][.)])\s+", re.IGNORECASE)
+# a list marker: "- ", "* ", "1. ", "2) ", "a. ", and "1.A dog" (a number's marker glued to the text)
+_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022>]+\s+|\(?\d{1,3}[.):](?:\s+|(?=[^\W\d_]))|[a-z][.)]\s+)",
+                          re.IGNORECASE)
+_HEADER = re.compile(r"^\s*#{1,6}\s")  # a Markdown header: a title above the list, not a prompt
+_EMPHASIS = re.compile(r"\*\*|__|(?<!\w)\*(?=\S)|(?<=\S)\*(?!\w)")  # Markdown bold / italic markers
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019"
 
 
 def sanitise(text: str, max_chars: int = 200) -> list[str]:
-    """One clean prompt per non-empty line of `text`: no list markers, quotes or control characters, inner
-    whitespace collapsed, cut at a word boundary to `max_chars`, duplicates dropped (first kept)."""
+    """One clean prompt per non-empty line of `text`: no list markers, Markdown emphasis or headers, quotes or
+    control characters, inner whitespace collapsed, cut at a word boundary to `max_chars`, duplicates dropped
+    (first kept). A Markdown header or a line ending in a colon ("Here are 5 prompts:") is a title, dropped."""
     out: list[str] = []
     for line in (text or "").splitlines():
+        if _HEADER.match(line):
+            continue
         line = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in line)
-        line = line.replace("\ufffd", " ")
+        line = _EMPHASIS.sub("", line.replace("\ufffd", " "))
         line = " ".join(_LIST_MARKER.sub("", line.strip()).split()).strip(_QUOTES + " ").strip()
+        if line.endswith(":"):
+            continue
         if len(line) > max_chars:
             line = line[:max_chars].rsplit(" ", 1)[0].rstrip(",;:- ")
         if line and line not in out:
@@ -75,6 +84,7 @@ class LLM:
         self.max_chars, self.timeout = max_chars, timeout
         self.cache = Cache("llm")
         self.warning: str | None = None  # set when llm=auto found no model: templates instead
+        self.model_key: str | None = None  # what completions are cached by: the endpoint and model, or model_key
         llm = llm or "template"
         if llm == "auto":
             url = os.environ.get(URL_ENV, "").strip()
@@ -109,7 +119,7 @@ class LLM:
             self.url = llm.rstrip("/")
             self.model_name = llm_model or "default"
             self.api_key = os.environ.get(api_key_env) if api_key_env else None
-            self.id = f"{self.url} ({self.model_name})"
+            self.id = self.model_key = f"{self.url} ({self.model_name})"
         elif self.kind == "local":
             self._load_local(local_override("llm", LOCAL_LLM if llm == "local" else llm), revision, device,
                              trust_remote_code)
@@ -127,6 +137,7 @@ class LLM:
         self.model = load_pretrained(AutoModelForCausalLM, model, self.revision, role="llm",
                                      dtype=model_dtype(self.device),
                                      trust_remote_code=trust_remote_code).to(self.device).eval()
+        self.model_key = model_key(model, self.revision)
 
     def describe(self) -> dict[str, str]:
         return {"id": self.id, "revision": self.revision or ("local" if self.kind == "local" else self.kind)}
@@ -134,10 +145,14 @@ class LLM:
     def complete(self, instruction: str, seed: int = 0) -> list[str]:
         if self.kind == "template":
             return []
-        key = hashlib.blake2b(json.dumps([self.kind, self.id, self.revision, instruction, seed, self.temperature,
+        key = hashlib.blake2b(json.dumps([self.kind, self.model_key, instruction, seed, self.temperature,
                                           self.top_p, self.max_new_tokens]).encode(), digest_size=16).hexdigest()
-        text = self.cache.get_or_put(key, lambda: self._http(instruction, seed) if self.kind == "http"
-                                     else self._local(instruction, seed))
+        try:
+            text = self.cache.get_or_put(key, lambda: self._http(instruction, seed) if self.kind == "http"
+                                         else self._local(instruction, seed))
+        except _Malformed as e:  # not cached: the next run asks again
+            log.warning(f"llm endpoint {self.url}: {e}; this request falls back to templates")
+            return []
         return sanitise(text, self.max_chars)
 
     @torch.no_grad()
@@ -167,8 +182,12 @@ class LLM:
                               f"{r.text.strip()[:200]}")
         try:
             return str(r.json()["choices"][0]["message"]["content"] or "")
-        except (ValueError, KeyError, IndexError, TypeError):
-            return ""  # a malformed answer is a bad completion: the caller falls back to its templates
+        except (ValueError, KeyError, IndexError, TypeError):  # a bad completion: the caller uses its templates
+            raise _Malformed(f"a reply that is not an OpenAI chat completion ({r.text.strip()[:120]!r})") from None
+
+
+class _Malformed(Exception):
+    """An endpoint answered 200 with something that is not a chat completion (a proxy's page, a half reply)."""
 
 
 @config_dataclass
