@@ -172,6 +172,38 @@ def test_a_closed_choice_is_checked_by_the_parser(imagefolder, tmp_path):
     assert "'spark' is not one of 'local', 'ray'" in res.output
 
 
+def test_bad_numbers_and_json_paths_are_refused_before_any_work(imagefolder, tmp_path):
+    """One line, exit 2, before a model loads or an image is written — not a traceback, not after the run."""
+    out = tmp_path / "o"
+    assert "Invalid value for '--k'" in cli("metrics", "--real", imagefolder, "--synthetic", imagefolder, "--k", "0",
+                                            expect=2).output
+    assert "--feature-size" in cli("metrics", "--real", imagefolder, "--synthetic", imagefolder,
+                                   "--feature-size", "0", expect=2).output
+    assert "--per-class" in cli("export", "digits", "--out", out, "--per-class", "0", expect=2).output
+    (tmp_path / "a-file").write_text("x")
+    for target, why in ((tmp_path, "is a folder"), (tmp_path / "a-file" / "s.json", "is a file, not a folder")):
+        res = cli("augment", imagefolder, "--method", "flipcrop", "--out", out, "--json", target, expect=2)
+        assert why in res.output and "Traceback" not in res.output
+    assert not out.exists()
+    from genaug.scoring.metrics import synthetic_metrics
+    from genaug.core.config import ConfigError
+    with pytest.raises(ConfigError, match="k=0"):
+        synthetic_metrics(imagefolder, imagefolder, k=0)
+
+
+def test_export_replaces_an_earlier_export_whole(tmp_path):
+    out = tmp_path / "digits"
+    cli("export", "digits", "--out", out, "--per-class", "3")
+    cli("export", "digits", "--out", out, "--per-class", "2", "--seed", "1")
+    pngs = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    listed = sorted(line.split(",")[0] for line in (out / "manifest.csv").read_text().splitlines()[1:])
+    assert pngs == listed and len(pngs) == 20  # no stale image of the first export left for an ImageFolder reader
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    assert "holds no genaug export" in cli("export", "digits", "--out", tmp_path / "mine", expect=2).output
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
 def test_precedence_defaults_yaml_flags_key_value(imagefolder, tmp_path):
     cfg = tmp_path / "aug.yaml"
     cfg.write_text("method: randaugment\nseed: 1\nn: 1\noptions: {magnitude: 5, num_ops: 1}\n")

@@ -162,6 +162,13 @@ def test_filter_stage_of_augment_and_the_cli(base, tmp_path):
                               "blank,duplicate", "filter.action=weight").output
     res = cli("filter", out, "--filters", "blank", "--json", tmp_path / "f.json")
     assert "kept" in res.output and json.loads((tmp_path / "f.json").read_text())["filters"] == ["blank"]
+    yaml_cfg = tmp_path / "filters.yaml"
+    yaml_cfg.write_text("filters: [duplicate]\n")
+    res = cli("filter", out, "--config", yaml_cfg, "--filters", "blank", "--json", tmp_path / "f.json")
+    assert json.loads((tmp_path / "f.json").read_text())["filters"] == ["blank"]  # the flag beats the YAML
+    res = cli("filter", out, "--config", yaml_cfg, "--filters", "default", "--json", tmp_path / "f.json")
+    assert json.loads((tmp_path / "f.json").read_text())["filters"] == ["blank", "duplicate", "agreement", "cleanlab"]
+    res = cli("filter", out, "--filters", "blank", "--json", tmp_path / "f.json")  # the funnel the card shows
     cli("card", out, "--no-metrics")  # the data card shows this very funnel
     html = (out / "card.html").read_text()
     assert 'id="funnel-table"' in html and "<td>blank</td>" in html

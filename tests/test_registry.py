@@ -73,6 +73,20 @@ def test_overrides_parse_as_yaml_values():
         parse_overrides(["novalue"])
 
 
+def test_overrides_keep_what_was_typed_where_yaml_1_1_would_change_it():
+    """A shell strips quotes, so `ti_init={label}` arrives bare: it is text, not a mapping; `#` in a prompt is
+    not a comment; `010` is ten, not octal eight; `1:30` is not ninety; `5e-1` is a number."""
+    typed = ["ti_init={label}", "prompt=a photo of a {label}, #1 pick", "seed=010", "t=1:30", "lr=5e-1",
+             "s=[0.25, 5e-1]", "q='quoted #'"]
+    assert parse_overrides(typed) == {"ti_init": "{label}", "prompt": "a photo of a {label}, #1 pick", "seed": 10,
+                                      "t": "1:30", "lr": 0.5, "s": [0.25, 0.5], "q": "quoted #"}
+    from genaug.core.config import build_config
+    from genaug.methods import get_method_class
+
+    assert build_config(get_method_class("da_fusion").Config, parse_overrides(["ti_init={label}"]),
+                        "da_fusion").ti_init == "{label}"
+
+
 def test_tuple_options_validate(digit_images):
     m = create_method("cutout", {"scale": [0.1, 0.2]})
     assert m.config.scale == (0.1, 0.2)

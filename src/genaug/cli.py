@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Annotated, Literal, Optional, Union, get_args, get_origin
 import typer
 
 from .core.config import ConfigError, load_yaml, merge, parse_overrides
+from .core.files import atomic_write
 from .core.log import set_progress, set_verbosity
 
 # rich_markup_mode=None: rich reads "[0]" or "[the method's default]" in a help text as markup and drops it.
@@ -197,7 +199,7 @@ def augment(
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file with the same keys (method, n, seed, batch_size, options, input, models, filter)")] = None,
     filters: Annotated[Optional[str], typer.Option("--filter", help="after generating, run these filters (comma-separated: blank,duplicate,clip,agreement,cleanlab, or `default`) against the source; see `genaug filter`")] = None,
     models: Annotated[Optional[Path], typer.Option("--models", help="folder of local models: components load from DIR/<component> (clip, blip, sd15, sd15-inpaint, sdxl, sd3, llm, grounding-dino, sam, flow; `genaug tiny-models DIR` writes one)")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the run summary as JSON")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_json_target, help="also write the run summary as JSON")] = None,
     executor: Annotated[Literal["local", "ray"], typer.Option("--executor", help="local (this process) or ray (a Ray Data actor pool)")] = "local",
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="an existing Ray cluster (e.g. auto or ray://host:10001); default: start a local one")] = None,
     workers: Annotated[Optional[str], typer.Option("--workers", help="Ray actors: N, or MIN,MAX to autoscale [1]")] = None,
@@ -230,10 +232,24 @@ def _filter_names(text: str) -> Optional[list[str]]:
     return None if names in ([], ["default"]) else names
 
 
+def _json_target(path: Optional[Path]) -> Optional[Path]:
+    """`--json PATH` is checked when the command line is read, not after a long run: not a folder, and its
+    nearest existing parent a writable folder."""
+    if path is None:
+        return None
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a folder; give a file name such as {path / 'summary.json'}")
+    parent = next(p for p in path.absolute().parents if p.exists())
+    if not parent.is_dir():
+        raise typer.BadParameter(f"cannot write {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise typer.BadParameter(f"cannot write {path}: {parent} is not writable")
+    return path
+
+
 def _write_json(path: Optional[Path], data) -> None:
     if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data, indent=2, default=str))
+        atomic_write(path, json.dumps(data, indent=2, default=str))
 
 
 @app.command("export")
@@ -241,7 +257,7 @@ def export_dataset(
     name: Annotated[Literal["fashion-mnist", "digits"], typer.Argument(help="a built-in real dataset")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for the PNGs and manifest.csv")] = ...,
     split: Annotated[Literal["train", "test"], typer.Option(help="which split (digits: genaug's fixed stratified third is test)")] = "train",
-    per_class: Annotated[Optional[int], typer.Option(help="only this many images per class (stratified, seeded)")] = None,
+    per_class: Annotated[Optional[int], typer.Option(min=1, help="only this many images per class (stratified, seeded)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the per-class subset")] = 0,
 ) -> None:
     """Write a built-in real dataset (offline) as class folders of PNGs plus manifest.csv (exact labels)."""
@@ -249,10 +265,10 @@ def export_dataset(
 
     try:
         images, labels, classes = load_builtin(name, split)
+        idx = stratified_subset(labels, per_class, seed) if per_class else range(len(labels))
+        manifest = export_images(images, labels, classes, idx, out)
     except ConfigError as e:
         _fail(str(e))
-    idx = stratified_subset(labels, per_class, seed) if per_class else range(len(labels))
-    manifest = export_images(images, labels, classes, idx, out)
     typer.echo(f"wrote {len(idx)} images of {len(classes)} classes: {manifest}")
 
 
@@ -301,7 +317,7 @@ def train(
     ood: Annotated[Optional[list[str]], typer.Option("--ood", help="out-of-distribution test set, name=PATH (repeatable)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="run directory")] = ...,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of training options")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the results as JSON")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_json_target, help="also write the results as JSON")] = None,
 ) -> None:
     """Train a classifier on real (+ synthetic) images; evaluate on test and OOD sets."""
     from .train import train as run_train
@@ -325,14 +341,14 @@ def train(
 def metrics(
     real: Annotated[Path, typer.Option("--real", help="real images: ImageFolder, manifest or split file")] = ...,
     synthetic: Annotated[Path, typer.Option("--synthetic", help="a genaug augment output folder (or any image set)")] = ...,
-    k: Annotated[int, typer.Option(help="nearest neighbours for precision / recall / density / coverage")] = 5,
-    feature_size: Annotated[int, typer.Option(help="input size of the MobileNetV2 feature extractor")] = 224,
+    k: Annotated[int, typer.Option(min=1, help="nearest neighbours for precision / recall / density / coverage")] = 5,
+    feature_size: Annotated[int, typer.Option(min=32, help="input size of the MobileNetV2 feature extractor")] = 224,
     per_class: Annotated[bool, typer.Option(help="also per class")] = True,
     clip: Annotated[Optional[str], typer.Option("--clip", help="a CLIP model (hub id or local dir): adds CMMD and the CLIP score (the CMMD paper's model: openai/clip-vit-large-patch14-336)")] = None,
     features: Annotated[Literal["mobilenet_v2", "inception", "clip"], typer.Option(help="feature space: mobilenet_v2 (real ImageNet weights, offline), inception (FID's) or clip (needs --clip)")] = "mobilenet_v2",
     inception_weights: Annotated[Optional[Path], typer.Option(help="local file of the FID Inception-v3 weights")] = None,
     prompt: Annotated[str, typer.Option(help="CLIP score text; {label} is replaced")] = "a photo of a {label}",
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the figures as JSON")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_json_target, help="also write the figures as JSON")] = None,
 ) -> None:
     """Synthetic-data metrics: precision, recall, density, coverage, Fréchet and kernel distances (FID / KID
     only in the FID Inception-v3's features); CMMD and the CLIP score with --clip."""
@@ -378,8 +394,8 @@ def audit(
     quantile: Annotated[float, typer.Option(help="near-copy threshold: this quantile of the similarities of training images to their nearest other training image")] = 0.99,
     threshold: Annotated[Optional[float], typer.Option(help="a fixed cosine threshold instead of the calibrated one")] = None,
     top_k: Annotated[int, typer.Option(help="closest pairs to record, and draw side by side in SYNTHETIC/audit_pairs.png")] = 20,
-    feature_size: Annotated[int, typer.Option(help="input size of the MobileNetV2 feature extractor")] = 224,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the audit as JSON (it is always written to SYNTHETIC/audit.json)")] = None,
+    feature_size: Annotated[int, typer.Option(min=32, help="input size of the MobileNetV2 feature extractor")] = 224,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_json_target, help="also write the audit as JSON (it is always written to SYNTHETIC/audit.json)")] = None,
 ) -> None:
     """Memorisation and leakage: synthetic images that are near-copies of a training image (or of their own
     source), or closer to a test / validation image than to any training image, and near-duplicates among the
@@ -421,7 +437,7 @@ def bench(
     config: Annotated[Path, typer.Argument(help="bench YAML: data, splits, methods, budget, train (see README)")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="bench options as key=value, over the YAML's (budget=5 train.epochs=10)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="run directory (rerun to resume)")] = ...,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the summary table as JSON")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_json_target, help="also write the summary table as JSON")] = None,
 ) -> None:
     """Methods x splits x seeds, budget-matched, cached; writes results.csv and the report."""
     from .bench import load_summary, run_bench
@@ -478,7 +494,7 @@ def weight(
     val: Annotated[Optional[Path], typer.Option("--val", help="a validation split (DIAGen's): train on all real images, calibrate on this")] = None,
     backbone: Annotated[Literal["resnet50", "mobilenet_v2"], typer.Option(help="linear-probe backbone: resnet50 (DIAGen's; the offline mobilenet_v2 where its weights cannot be had) or mobilenet_v2")] = "resnet50",
     seed: Annotated[int, typer.Option(help="seed of the hold-out split and the classifier")] = 0,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the summary as JSON")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_json_target, help="also write the summary as JSON")] = None,
 ) -> None:
     """Weight synthetic images by a calibrated real-data classifier's confidence (DIAGen's weighting)."""
     from .scoring.probe import temperature_note
@@ -515,7 +531,7 @@ def filter_cmd(
     action: Annotated[Optional[Literal["weight", "drop"]], typer.Option(help="weight: set a removed image's weight to 0 (reversible) [default]; drop: delete it (its row goes to filtered.jsonl)")] = None,
     clip: Annotated[Optional[str], typer.Option("--clip", help="a CLIP model (hub id or local dir) for the clip filter (ALIA's semantic filter) and the audit's features")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of filter options")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the summary as JSON (it is always written to SYNTHETIC/filters.json)")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_json_target, help="also write the summary as JSON (it is always written to SYNTHETIC/filters.json)")] = None,
 ) -> None:
     """Judge every synthetic image (blank, near-duplicate or leaked, off-class for CLIP, disagreeing with a
     real-only classifier, a confident-learning label issue); record each decision in the metadata and weight the
@@ -526,8 +542,10 @@ def filter_cmd(
     from .scoring.filters import filter_folder
 
     try:
-        flags = {"filters": None if filters is None else _filter_names(filters), "action": action, "clip": clip}
-        cfg = _layered(config, parse_overrides(overrides or []), flags)
+        over = parse_overrides(overrides or [])
+        cfg = _layered(config, over, {"action": action, "clip": clip})
+        if filters is not None and "filters" not in over:  # `--filters default` too overrides the YAML's list
+            cfg["filters"] = _filter_names(filters)
         r = filter_folder(synthetic, real, test=test, val=val, config=cfg)
     except ConfigError as e:
         _fail(str(e))
@@ -550,7 +568,7 @@ def fit_flow_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="model directory (rerun to resume)")] = ...,
     unlabeled: Annotated[Optional[Path], typer.Option("--unlabeled", help="an unlabelled pool (any source, its labels ignored, or a folder of images): trains the \"no class\" model beside the labelled images (unlabeled_share of every batch)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of training options")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the result as JSON")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_json_target, help="also write the result as JSON")] = None,
 ) -> None:
     """Train genaug's class-conditional flow-matching generator (resumable), for the semantic_flow method."""
     from .flow.train import fit_flow
@@ -582,7 +600,7 @@ def tiny_models(out: Annotated[Path, typer.Argument(help="folder to write <compo
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="where the demo writes everything (rerun to resume)")] = Path("runs/demo"),
     quick: Annotated[bool, typer.Option(help="a much smaller run, for smoke tests")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the result table as JSON")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", callback=_json_target, help="also write the result table as JSON")] = None,
     ablation: Annotated[Optional[list[str]], typer.Option("--ablation", help="also run an ablation arm (repeatable): closed = the generator trained on the labelled images only")] = None,
     dataset: Annotated[Literal["auto", "fashion-mnist", "digits"], typer.Option(help="auto: Fashion-MNIST where installed, else scikit-learn's digits (10 % labelled, genaug's fixed test third)")] = "auto",
 ) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -159,7 +160,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """`["magnitude=12", "input.min_side=4"]` -> `{"magnitude": 12, "input": {"min_side": 4}}`.
 
-    Values are parsed as YAML scalars / flow lists, so `0.5`, `true`, `[0.25, 0.5]` mean what they say.
+    Values are parsed as YAML scalars / flow lists, so `0.5`, `true`, `[0.25, 0.5]` mean what they say —
+    except where YAML 1.1 would silently change what was typed (`_value`).
     """
     out: dict[str, Any] = {}
     for item in items:
@@ -167,10 +169,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        value = _value(raw)
         node = out
         *parents, leaf = key.split(".")
         for p in parents:
@@ -179,6 +178,36 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"override {item!r} conflicts with another override of {p!r}")
         node[leaf] = value
     return out
+
+
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def _value(raw: str) -> Any:
+    """A `key=value` value as YAML reads it, but as typed where YAML 1.1 would change it: unquoted text is kept
+    whole (`a photo #1`: no comment), `{label}` is text (not a mapping), `5e-1` is a number, an integer is
+    decimal (`010` is 10), and `1:30` or `0o17` stay text (no base-60 or octal numbers)."""
+    text = raw.strip()
+    if not text:
+        return ""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return text
+    quoted = text[0] in "'\""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(text) if re.fullmatch(r"[-+]?\d+", text) else text
+    if isinstance(value, float):
+        return value if _NUMBER.fullmatch(text) or text.lower().lstrip("+-") in (".inf", ".nan") else text
+    if isinstance(value, str):
+        return value if quoted else float(text) if _NUMBER.fullmatch(text) else text
+    if isinstance(value, dict) and text.startswith("{") and all(v is None for v in value.values()):
+        return text  # "{label}": a placeholder, not a mapping of nulls
+    if isinstance(value, list):
+        return [float(v) if isinstance(v, str) and _NUMBER.fullmatch(v) else v for v in value]
+    return value
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -126,9 +126,10 @@ def export_images(images: np.ndarray, labels: np.ndarray, classes: list[str], in
     """Write the chosen images as PNGs in class folders plus `manifest.csv` (path,label) holding the exact
     labels (folder names are sanitised: Fashion-MNIST has a class called "T-shirt/top"). Returns the manifest."""
     out = Path(out)
+    _clear_export(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "manifest.csv"
-    with open(manifest, "w", encoding="utf-8", newline="") as f:
+    with atomic_path(manifest) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label"])
         for i in indices:
@@ -138,3 +139,24 @@ def export_images(images: np.ndarray, labels: np.ndarray, classes: list[str], in
             Image.fromarray(images[i]).save(out / rel)
             w.writerow([rel, label])
     return manifest
+
+
+def _clear_export(out: Path) -> None:
+    """An earlier export in `out` is replaced whole — its manifest and the PNGs it lists are removed (nothing
+    else), so a smaller export leaves no stale image for an ImageFolder reader to find; a non-empty folder that
+    holds no export is refused."""
+    manifest = out / "manifest.csv"
+    if manifest.is_file():
+        root = out.resolve()
+        with open(manifest, encoding="utf-8", newline="") as f:
+            for row in csv.DictReader(f):
+                png = (out / row.get("path", "")).resolve()
+                if png.suffix == ".png" and root in png.parents:
+                    png.unlink(missing_ok=True)
+        manifest.unlink()
+        for d in out.iterdir():
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+    elif out.is_dir() and any(out.iterdir()):
+        raise ConfigError(f"{out} is not empty and holds no genaug export (manifest.csv): export into a new or "
+                          f"empty folder")

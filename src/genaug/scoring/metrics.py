@@ -154,6 +154,10 @@ def synthetic_metrics(real: str | Path, synthetic: str | Path, extractor: nn.Mod
     Images are loaded at `image_size` px, by default the extractor's input size (its `size`, else 128), and
     at the CLIP vision tower's input size for CMMD and the CLIP score.
     """
+    if k < 1:
+        raise ConfigError(f"k={k}: precision / recall need at least 1 nearest neighbour")
+    if extractor is None and feature_size < 32:
+        raise ConfigError(f"feature_size={feature_size}: MobileNetV2 needs at least 32 px (its stride)")
     extractor, image_size = default_extractor(extractor, feature_size, image_size)
     space = feature_space(extractor)
     fd_key, kd_key = distance_keys(space)
