@@ -43,6 +43,8 @@ def test_splits_are_stratified_reproducible_and_disjoint(digits_folder, tmp_path
     cli("split", digits_folder, "--out", tmp_path / "f", "--fraction", 0.25, "--seeds", 0)
     rows = _rows(tmp_path / "f" / "fraction-0.25" / "seed-0" / "train.csv")
     assert len(rows) == 30 and all((tmp_path / "f" / "fraction-0.25" / "seed-0" / r["path"]).is_file() for r in rows)
+    res = cli("split", digits_folder, "7", "--out", tmp_path / "g", "--shots", 5, expect=2)  # a stray argument
+    assert "unexpected argument(s) '7'" in res.output and not (tmp_path / "g").exists()
 
 
 def test_split_order_does_not_depend_on_listing(digits_folder, tmp_path):

@@ -286,6 +286,8 @@ def split(
     from .data.splits import make_splits
 
     # `--seeds 0 1 2`: click gives the option its first value; the rest arrive as trailing arguments.
+    if more_seeds and not seeds:  # only `--seeds 0 1 2` leaves trailing arguments: anything else is a mistake
+        _fail(f"unexpected argument(s) {' '.join(more_seeds)!r}: split takes one SRC; several seeds: --seeds 0 1 2")
     tokens = [t for item in (seeds or []) + (more_seeds or []) for t in item.replace(",", " ").split()]
     if not all(t.lstrip("-").isdigit() for t in tokens):
         _fail(f"--seeds takes integers, got {' '.join(tokens)!r}")
