@@ -35,7 +35,7 @@ def test_training_loss_falls(digits16, tmp_path):
     assert (tmp_path / "m" / UNET).is_file() and (tmp_path / "m" / "flow_config.json").is_file()
 
 
-def test_resumed_training_equals_an_uninterrupted_one(digits16, tmp_path):
+def test_resumed_training_equals_an_uninterrupted_one(digits16, digit_images, tmp_path):
     cfg = {**TINY_FLOW, "steps": 8, "checkpoint_every": 4}
     fit_flow(digits16, tmp_path / "straight", cfg, progress=False)
     fit_flow(digits16, tmp_path / "resumed", {**cfg, "steps": 4}, progress=False)
@@ -47,7 +47,12 @@ def test_resumed_training_equals_an_uninterrupted_one(digits16, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")  # step 5 logged once, as trained
     res = cli("fit-flow", digits16, "--out", tmp_path / "resumed", "lr=0.5", expect=2)
-    assert "another training run" in res.output
+    assert "another training run (" in res.output and "train.lr: 0.001 there, 0.5 now" in " ".join(res.output.split())
+    other = make_imagefolder(tmp_path / "other", (digit_images[0][300:], digit_images[1][300:], digit_images[2]),
+                             per_class=30)  # as many images of the same classes, other ones
+    res = cli("fit-flow", other, "--out", tmp_path / "resumed", *[f"{k}={json.dumps(v)}" for k, v in cfg.items()],
+              expect=2)
+    assert "another training run (data_digest:" in " ".join(res.output.split())
     res = cli("fit-flow", digits16, "--out", tmp_path / "resumed",
               *[f"{k}={json.dumps(v)}" for k, v in {**cfg, "steps": 4}.items()], expect=2)
     assert "already holds 8 training steps, more than steps=4" in " ".join(res.output.split())
@@ -459,6 +464,12 @@ def test_an_unlabelled_pool_trains_the_generator_without_its_labels(digits16, di
     assert "+ 30 unlabelled" in res.output
     assert "another training run" in cli("fit-flow", digits16, "--out", tmp_path / "ma",
                                          *[f"{k}={json.dumps(v)}" for k, v in cfg.items()], expect=2).output
+    fit_flow(digits16, tmp_path / "ma", {**cfg, "steps": 6}, progress=False, unlabeled=b)  # same images: resumes
+    other = make_imagefolder(tmp_path / "otherpool", (digit_images[0][600:], digit_images[1][600:],
+                                                      digit_images[2]), per_class=10)  # 30 other images
+    res = cli("fit-flow", digits16, "--out", tmp_path / "ma", "--unlabeled", other,
+              *[f"{k}={json.dumps(v)}" for k, v in {**cfg, "steps": 8}.items()], expect=2)
+    assert "another training run (pool_digest:" in " ".join(res.output.split())
     assert "unlabeled pool not found" in cli("fit-flow", digits16, "--out", tmp_path / "mx", "--unlabeled",
                                              tmp_path / "nope", expect=2).output
 

@@ -210,6 +210,26 @@ def _value(raw: str) -> Any:
     return value
 
 
+ABSENT = object()  # a setting one side of a comparison does not hold
+
+
+def differences(path: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
+    """`(dotted key, old, new)` for every leaf where two settings differ; dicts compared key by key, so a message
+    names `options.guidance`, not the whole options."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in differences(f"{path}.{k}", old.get(k, ABSENT), new.get(k, ABSENT))]
+    return [] if old == new else [(path, old, new)]
+
+
+def shown_differences(differ: list[tuple[str, Any, Any]]) -> str:
+    """`differences` as one line: `options.guidance: 2 there, 3 now; ...`."""
+    def shown(value: Any) -> str:
+        return "absent" if value is ABSENT else repr(value)
+
+    return "; ".join(f"{k}: {shown(a)} there, {shown(b)} now" for k, a, b in differ)
+
+
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """Recursive dict merge; `over` wins."""
     out = dict(base)

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 from filelock import FileLock, Timeout
 
-from ..core.config import ConfigError
+from ..core.config import ABSENT, ConfigError, differences, shown_differences
 from ..core.log import get_logger
 from ..core.files import atomic_write
 from .labels import label_folder
@@ -103,22 +103,6 @@ def _holder(root: Path, wait: float = 2.0) -> str:
             time.sleep(0.05)
 
 
-_ABSENT = object()
-
-
-def _differences(path: str, old: Any, new: Any) -> list[tuple[str, Any, Any]]:
-    """`(dotted key, old, new)` for every leaf where two settings differ; dicts compared key by key, so a message
-    names `options.guidance`, not the whole options."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new), key=str)
-                for d in _differences(f"{path}.{k}", old.get(k, _ABSENT), new.get(k, _ABSENT))]
-    return [] if old == new else [(path, old, new)]
-
-
-def _shown(value: Any) -> str:
-    return "absent" if value is _ABSENT else repr(value)
-
-
 class OutputDir:
     def __init__(self, root: str | Path, config: dict[str, Any], identity_keys: Iterable[str]):
         self.root = Path(root)
@@ -151,11 +135,11 @@ class OutputDir:
                 raise ConfigError(f"{self.root} holds {METADATA} but no {CONFIG}; it was not written by genaug augment")
             return
         old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        differ = [d for k in keys for d in _differences(k, old.get(k, _ABSENT), config.get(k, _ABSENT))]
+        differ = [d for k in keys for d in differences(k, old.get(k, ABSENT), config.get(k, ABSENT))]
         if differ:
-            details = "; ".join(f"{k}: {_shown(a)} there, {_shown(b)} now" for k, a, b in differ)
+            details = shown_differences(differ)
             hint = ""
-            if any(a is _ABSENT for _, a, _ in differ):
+            if any(a is ABSENT for _, a, _ in differ):
                 made_by = (old.get("versions") or {}).get("genaug")
                 hint = (f" A setting absent there is one a later genaug added: the folder was made by genaug "
                         f"{made_by or 'of another version'}; finish it with that version, or start a new --out.")

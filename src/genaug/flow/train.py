@@ -23,7 +23,8 @@ import yaml
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from ..core.config import ConfigError, build_config, config_dataclass, to_dict, values_option
+from ..core.config import (ABSENT, ConfigError, build_config, config_dataclass, differences, shown_differences,
+                           to_dict, values_option)
 from ..core.devices import resolve_device
 from ..core.files import atomic_path
 from ..core.log import bar_disabled, get_logger
@@ -91,6 +92,18 @@ def load_pool(src: str | Path, size: int) -> torch.Tensor:
     return pool.images
 
 
+def _digest(images: torch.Tensor | None, labels=None) -> str | None:
+    """What a training run was fed — the images' pixels and their labels, in order — so a resume can tell the
+    same images from others of the same count."""
+    if images is None:
+        return None
+    import hashlib
+
+    h = hashlib.blake2b(images.contiguous().numpy().tobytes(), digest_size=16)
+    h.update(json.dumps(list(labels) if labels is not None else None).encode())
+    return h.hexdigest()
+
+
 def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = None,
              progress: bool | None = None, unlabeled: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume) the generator on the labelled images `src`, and the unlabelled pool `unlabeled`."""
@@ -134,17 +147,20 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
     resolved = {"source": str(Path(src).resolve()), "n_images": len(data), "classes": classes, "image_size": size,
                 "channels": channels, "train": to_dict(cfg),
                 "unlabeled": str(Path(unlabeled).resolve()) if unlabeled is not None else None,
-                "n_unlabeled": 0 if pool is None else len(pool)}
+                "n_unlabeled": 0 if pool is None else len(pool),
+                "data_digest": _digest(images, data.labels), "pool_digest": _digest(pool)}
     step = 0
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        same = {k: v for k, v in ckpt["config"]["train"].items() if k != "steps"} == \
-            {k: v for k, v in resolved["train"].items() if k != "steps"}
-        if (not same or ckpt["config"]["classes"] != classes or ckpt["config"]["n_images"] != len(data)
-                or ckpt["config"].get("n_unlabeled", 0) != resolved["n_unlabeled"]):
-            raise ConfigError(f"{out} holds a checkpoint of another training run (other data or options); "
-                              "use another --out")
+        before = ckpt["config"]
+        keys = ["classes", "n_images", "n_unlabeled", "train"] + [k for k in ("data_digest", "pool_digest")
+                                                                   if k in before]  # older checkpoints: counts
+        differ = [d for k in keys for d in differences(k, before.get(k, 0 if k == "n_unlabeled" else ABSENT),
+                                                       resolved[k]) if d[0] != "train.steps"]
+        if differ:
+            raise ConfigError(f"{out} holds a checkpoint of another training run ({shown_differences(differ)}); "
+                              "use another --out, or the same images and options to resume")
         if ckpt["step"] > cfg.steps:
             raise ConfigError(f"{out} already holds {ckpt['step']} training steps, more than steps={cfg.steps}; "
                               f"use steps={ckpt['step']} (or more) to finish it, or another --out")
