@@ -203,6 +203,15 @@ def test_pretrained_rectified_flow_pipeline(mode, tiny_sd3, tmp_path, digit_imag
     assert Image.open(tmp_path / "a" / rows[0]["file_name"]).size == (16, 16)  # back at the source size
 
 
+def test_a_solver_a_pipeline_cannot_use_is_refused_before_it_loads(monkeypatch):
+    from genaug.core.config import ConfigError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="solver=midpoint needs a genaug flow model"):  # not "not in the cache"
+        create_method("semantic_flow", {"model": "stabilityai/stable-diffusion-3-medium-diffusers",
+                                        "solver": "midpoint"})
+
+
 def test_pipeline_inversion_reconstructs_in_latent_space(tiny_sd3):
     from PIL import Image
 

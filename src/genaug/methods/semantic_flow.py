@@ -99,6 +99,9 @@ class SemanticFlow(Method):
                 and Path(c.model).exists():
             raise ConfigError(f"{c.model} is not a genaug flow model (no {FLOW_CONFIG}) nor a diffusers pipeline "
                               "(no model_index.json); train one with genaug fit-flow")
+        if self.is_pipeline and c.solver != "euler":  # said before the pipeline's gigabytes load
+            raise ConfigError(f"semantic_flow: solver={c.solver} needs a genaug flow model; with a diffusers "
+                              f"pipeline ({c.model}) it integrates on the scheduler's grid: solver=euler")
         if self.is_pipeline:
             from ..flow.pipeline import PipelineFlow
 
