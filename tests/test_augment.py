@@ -188,15 +188,24 @@ def test_resuming_with_other_settings_is_refused(imagefolder, tmp_path):
 
 
 def test_resuming_a_folder_of_an_older_genaug_says_which_new_setting_stops_it(imagefolder, tmp_path):
+    """A later genaug's new option at its default (the old behaviour) resumes the folder; set otherwise, the
+    refusal names it and the genaug that made the folder."""
     out = tmp_path / "out"
-    cli("augment", imagefolder, "--method", "cutout", "--out", out)
-    config = yaml.safe_load((out / "config.yaml").read_text())  # as a genaug without the option "value" wrote it
-    del config["options"]["value"]
-    config["versions"]["genaug"] = "0.0.1"
-    (out / "config.yaml").write_text(yaml.safe_dump(config))
-    res = cli("augment", imagefolder, "--method", "cutout", "--out", out, expect=2)
+    cli("augment", imagefolder, "--method", "cutout", "--out", out, "-n", 1)
+
+    def as_an_older_genaug_wrote_it():  # without the option "value"
+        config = yaml.safe_load((out / "config.yaml").read_text())
+        del config["options"]["value"]
+        config["versions"]["genaug"] = "0.0.1"
+        (out / "config.yaml").write_text(yaml.safe_dump(config))
+
+    as_an_older_genaug_wrote_it()
+    res = cli("augment", imagefolder, "--method", "cutout", "--out", out, "-n", 2)  # value at its default, 0
+    assert "already present" in res.output
+    as_an_older_genaug_wrote_it()
+    res = cli("augment", imagefolder, "--method", "cutout", "--out", out, "-n", 2, "value=9", expect=2)
     text = " ".join(res.output.split())
-    assert "options.value: absent there, 0 now" in text and "made by genaug 0.0.1" in text
+    assert "options.value: absent there, 9 now" in text and "made by genaug 0.0.1" in text
 
 
 def test_new_source_images_are_picked_up_on_rerun(tmp_path, digit_images):

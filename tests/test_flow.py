@@ -119,6 +119,15 @@ def test_delta_zero_keeps_the_image_and_change_grows_with_delta(tiny_flow, digit
     changes = [mean_change(d) for d in (0.0, 0.3, 1.0)]
     assert changes[0] < 1.0  # delta = 0: the image comes back (mean error under one grey level)
     assert changes[0] < changes[1] < changes[2]
+    # guided generation inverts with the conditional field alone (the default), or with the same guidance
+    # (invert_guided: the same field both ways, so at delta 0 the source comes back). This tiny model's
+    # guidance barely moves its velocity, so the inversion's guidance is observed where it is asked for.
+    for invert_guided, expected in ((False, 1.0), (True, 3.0)):
+        m = create_method("semantic_flow", {"model": str(tiny_flow), "steps": 20, "solver": "rk4", "guidance": 3,
+                                            "invert_guided": invert_guided})
+        asked, invert = [], m.flow.invert
+        m.flow.invert = lambda *a, **k: asked.append(k["guidance"]) or invert(*a, **k)
+        assert mean_change(0.0) < 1.0 and asked == [expected]
 
 
 def test_composition_draws_each_augmentation_with_its_probability(tiny_flow):

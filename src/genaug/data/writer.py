@@ -104,14 +104,18 @@ def _holder(root: Path, wait: float = 2.0) -> str:
 
 
 class OutputDir:
-    def __init__(self, root: str | Path, config: dict[str, Any], identity_keys: Iterable[str]):
+    def __init__(self, root: str | Path, config: dict[str, Any], identity_keys: Iterable[str],
+                 defaults: dict[str, Any] | None = None):
+        """`defaults`: the settings' default values (`{"options": {...}}`): a setting the folder's config lacks
+        (a later genaug added it) that is at its default now does not stop a resume — adding an option keeps the
+        old behaviour as its default; a change of behaviour is a method version, compared like any setting."""
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise ConfigError(f"--out {self.root} exists and is not a directory")
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = lock_folder(self.root)  # before anything is read: another run may be mid-write
         try:
-            self._check_same_run(config, tuple(identity_keys))
+            self._check_same_run(config, tuple(identity_keys), defaults or {})
             self.tmp = self.root / TMP_DIR
             shutil.rmtree(self.tmp, ignore_errors=True)  # leftovers of a killed run
             self.tmp.mkdir()
@@ -128,14 +132,21 @@ class OutputDir:
         self._changed = rows_dropped or not manifest_matches(self.root)
 
     # ---- resume --------------------------------------------------------------------------------
-    def _check_same_run(self, config: dict[str, Any], keys: tuple[str, ...]) -> None:
+    def _check_same_run(self, config: dict[str, Any], keys: tuple[str, ...], defaults: dict[str, Any]) -> None:
         path = self.root / CONFIG
         if not path.exists():
             if (self.root / METADATA).exists():
                 raise ConfigError(f"{self.root} holds {METADATA} but no {CONFIG}; it was not written by genaug augment")
             return
         old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        differ = [d for k in keys for d in differences(k, old.get(k, ABSENT), config.get(k, ABSENT))]
+        def default(dotted: str) -> Any:
+            node: Any = defaults
+            for part in dotted.split("."):
+                node = node.get(part, ABSENT) if isinstance(node, dict) else ABSENT
+            return node
+
+        differ = [(k, a, b) for key in keys for k, a, b in differences(key, old.get(key, ABSENT), config.get(key, ABSENT))
+                  if not (a is ABSENT and b is not ABSENT and default(k) == b)]
         if differ:
             details = shown_differences(differ)
             hint = ""

@@ -144,7 +144,8 @@ def plan(source: str | Path, out: str | Path, method: str, n: int | None = None,
         "versions": _versions(),
     }
     resolved["config_hash"] = config_hash({k: resolved[k] for k in IDENTITY_KEYS})
-    outdir = OutputDir(out, resolved, IDENTITY_KEYS)
+    outdir = OutputDir(out, resolved, IDENTITY_KEYS,
+                       defaults={"options": to_dict(cls.Config()), "input": to_dict(InputConfig())})
     row_base = {"method": run.method, "method_version": cls.version, "config_hash": resolved["config_hash"],
                 "genaug_version": __version__}
     if resolved["models"]:

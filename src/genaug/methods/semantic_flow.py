@@ -72,6 +72,7 @@ class SemanticFlow(Method):
         steps: int = Field(20, ge=1)  # ODE steps over the whole [0, 1] interval (a part of it gets its share)
         solver: Literal["euler", "midpoint", "rk4", "dopri5"] = "euler"
         guidance: float = Field(1.0, ge=0)  # classifier-free guidance when generating (1 = none)
+        invert_guided: bool = False  # invert with `guidance` too (at delta 0 the source comes back); else unguided
         region: Literal["all", "foreground", "background"] = "all"  # 3.3: what is regenerated along the ODE
         dilation: int = Field(16, ge=0)  # region: px the subject mask grows by (the paper's 16), source resolution
         dilation_kind: Literal["radius", "window"] = "radius"
@@ -221,7 +222,8 @@ class SemanticFlow(Method):
                 deltas = torch.tensor([p["delta"] for p, r in zip(params, rows.tolist()) if r],
                                       device=x.device, dtype=x.dtype).view(-1, *[1] * (x.dim() - 1))
                 scale = 1 - (1 - flow.sigma_min) * t if c.compose_noise == "path" else 1.0  # latent: t = 0, both 1
-                base = flow.invert(xs, cs, steps=c.steps, solver=c.solver, t_to=t)
+                base = flow.invert(xs, cs, steps=c.steps, solver=c.solver, t_to=t,
+                                   guidance=c.guidance if c.invert_guided else 1.0)
                 start = base + deltas * scale * es
                 if c.mode == "latent" and c.renormalize:
                     start = start / torch.sqrt(1 + deltas ** 2)
