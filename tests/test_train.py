@@ -226,6 +226,65 @@ def test_a_timm_model_from_scratch_and_as_linear_probe(digits_folder, tmp_path):
     assert mean[0] == pytest.approx(0.485)
 
 
+def test_a_genaug_checkpoint_starts_a_fine_tune_of_the_default_model(digits_folder, tmp_path):
+    """pretrained=<a run's best.safetensors> loads its backbone into genaug_small_cnn (timm loads files only
+    for its own zoo), with the run's own normalisation; a head of another class count is new; a file of
+    another architecture is refused."""
+    from genaug.core.config import ConfigError
+
+    train(digits_folder, tmp_path / "a", config={**FAST, "epochs": 1}, progress=False)
+    ckpt = load_file(tmp_path / "a" / "best.safetensors")
+    model, mean, std = create_classifier("genaug_small_cnn", 5, str(tmp_path / "a" / "best.safetensors"))
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in ckpt.items() if not k.startswith("head."))
+    assert state["head.weight"].shape[0] == 5 and mean == std == (0.5, 0.5, 0.5)
+    r = train(digits_folder, tmp_path / "b", progress=False,
+              config={**FAST, "epochs": 1, "mode": "finetune", "pretrained": str(tmp_path / "a" / "best.safetensors")})
+    assert np.isfinite(r["history"][0]["train_loss"])
+    from safetensors.torch import save_model
+
+    save_model(create_classifier("resnet18", 3)[0], str(tmp_path / "r18.safetensors"))
+    with pytest.raises(ConfigError, match="does not fit this model"):
+        create_classifier("genaug_small_cnn", 3, str(tmp_path / "r18.safetensors"))
+
+
+def test_the_same_run_writes_the_same_checkpoint_bytes(digits_folder, tmp_path):
+    for name in ("a", "b"):
+        train(digits_folder, tmp_path / name, config={**FAST, "epochs": 1}, progress=False)
+    assert (tmp_path / "a" / "best.safetensors").read_bytes() == (tmp_path / "b" / "best.safetensors").read_bytes()
+
+
+def test_evaluation_sets_are_checked_before_training(digits_folder, tmp_path, digit_images):
+    """A test set with a class the model does not learn, or a missing OOD path, fails before the first step, and
+    the folder keeps no earlier run's metrics.json."""
+    run = tmp_path / "r"
+    train(digits_folder, run, config={**FAST, "epochs": 1}, progress=False)
+    assert (run / "metrics.json").is_file()
+    wider = make_imagefolder(tmp_path / "wider", digit_images, per_class=2, classes=("0", "1", "2", "3"))
+    res = cli("train", "--real", digits_folder, "--test", wider, "--out", run, "epochs=50", "min_steps=0",
+              "image_size=16", expect=2)
+    assert "['3'] are not among the training classes" in res.output
+    assert not (run / "metrics.json").exists() and len(_rows(run / "results.csv")) == 1  # no epoch ran
+    res = cli("train", "--real", digits_folder, "--ood", f"far={tmp_path / 'nope'}", "--out", run, "epochs=50",
+              "min_steps=0", "image_size=16", expect=2)
+    assert "nope" in res.output and len(_rows(run / "results.csv")) == 1
+
+
+def test_a_vit_is_built_for_the_image_size_and_weights_collate_to_float32(digits_folder, tmp_path, caplog):
+    from torch.utils.data import DataLoader
+
+    from genaug.train import AugmentedDataset
+
+    r = train(digits_folder, tmp_path / "vit", progress=False,
+              config={**FAST, "epochs": 1, "model": "vit_tiny_patch16_224", "image_size": 32})
+    assert np.isfinite(r["history"][0]["train_loss"])
+    _, _, w = next(iter(DataLoader(AugmentedDataset(digits_folder, image_size=16), batch_size=4)))
+    assert w.dtype == torch.float32 and w.shape == (4,)
+    empty = _fake_synthetic(digits_folder, tmp_path / "zero", weights=[0.0] * 6)
+    train(digits_folder, tmp_path / "z", synthetic=[empty], config={**FAST, "epochs": 1}, progress=False)
+    assert "hold no image to draw" in caplog.text
+
+
 @pytest.fixture(scope="module")
 def few_shot(tmp_path_factory, digit_images):
     """2 images per class: one pass over them is a single batch, the few-shot regime of issue 12."""

@@ -58,9 +58,9 @@ class AugmentedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, float]:
-        image = self.images[i]
-        return (self.transform(image) if self.transform else image), int(self.targets[i]), float(self.weights[i])
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, torch.Tensor]:
+        image = self.images[i]  # the weight as a float32 scalar tensor: a DataLoader collates it to float32 (B,)
+        return (self.transform(image) if self.transform else image), int(self.targets[i]), self.weights[i]
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(images, labels, weights)` of a batch at once: what a DataLoader would collate, without the per-item

@@ -49,6 +49,9 @@ def genaug_small_cnn(pretrained: bool = False, **kwargs) -> SmallCNN:
     return SmallCNN(**kwargs)
 
 
+GENAUG_MODELS = ("genaug_small_cnn",)  # registered in timm by genaug: timm does not load their weights files
+
+
 def register_timm_models() -> None:
     """Add genaug's own models to timm's registry (timm is imported only when a classifier is built)."""
     import timm
@@ -71,8 +74,10 @@ def _replace_last_linear(model: nn.Module, num_classes: int) -> str:
 
 
 def create_classifier(name: str, num_classes: int, pretrained: str | None = None,
-                      linear_probe: bool = False, **model_options) -> tuple[nn.Module, tuple, tuple]:
-    """`(model, mean, std)`; with `linear_probe` only the new head is trainable."""
+                      linear_probe: bool = False, image_size: int | None = None,
+                      **model_options) -> tuple[nn.Module, tuple, tuple]:
+    """`(model, mean, std)`; with `linear_probe` only the new head is trainable. `image_size`: a timm model
+    built for a fixed input size (a ViT's `img_size`) is built for this one unless `model_options` say."""
     import timm
 
     register_timm_models()
@@ -94,25 +99,72 @@ def create_classifier(name: str, num_classes: int, pretrained: str | None = None
         except ValueError:
             raise ConfigError(f"unknown torchvision model {arch!r}") from None
         if path is not None:
-            model.load_state_dict(load_state(path))
+            _load_backbone(model, path)
         head = _replace_last_linear(model, num_classes)
     else:
         try:
             kwargs = {"pretrained_cfg_overlay": {"file": str(path)}} if path else {}
             if path and not path.is_file():
                 raise ConfigError(f"pretrained weights not found: {path}")
-            model = timm.create_model(name, pretrained=path is not None, num_classes=num_classes, **kwargs,
-                                      **model_options)
+            try:  # a ViT's patch grid is fixed at build time: build it for the images it will see
+                sized = {"img_size": image_size} if image_size and "img_size" not in model_options else {}
+                model = timm.create_model(name, pretrained=path is not None, num_classes=num_classes, **kwargs,
+                                          **sized, **model_options)
+            except TypeError:
+                if not sized:
+                    raise
+                model = timm.create_model(name, pretrained=path is not None, num_classes=num_classes, **kwargs,
+                                          **model_options)
         except TypeError as e:
             raise ConfigError(f"model {name!r} does not take these model_options: {e}") from None
         except RuntimeError as e:
             if "Unknown model" in str(e):
                 raise ConfigError(f"unknown model {name!r}: a timm model name or torchvision/<name>") from None
             raise
+        if path is not None and name in GENAUG_MODELS:  # timm loads files only for its own zoo's models
+            _load_backbone(model, path)
         head = None  # timm sized the head itself (num_classes); get_classifier() finds it
     if linear_probe:
         model.requires_grad_(False)
         head_module = model.get_submodule(head) if head else model.get_classifier()
         head_module.requires_grad_(True)
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if path is not None else (HALF, HALF)
+    mean, std = _normalisation(path)
     return model, mean, std
+
+
+def _normalisation(path: Path | None) -> tuple[tuple, tuple]:
+    """The input normalisation of weights: a genaug run's checkpoint records its own (mean, std in its
+    metadata); other weights files are ImageNet's; no file (from scratch): 0.5 / 0.5."""
+    if path is None:
+        return HALF, HALF
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        from .trainer import checkpoint_meta
+
+        with safe_open(str(path), "pt") as f:
+            meta = checkpoint_meta(f.metadata() or {})
+        if "mean" in meta and "std" in meta:
+            return tuple(meta["mean"]), tuple(meta["std"])
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def _load_backbone(model: nn.Module, path: Path) -> None:
+    """Load a weights file into `model` but its classifier head when the head's shape differs (a checkpoint of
+    another number of classes: the head is new). Any other missing, unexpected or mis-shaped weight is an error:
+    the file is not this architecture's."""
+    state, own = load_state(path), model.state_dict()
+    differ = [k for k in state if k in own and state[k].shape != own[k].shape]
+    head = {k for k in differ if model.get_submodule(k.rpartition(".")[0]) is _last_linear(model)}
+    state = {k: v for k, v in state.items() if k not in head}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k not in head]
+    wrong = sorted(set(differ) - head)
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}" for what, keys in
+                           (("missing", missing), ("unexpected", list(unexpected)), ("other shape", wrong)) if keys)
+        raise ConfigError(f"pretrained={path} does not fit this model ({detail})")
+
+
+def _last_linear(model: nn.Module) -> nn.Module | None:
+    return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)

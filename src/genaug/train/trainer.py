@@ -155,9 +155,9 @@ def load_run(run_dir: str | Path, device="cpu") -> tuple[torch.nn.Module, dict[s
     if not ckpt.is_file() or not cfg_file.is_file():
         raise ConfigError(f"{run_dir} is not a finished genaug train run (no best.safetensors / config.yaml)")
     with safe_open(str(ckpt), "pt") as f:
-        meta = {k: json.loads(v) for k, v in f.metadata().items()}
+        meta = checkpoint_meta(f.metadata() or {})
     opts = yaml.safe_load(cfg_file.read_text())["train"]
-    model, _, _ = create_classifier(meta["model"], len(meta["classes"]), None,
+    model, _, _ = create_classifier(meta["model"], len(meta["classes"]), None, image_size=meta.get("image_size"),
                                     linear_probe=opts.get("mode") == "linear", **opts.get("model_options", {}))
     load_model(model, str(ckpt), device=str(device))
     return _layout(model.to(device), opts.get("channels_last", False)).eval(), meta
@@ -211,9 +211,18 @@ def _plots(out: Path, history: list[dict], confusion: list[list[int]] | None, cl
 
 
 def _save(model, path: Path, meta: dict) -> None:
+    """The weights, with `meta` as one JSON string (safetensors writes several metadata keys in a random
+    order: the same run gave other bytes)."""
     from safetensors.torch import save_model
 
-    save_model(model, str(path), metadata={k: json.dumps(v) for k, v in meta.items()})
+    save_model(model, str(path), metadata={"genaug": json.dumps(meta, sort_keys=True)})
+
+
+def checkpoint_meta(metadata: dict[str, str]) -> dict:
+    """What `_save` recorded (one `genaug` key; checkpoints of genaug ≤ this version: one key per entry)."""
+    if "genaug" in metadata:
+        return json.loads(metadata["genaug"])
+    return {k: json.loads(v) for k, v in metadata.items()}
 
 
 def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), val: str | Path | None = None,
@@ -227,15 +236,27 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
         raise ConfigError("pretrained= was given with mode=scratch; use mode=finetune or mode=linear")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").unlink(missing_ok=True)  # a failed run leaves no earlier run's figures behind
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
 
     data = AugmentedDataset(real, synthetic, cfg.image_size, use_weights=cfg.use_weights)
     classes = data.classes
+    # every evaluation set is read, and its labels checked against the training classes, before training: a
+    # wrong path or a foreign class fails now, not after the last epoch
     val_set = load_any(val, cfg.image_size, "val") if val else None
+    test_set = load_any(test, cfg.image_size, "test") if test else None
+    ood_sets = {name: load_any(p, cfg.image_size, name) for name, p in (ood or {}).items()}
+    for name, s in (("validation", val_set), ("test", test_set), *ood_sets.items()):
+        if s is not None:
+            s.targets(classes)
+    if not data.n_synthetic and synthetic:
+        log.warning("the synthetic source(s) %s hold no image to draw (all weighted 0 or filtered): this run "
+                    "trains on the real images alone", ", ".join(map(str, synthetic)))
 
     model, mean, std = create_classifier(cfg.model, len(classes), cfg.pretrained, linear_probe=cfg.mode == "linear",
+                                         image_size=cfg.image_size,
                                          **cfg.model_options)
     _layout(model.to(device), cfg.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -331,8 +352,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
                               "train_seconds": time.perf_counter() - t_start, "history": history}
     if val_set is not None:
         result["val"] = evaluate(model, val_set, classes, mean, std, device, cfg.eval_batch_size)
-    if test:
-        test_set = load_any(test, cfg.image_size, "test")
+    if test_set is not None:
         result["test"] = evaluate(model, test_set, classes, mean, std, device, cfg.eval_batch_size)
         if cfg.sic_images:
             from .explain import sic_score
@@ -342,8 +362,8 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
                                               device=device, xrai_steps=cfg.sic_xrai_steps,
                                               xrai_algorithm=cfg.sic_xrai_algorithm,
                                               xrai_batch_size=cfg.sic_xrai_batch_size)
-    result["ood"] = {name: evaluate(model, load_any(p, cfg.image_size, name), classes, mean, std, device,
-                                    cfg.eval_batch_size) for name, p in (ood or {}).items()}
+    result["ood"] = {name: evaluate(model, s, classes, mean, std, device, cfg.eval_batch_size)
+                     for name, s in ood_sets.items()}
     shown = result.get("test") or result.get("val")
     _plots(out, history, shown["confusion"] if shown else None, classes)
     (out / "metrics.json").write_text(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
