@@ -77,6 +77,43 @@ def test_report_rerenders(bench_run, tmp_path):
     assert "has no results.csv" in cli("report", tmp_path, expect=2).output
 
 
+def test_report_of_a_moved_bench_from_anywhere_shows_what_results_csv_holds(bench_run, tmp_path, monkeypatch):
+    """Rendered from another working directory, after the folder moved: the learning curves (one line per
+    arm and synthetic proportion) and grids are still found; the table has each arm's budget and real share;
+    an arm gone from results.csv has no grid; a bench without a test set plots validation accuracy."""
+    import shutil
+
+    from matplotlib.axes import Axes
+
+    from genaug.bench.report import learning_curves
+
+    root, _ = bench_run
+    moved = shutil.copytree(root / "run", tmp_path / "moved")
+    results = pd.read_csv(moved / "results.csv")
+    assert not results["run_dir"].map(lambda p: p.startswith("/") or p.startswith("..")).any()  # bench-relative
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    keep = results[results["arm"] != "crop+flip"]
+    keep.to_csv(moved / "results.csv", index=False)
+    cli("report", moved)
+    md = (moved / "report.md").read_text()
+    assert "learning_curves.png" in md and "grids/randaugment.png" in md and "grids/crop+flip.png" not in md
+    table = md.split("## Accuracy")[1].split("##")[0]
+    assert "per real image" in table and "synthetic share" in table
+    summary = pd.read_csv(moved / "summary.csv").set_index("arm")
+    assert summary.loc["randaugment", "budget"].tolist() == [2, 2] and "budget_max" not in summary
+    labels, plot = [], Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: labels.append(k.get("label")) or plot(self, *a, **k))
+    learning_curves(keep, tmp_path / "curves.png", moved)
+    assert {"randaugment p=0.3", "randaugment p=0.7", "real"} <= set(labels)
+
+    keep.drop(columns=[c for c in keep if c.startswith("test_")]).to_csv(moved / "results.csv", index=False)
+    cli("report", moved)  # no test set: the proportion plot shows validation accuracy instead of failing
+    assert (moved / "accuracy_vs_proportion.png").is_file() and "accuracy_vs_proportion.png" in (
+        moved / "report.md").read_text()
+
+
 @needs_chromium
 def test_report_shows_tables_and_images_in_chromium(bench_run, tmp_path):
     root, _ = bench_run

@@ -6,23 +6,41 @@ from pathlib import Path
 from ..data.metadata import read_rows
 
 
-def save_grid(synthetic_dir: Path, out_png: Path, per_row: int = 10, n_variants: int = 3, min_tile: int = 64) -> Path:
-    """One row per class (its first source image): the real image, then its first `n_variants` variants."""
+def _source_file(row: dict, source_root: str | None) -> Path | None:
+    """The real image a row was made from: its recorded `source_path`, else `<source>/<source_id>` (the
+    folder's config.yaml `source`: a path recorded relative to another working directory, or moved data)."""
+    for cand in (row.get("source_path"), source_root and row.get("source_id") and Path(source_root) / row["source_id"]):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    return None
+
+
+def save_grid(synthetic_dir: Path, out_png: Path, per_row: int = 10, n_variants: int = 3,
+              min_tile: int = 64) -> Path | None:
+    """One row per class (its first source image that can still be read): the real image, then its first
+    `n_variants` variants. None when no source image can be found."""
     import torch
     from PIL import Image
     from torchvision.transforms.v2.functional import pil_to_tensor
     from torchvision.utils import make_grid, save_image
 
-    rows: dict[str, list[str]] = {}
-    first_of_label: dict[str, str] = {}
+    from ..core.config import load_yaml
+    from ..data.metadata import CONFIG
+
+    synthetic_dir = Path(synthetic_dir)
+    source_root = (load_yaml(synthetic_dir / CONFIG) or {}).get("source") if (synthetic_dir / CONFIG).is_file() else None
+    rows: dict[Path, list[str]] = {}
+    first_of_label: dict[str, Path] = {}
     for r in read_rows(synthetic_dir):
-        if r["variant"] < n_variants:
-            rows.setdefault(r["source_path"], [None] * n_variants)[r["variant"]] = r["file_name"]
-            first_of_label[r["label"]] = min(first_of_label.get(r["label"], r["source_path"]), r["source_path"])
+        if r["variant"] < n_variants and (src := _source_file(r, source_root)) is not None:
+            rows.setdefault(src, [None] * n_variants)[r["variant"]] = r["file_name"]
+            first_of_label[r["label"]] = min(first_of_label.get(r["label"], src), src)
+    if not rows:
+        return None
     width = 1 + max(sum(fn is not None for fn in v) for v in rows.values())
     tiles = []
     for src in [first_of_label[label] for label in sorted(first_of_label)][:per_row]:
-        files = [Path(src)] + [synthetic_dir / fn for fn in rows[src] if fn]
+        files = [src] + [synthetic_dir / fn for fn in rows[src] if fn]
         row = [Image.open(p).convert("RGB") for p in files]
         size = row[0].size
         row = [im.resize(size) for im in row]  # a method may change the size; the grid needs one

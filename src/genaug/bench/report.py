@@ -15,8 +15,18 @@ GROUP = ["arm", "kind", "split", "synthetic_prob"]
 
 
 def write_results(root: Path, rows: list[dict]) -> Path:
+    """results.csv; each row's `run_dir` relative to `root` (so the report finds the runs from any working
+    directory, and after the folder moves)."""
     path = root / "results.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
+
+    def relative(run_dir):
+        if not isinstance(run_dir, str) or not run_dir:
+            return run_dir
+        p = Path(run_dir).absolute()
+        return p.relative_to(root.absolute()).as_posix() if p.is_relative_to(root.absolute()) else str(p)
+
+    pd.DataFrame([{**r, "run_dir": relative(r["run_dir"])} if "run_dir" in r else r for r in rows]).to_csv(
+        path, index=False)
     return path
 
 
@@ -30,10 +40,12 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
     df.loc[~df["kind"].isin(("generator", "pool")), "synthetic_prob"] = "-"
     agg = {c: ["mean", "std"] for c in acc_cols if df[c].notna().any()}
     agg.update(seed=["count"], n_synthetic=["mean"], generation_seconds=["mean"], train_seconds=["mean"])
+    if "synthetic_share" in df:
+        agg["synthetic_share"] = ["mean"]  # the share of synthetic images the batches really held
     if "budget" in df:
         agg["budget"] = ["max"]  # one value per arm: synthetic images per real image
     out = df.groupby(GROUP, sort=False, dropna=False).agg(agg)
-    out.columns = [f"{a}_{b}" if b not in ("mean",) else a for a, b in out.columns]
+    out.columns = [a if b == "mean" or a == "budget" else f"{a}_{b}" for a, b in out.columns]
     out = out.rename(columns={"seed_count": "seeds"}).reset_index()
     for c in out.columns:
         if c.endswith("_std"):
@@ -56,6 +68,8 @@ def _table(summary: pd.DataFrame) -> pd.DataFrame:
         t[label] = [_fmt(m, s) for m, s in zip(summary[c], summary[f"{c}_std"])]
     if "budget" in summary:
         t["per real image"] = summary["budget"].fillna(0).astype(int)
+    if "synthetic_share" in summary:
+        t["synthetic share"] = summary["synthetic_share"].round(3)
     t["synthetic images"] = summary["n_synthetic"].round().astype(int)
     t["generation s"] = summary["generation_seconds"].round(1)
     t["train s"] = summary["train_seconds"].round(1)
@@ -66,34 +80,51 @@ def _proportion_plot(summary: pd.DataFrame, path: Path) -> Path | None:
     gen = summary[(summary["kind"] == "generator") & summary["synthetic_prob"].map(lambda v: isinstance(v, float))]
     if gen.empty or gen["synthetic_prob"].nunique() < 2:
         return None
+    # test accuracy; a bench without a test set plots validation accuracy, and says so
+    metric = "test_acc" if "test_acc" in summary and summary["test_acc"].notna().any() else "val_acc"
+    if metric not in summary or not summary[metric].notna().any():
+        return None
     from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
 
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for (arm, split), g in gen.groupby(["arm", "split"], sort=False):
         g = g.sort_values("synthetic_prob")
-        ax.errorbar(g["synthetic_prob"], 100 * g["test_acc"], yerr=100 * g["test_acc_std"], marker="o", capsize=3,
+        ax.errorbar(g["synthetic_prob"], 100 * g[metric], yerr=100 * g[f"{metric}_std"], marker="o", capsize=3,
                     label=f"{arm} ({split})")
     for (arm, split), g in summary[summary["kind"] == "real"].groupby(["arm", "split"], sort=False):
-        ax.axhline(100 * g["test_acc"].iloc[0], linestyle="--", color="grey", label=f"real only ({split})")
-    ax.set(xlabel="synthetic proportion of each batch", ylabel="test accuracy (%)")
+        ax.axhline(100 * g[metric].iloc[0], linestyle="--", color="grey", label=f"real only ({split})")
+    ax.set(xlabel="synthetic proportion of each batch",
+           ylabel="test accuracy (%)" if metric == "test_acc" else "validation accuracy (%) (no test set)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path
 
 
-def learning_curves(results: pd.DataFrame, path: Path) -> Path | None:
-    """Validation accuracy against training step, mean over seeds, one line per arm (and split): where each
-    arm's selected epoch sits, and whether real-only training had converged and begun to overfit."""
+def run_path(root: Path, run_dir) -> Path | None:
+    """A results row's run folder: recorded relative to the bench folder (older benches: to the working
+    directory they ran in); None when neither holds it."""
+    if not isinstance(run_dir, str) or not run_dir:
+        return None
+    p = Path(run_dir)
+    return next((q for q in ((p,) if p.is_absolute() else (root / p, p)) if q.is_dir()), None)
+
+
+def learning_curves(results: pd.DataFrame, path: Path, root: Path) -> Path | None:
+    """Validation accuracy against training step, mean over seeds, one line per arm (and split, and synthetic
+    proportion where several were trained): where each arm's selected epoch sits, and whether real-only
+    training had converged and begun to overfit."""
     curves = []
     for row in results.itertuples():
-        log = Path(str(getattr(row, "run_dir", ""))) / "results.csv"
-        if not log.is_file():
+        run = run_path(root, getattr(row, "run_dir", None))
+        if run is None or not (run / "results.csv").is_file():
             continue
-        h = pd.read_csv(log)
+        h = pd.read_csv(run / "results.csv")
         if "val_acc" in h and h["val_acc"].notna().any():
-            curves.append(h[["step", "val_acc"]].assign(arm=row.arm, split=row.split))
+            share = getattr(row, "synthetic_prob", None)
+            curves.append(h[["step", "val_acc"]].assign(arm=row.arm, split=row.split,
+                                                       share="" if pd.isna(share) else f"p={share:g}"))
     if not curves:
         return None
     from matplotlib.figure import Figure  # no pyplot: the user's matplotlib backend is left alone
@@ -102,9 +133,11 @@ def learning_curves(results: pd.DataFrame, path: Path) -> Path | None:
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
     many_splits = df["split"].nunique() > 1
-    for (arm, split), g in df.groupby(["arm", "split"], sort=False):
+    many_shares = df.groupby("arm")["share"].nunique().max() > 1
+    for (arm, split, share), g in df.groupby(["arm", "split", "share"], sort=False):
         m = g.groupby("step")["val_acc"].agg(["mean", "std"]).reset_index()
-        line, = ax.plot(m["step"], 100 * m["mean"], marker=".", label=f"{arm} ({split})" if many_splits else arm)
+        label = " ".join(x for x in (arm, share if many_shares else "", f"({split})" if many_splits else "") if x)
+        line, = ax.plot(m["step"], 100 * m["mean"], marker=".", label=label)
         ax.fill_between(m["step"], 100 * (m["mean"] - m["std"].fillna(0)), 100 * (m["mean"] + m["std"].fillna(0)),
                         color=line.get_color(), alpha=0.15)
     ax.set(xlabel="training step", ylabel="validation accuracy (%)", title="learning curves (mean ± std over seeds)")
@@ -114,16 +147,21 @@ def learning_curves(results: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def _grids(root: Path) -> dict[str, Path]:
+def _grids(root: Path, results: pd.DataFrame) -> dict[str, Path]:
+    """One grid per generator arm of these results: its first split and seed, at the budget it was trained at
+    (folders of arms or budgets no longer in results.csv are not shown)."""
     from .grids import save_grid
 
     grids = {}
-    syn_root = root / "synthetic"
-    for arm_dir in sorted(p for p in syn_root.iterdir() if p.is_dir()) if syn_root.exists() else []:
-        first = next(iter(sorted(arm_dir.glob("*/budget-*/seed-*/metadata.jsonl"))), None)
-        if first is not None:
-            (root / "grids").mkdir(exist_ok=True)
-            grids[arm_dir.name] = save_grid(first.parent, root / "grids" / f"{arm_dir.name}.png")
+    gen = results[results["kind"] == "generator"] if "kind" in results else results.iloc[:0]
+    for arm, g in gen.groupby("arm", sort=False):
+        first = g.sort_values(["split", "seed"]).iloc[0]
+        folder = (root / "synthetic" / str(arm) / str(first["split"]) / f"budget-{int(first.get('budget', 0))}"
+                  / f"seed-{int(first['seed'])}")
+        if (folder / "metadata.jsonl").is_file():
+            grid = save_grid(folder, root / "grids" / f"{arm}.png")
+            if grid is not None:
+                grids[str(arm)] = grid
     return grids
 
 
@@ -165,12 +203,17 @@ def write_report(root: str | Path, grids: dict[str, Path] | None = None, notes: 
     summary.to_csv(root / "summary.csv", index=False)
     table = _table(summary)
     plot = _proportion_plot(summary, root / "accuracy_vs_proportion.png")
-    curves = learning_curves(results, root / "learning_curves.png")
-    grids = grids if grids is not None else _grids(root)
+    curves = learning_curves(results, root / "learning_curves.png", root)
+    grids = {n: g for n, g in (grids if grids is not None else _grids(root, results)).items() if g is not None}
     config = (root / "config.yaml").read_text() if (root / "config.yaml").exists() else ""
+    budgets = (results.loc[results["kind"] == "generator", "budget"].dropna().unique()
+               if {"kind", "budget"} <= set(results) else [])
     intro = (f"{len(results)} training runs: {results['arm'].nunique()} arms × {results['split'].nunique()} "
              f"split(s) × {results['seed'].nunique()} seed(s). Every arm trains the same classifier on the same "
-             "split and seed; generators get the same number of synthetic images per real image.")
+             "split and seed" + ("; generators get the same number of synthetic images per real image "
+                                 f"({int(budgets[0])})." if len(budgets) == 1 else
+                                 "; generators' budgets differ (the 'per real image' column)." if len(budgets) else
+                                 "."))
     md = ["# genaug bench report", "", intro, "", *(x for n in notes for x in (n, "")), "## Accuracy (mean ± std over seeds)", "",
           table.to_markdown(index=False), ""]
     if curves:

@@ -70,6 +70,13 @@ class RunSummary:
         return text
 
 
+def _absolute(path: str) -> str:
+    """A source file's path, absolute: recorded relative to the working directory it would mean nothing from
+    another one (a report, a card, an audit run elsewhere). Paths that name no file (a dataset row) stay."""
+    p = Path(path)
+    return str(p.absolute()) if not p.is_absolute() and p.is_file() else path
+
+
 def _versions() -> dict[str, str]:
     import PIL
     import torch
@@ -211,7 +218,7 @@ def generate(m, items: list[tuple[Example, int, int]], row_base: dict[str, Any]
             refused[(ex.id, k)] = (ex, f"{m.name} variant {k} (seed {s}): {why}")
             continue
         row = {"file_name": synthetic_file_name(ex.label, ex.id, k), "label": ex.label, "source_id": ex.id,
-               "source_path": ex.path, "variant": k, "seed": s, **row_base, "params": syn.params,
+               "source_path": _absolute(ex.path), "variant": k, "seed": s, **row_base, "params": syn.params,
                "weight": float(syn.weight), "created_at": now}
         if syn.scores:
             row["scores"] = syn.scores
