@@ -317,8 +317,12 @@ def test_inpaint_both_keeps_the_source_by_default(cutouts, tmp_path, tiny_models
     assert all(np.array_equal(a, b) for a, b in zip(kept, again))
     # the subject's own modes still regenerate their region from noise
     fg = create_method("inpaint", {"model": str(tiny_models["sd15-inpaint"]), "steps": 4, "masks": "dataset",
-                                   "mode": "foreground"})
+                                   "mode": "foreground", "dilation": 2})
     assert fg.sample_params(sources[0], np.random.default_rng(0))["strength"] == 1.0 and not fg.warnings
+    # ...unless the grown subject is the whole image (a small image): then it is `both`, the source kept
+    grown, grown_params, _ = made(mode="foreground", dilation=40)
+    assert [(p["mode"], p["mode_asked"], p["strength"]) for p in grown_params] == [("both", "foreground", 0.5)] * 2
+    assert not np.array_equal(grown[0], grown[1])
 
 
 def test_inpaint_warns_in_the_run_summary_when_the_whole_image_is_text_to_image(cutouts, tmp_path, tiny_models):

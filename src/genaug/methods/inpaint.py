@@ -50,6 +50,7 @@ class Inpaint(Method):
     description = "Object-centric inpainting (Shivashankar & Miller): SD inpainting of background, subject or both"
     paper = "Shivashankar & Miller, Semantic Data Augmentation with Generative Models (section 3.3, mask ablation)"
     default_batch_size = 8
+    version = "2"  # 2: a foreground whose grown subject covers the whole image is repainted as `both` (strength)
 
     @config_dataclass
     class Config(PipelineOptions, MaskOptions, TextualInversionOptions):
@@ -75,7 +76,7 @@ class Inpaint(Method):
         if "{token}" in self.prompt and not c.tokens_from:
             raise ConfigError("inpaint: a prompt with {token} needs tokens_from (the base model of the tokens)")
         whole = c.mode == "both" or c.on_missing == "whole_image"  # may repaint a whole image
-        for strength in {self.strength(c.mode), *([self.strength("both")] if whole else [])}:
+        for strength in {self.strength(c.mode), *([self.strength("both")] if whole or c.mode == "foreground" else [])}:
             if int(c.steps * strength) < 1:
                 raise ConfigError(f"inpaint: steps x strength must be at least 1 (got {c.steps} x {strength})")
         self.warnings: list[str] = []
@@ -147,9 +148,12 @@ class Inpaint(Method):
         p = {**{k: v for k, v in info.items() if k != "reason"}, "mode": mode, "dilation": c.dilation,
              "dilation_kind": c.dilation_kind, "prompt": prompt, "strength": self.strength(mode),
              "guidance_scale": c.guidance_scale, "steps": c.steps}
-        if not self.repaint_mask(example, p, mask).any():
+        region = self.repaint_mask(example, p, mask)
+        if not region.any():
             raise Rejected(f"inpaint: nothing to repaint in mode {mode}: the subject dilated by {c.dilation} px "
                            f"covers the whole image (lower dilation or use another mode)")
+        if mode == "foreground" and region.all():  # the grown subject is the whole image: repainted as `both`
+            p.update(mode="both", mode_asked="foreground", strength=self.strength("both"))
         return p
 
     def repaint_mask(self, example: Example, p: dict[str, Any], mask: Image.Image | None = None) -> np.ndarray:
