@@ -81,6 +81,36 @@ def test_sgid_takes_the_pipeline_options_but_one_image_per_call(src, tmp_path, t
     assert "dtype=float16 on the CPU" in res.output
 
 
+def test_sgid_records_the_guidance_applied_its_local_clip_and_strips_compel_syntax(tiny_models, monkeypatch):
+    """A mapped guidance below 1 is applied as 1 (diffusers: no guidance at <= 1) and recorded so; a CLIP from
+    --models is recorded as local, not with the hub's commit; a backslash in a label cannot unweight it."""
+    from PIL import Image
+
+    from genaug.components.hub import models_dir
+    from genaug.core.records import Example
+    from genaug.methods import create_method
+
+    with models_dir(tiny_models["clip"].parent):
+        m = create_method("sgid", {"model": str(tiny_models["sd15"]), "captioner": str(tiny_models["blip"]),
+                                   "n_beam": 1, "n_nucleus": 0, "steps": 4, "resolution": 32})
+    assert m.models()["clip"]["revision"] == "local"
+    monkeypatch.setattr(m, "best_caption", lambda image: ("a dog on a sofa", 0.7))
+    p = m.sample_params(Example(id="x", image=Image.new("RGB", (8, 8)), label="C:\\", path=""), None)
+    assert p["guidance_scale"] == 1.0 and p["guidance_mapped"] == pytest.approx(0.44)
+    assert p["weighted_prompt"] == "(a dog on a sofa)0.9 (A picture of C:)1.5"
+
+
+def test_real_guidance_keeps_other_braces_in_its_prompt(tiny_models):
+    from PIL import Image
+
+    from genaug.core.records import Example
+    from genaug.methods import create_method
+
+    m = create_method("real_guidance", {"model": str(tiny_models["sd15"]), "prompt": "a {label}, style {style}"})
+    p = m.sample_params(Example(id="x", image=Image.new("RGB", (8, 8)), label="cat", path=""), None)
+    assert p["prompt"] == "a cat, style {style}"
+
+
 def test_sgid_captions_are_cached_not_recomputed(src, tmp_path, tiny_models):
     from genaug.components.captioner import Captioner
     from genaug.data.cache import cache_root

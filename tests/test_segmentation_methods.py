@@ -54,6 +54,19 @@ def test_captions_never_name_a_class():
     assert caption == "and a catalogue"  # the words, their articles, and the connectors left dangling
     assert scrub("the cat", words)[0] == ""  # nothing left: the caller falls back to its template
     assert {"cat", "cats", "kitten", "butterflies"} <= set(removed)
+    words = class_words(["café", "猫", "dog"])  # any script: no "caf", no empty word whose plural is "s"
+    assert {"café", "cafés", "猫"} <= set(words) and "s" not in words and "caf" not in words
+    assert scrub("a 猫 sleeping in a cosy café", words)[0] == "sleeping in a cosy"
+    assert scrub("a farmer's barn", words)[0] == "a farmer's barn"
+
+
+def test_aga_refuses_an_unreadable_background_before_generating(cutouts, backgrounds, tmp_path):
+    import shutil
+
+    bgs = shutil.copytree(backgrounds, tmp_path / "bgs")
+    (bgs / "bad.jpg").write_bytes(b"")
+    res = cli("augment", cutouts, "--method", "aga", "--out", tmp_path / "o", f"backgrounds_dir={bgs}", expect=2)
+    assert "1 unreadable image(s): bad.jpg" in res.output and not (tmp_path / "o" / "metadata.jsonl").exists()
 
 
 def test_aga_identity_keeps_the_subject_pixels_and_records_everything(cutouts, backgrounds, tmp_path):

@@ -57,7 +57,7 @@ def class_words(labels: list[str], extra: dict[str, list[str]] | None = None) ->
     """Words that name a class: each label, its words (3+ letters), their plurals, and the user's synonyms."""
     words: set[str] = set()
     for label in labels:
-        parts = [w for w in re.split(r"[^0-9A-Za-z]+", label) if w]
+        parts = [w for w in re.split(r"[\W_]+", label) if w]  # any script's letters: "café", "猫"
         words.add(" ".join(parts).lower())
         words.update(w.lower() for w in parts if len(w) >= 3)
         words.update(w.lower() for w in (extra or {}).get(label, []))
@@ -193,6 +193,16 @@ class AGA(Method):
             self.background_files = sorted(p for p in root.rglob("*") if p.is_file() and is_image_name(p.name))
             if not self.background_files:
                 raise ConfigError(f"aga: no images in backgrounds_dir {root}")
+            bad = []
+            for f in self.background_files:  # checked now, not when a batch first draws it (mid-run)
+                try:
+                    with Image.open(f) as im:
+                        im.verify()
+                except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a damaged file
+                    bad.append(f"{f.name} ({type(e).__name__})")
+            if bad:
+                raise ConfigError(f"aga: backgrounds_dir {root} holds {len(bad)} unreadable image(s): "
+                                  f"{', '.join(bad[:5])}; remove or replace them")
         else:
             for key in ("{background}", "{temporal}"):  # a recorded phrase must shape the template caption
                 if key not in c.template_caption:

@@ -45,7 +45,7 @@ class RealGuidance(Method):
 
     def sample_params(self, example: Example, rng: np.random.Generator, variant: int = 0) -> dict[str, Any]:
         c = self.config
-        return {"prompt": c.prompt.format(label=example.label), "negative_prompt": c.negative_prompt,
+        return {"prompt": c.prompt.replace("{label}", example.label), "negative_prompt": c.negative_prompt,
                 "strength": c.strength, "guidance_scale": c.guidance_scale, "steps": c.steps}
 
     def __call__(self, batch: list[Example], params: list[dict[str, Any]]) -> list[Synthetic]:

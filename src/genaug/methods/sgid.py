@@ -26,7 +26,7 @@ from pydantic import Field, field_validator
 from ..components.captioner import BLIP_MODEL, Captioner
 from ..components.clip import Clip
 from ..components.diffusion import SD15_MODEL, PipelineOptions
-from ..components.hub import model_key
+from ..components.hub import local_override, model_key
 from ..core.config import ConfigError, config_dataclass, range_option
 from ..data.cache import Cache, content_key
 from .registry import register_method
@@ -35,7 +35,7 @@ from .base import Method
 
 CLIP_B32 = "openai/clip-vit-base-patch32"
 CLIP_B32_REVISION = "3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268"
-_COMPEL_SYNTAX = re.compile(r"[()\[\]+\-]")
+_COMPEL_SYNTAX = re.compile(r"[()\[\]+\-\\]")  # compel's weighting syntax, and its escape character
 
 
 def sgid_quadratic(s: float) -> float:
@@ -98,7 +98,8 @@ class SGID(Method):
             raise ConfigError(f"sgid: steps x strength must be at least 1 (got {c.steps} x {c.strength})")
         self.sd = c.diffusion(c.model, c.revision)  # micro_batch 1: every image has its own guidance scale
         self.captioner = Captioner(c.captioner, c.captioner_revision, c.device)
-        self.clip = Clip(c.clip, c.clip_revision or (CLIP_B32_REVISION if c.clip == CLIP_B32 else None), c.device)
+        clip = local_override("clip", c.clip)  # the pinned revision only for the hub's B/32 itself
+        self.clip = Clip(clip, c.clip_revision or (CLIP_B32_REVISION if clip == CLIP_B32 else None), c.device)
         self.similarities = Cache("sgid-clip")
         self.clip_key = model_key(self.clip.id, self.clip.revision)
         from compel import CompelForSD, CompelForSDXL
@@ -138,9 +139,12 @@ class SGID(Method):
         caption_text = " ".join(_COMPEL_SYNTAX.sub(" ", caption).split())
         label_text = " ".join(_COMPEL_SYNTAX.sub(" ", example.label).split())
         weighted = f"({caption_text}){c.caption_weight:g} (A picture of {label_text}){c.label_weight:g}"
+        # diffusers applies no classifier-free guidance at a scale <= 1 (the conditional prediction alone, as at
+        # 1): the scale recorded is the one applied; a mapped value below 1 is kept beside it
+        below = {"guidance_mapped": round(float(guidance), 6)} if guidance < 1 else {}
         return {"caption": caption, "similarity": sim, "prompt": f"{caption}. A picture of {example.label}",
-                "weighted_prompt": weighted, **mapping, "guidance_scale": round(float(guidance), 6),
-                "strength": c.strength, "steps": c.steps}
+                "weighted_prompt": weighted, **mapping, "guidance_scale": round(max(float(guidance), 1.0), 6),
+                **below, "strength": c.strength, "steps": c.steps}
 
     def _prompt_embeds(self, weighted: str) -> dict[str, torch.Tensor]:
         """compel's conditioning of one prompt, alone (cached): it never depends on the batch."""
