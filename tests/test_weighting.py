@@ -46,6 +46,22 @@ def test_a_calibration_set_classified_perfectly_keeps_the_temperature_at_its_bou
     assert temperature_note(1.7) is None
 
 
+def test_a_temperature_just_inside_the_bound_is_found_not_the_bound():
+    """Logits whose best temperature is 0.155: a clamped LBFGS stopped at the bound 0.1 (zero gradient there)."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(1)
+    targets = torch.randint(4, (60,), generator=g)
+    logits = 0.3 * torch.randn(60, 4, generator=g)
+    logits[torch.arange(60), targets] += 0.6
+    grid = np.exp(np.linspace(np.log(0.1), np.log(10), 4001))
+    best = grid[np.argmin([float(F.cross_entropy(logits.double() / t, targets)) for t in grid])]
+    t, _, after = fit_temperature(logits, targets)
+    assert t == pytest.approx(best, rel=2e-3)
+    assert after <= min(float(F.cross_entropy(logits.double() / x, targets)) for x in grid) + 1e-9
+
+
 def test_weight_command_rewrites_metadata_and_manifest(tmp_path, digit_images):
     real = make_imagefolder(tmp_path / "real", digit_images, per_class=20)
     syn = tmp_path / "syn"
@@ -95,9 +111,19 @@ def test_a_rerun_weighs_again_when_the_filters_removed_other_images(tmp_path, di
             return torch.stack([conf, 1 - conf], 1), torch.zeros(len(rows), dtype=torch.long)
 
         def describe(self):
-            return {"temperature": 1.0, "backbone_requested": "resnet50"}
+            from genaug.scoring.probe import resolve_classifier, work_dir
+
+            cfg, _, _ = resolve_classifier("resnet50", None, download=False)
+            return {"temperature": 1.0, "backbone_requested": "resnet50",
+                    "work_dir": str(work_dir(real, 0.2, {**cfg, "seed": 0}))}
 
     weighting._weight_rows(syn, Probe(), "diagen", 0.2, None)
+    assert not json.loads((syn / "weighting.json").read_text())["one_variant_per_source"]
+    one = tmp_path / "one"
+    cli("augment", real, "--method", "flipcrop", "--out", one, "-n", 1)
+    weighting._weight_rows(one, Probe(), "diagen", 0.2, None)  # one variant a source: every weight 1, and said so
+    assert json.loads((one / "weighting.json").read_text())["one_variant_per_source"]
+    assert {r["weight"] for r in read_rows(one)} == {1.0}
     calls = []
     monkeypatch.setattr(weighting, "weight_synthetic", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(
         weighting.ConfigError("stopped here")))
@@ -106,6 +132,13 @@ def test_a_rerun_weighs_again_when_the_filters_removed_other_images(tmp_path, di
     rows = read_rows(syn)
     rows[2]["filtered"] = "blank"  # a filter run removed one image
     rewrite_rows(syn, rows)
+    assert "unchanged" not in weighting.weight_stage(syn, source, backbone="resnet50")["weighting"] and calls
+    # the real images rewritten in place (another split of the same name): the probe, and so the weights, differ
+    weighting._weight_rows(syn, Probe(), "diagen", 0.2, None)
+    calls.clear()
+    assert "unchanged" in weighting.weight_stage(syn, source, backbone="resnet50")["weighting"] and not calls
+    first = sorted(real.rglob("*.png"))[0]
+    first.write_bytes(sorted(real.rglob("*.png"))[-1].read_bytes())
     assert "unchanged" not in weighting.weight_stage(syn, source, backbone="resnet50")["weighting"] and calls
 
 

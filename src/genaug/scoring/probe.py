@@ -92,21 +92,22 @@ def temperature_note(t: float) -> str | None:
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, steps: int = 100) -> tuple[float, float, float]:
-    """`(T, NLL at T = 1, NLL at T)` for held-out logits (LBFGS on log T; T kept in [T_MIN, T_MAX])."""
-    log_t = torch.zeros(1, requires_grad=True)
-    bounds = (math.log(T_MIN), math.log(T_MAX))
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
+    """`(T, NLL at T = 1, NLL at T)` for held-out logits: T minimising the NLL within [T_MIN, T_MAX] (the NLL
+    is convex in 1/T, so unimodal in log T: a bounded 1-D search, scipy's Brent, finds it; LBFGS on a clamped
+    log T stopped at a bound with zero gradient when the optimum lay inside)."""
+    from scipy.optimize import minimize_scalar
 
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(logits / log_t.clamp(*bounds).exp(), targets)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    t = float(log_t.detach().clamp(*bounds).exp())
+    logits, targets = logits.double(), targets.long()
     with torch.no_grad():
-        return t, float(F.cross_entropy(logits, targets)), float(F.cross_entropy(logits / t, targets))
+        def nll(log_t: float) -> float:
+            return float(F.cross_entropy(logits / math.exp(log_t), targets))
+
+        found = minimize_scalar(nll, bounds=(math.log(T_MIN), math.log(T_MAX)), method="bounded",
+                                options={"xatol": 1e-6, "maxiter": max(steps, 100)})
+        t = min(max(math.exp(found.x), T_MIN), T_MAX)
+        # at a bound the search stops within its tolerance of it: report the bound itself
+        t = next((b for b in (T_MIN, T_MAX) if math.isclose(t, b, rel_tol=1e-4)), t)
+        return t, nll(0.0), nll(math.log(t))
 
 
 def split_real(real: str | Path, holdout: float, seed: int, out: Path) -> tuple[Path, Path]:

@@ -22,11 +22,14 @@ import torch
 
 from ..core.config import ConfigError
 from ..core.files import atomic_write
+from ..core.log import get_logger
 from ..data.metadata import read_rows, rewrite_rows
 from ..data.writer import folder_locked
 from .probe import temperature_note
 from .probe import fit_probe
 
+
+log = get_logger(__name__)
 
 def rule_weights(p: np.ndarray, rule: str) -> np.ndarray:
     if rule == "diagen":
@@ -76,10 +79,15 @@ def _weight_rows(synthetic: Path, probe, rule: str, holdout: float, val: str | P
             r["weight_before_filter"] = round(float(w_rule[i]), 6)
         r["scores"] = {**r.get("scores", {}), "confidence": round(float(conf), 6)}
     rewrite_rows(synthetic, rows)
+    single = len(kept) > 0 and len({rows[i]["source_id"] for i in kept}) == len(kept)
+    if single:
+        log.warning("every source image has one weighted variant: DIAGen's weights average to 1 over a source's "
+                    "variants, so each is 1 — the rule ranks variants of one real image (generate several: -n)")
     probe_record = {k: v for k, v in probe.describe().items() if k != "holdout_accuracy"}
     summary = {"rule": rule, **probe_record,
                "val": str(val) if val is not None else None, "holdout": holdout if val is None else None,
                "n_synthetic": len(rows), "n_filtered": int(removed.sum()), "filtered_digest": _filtered_digest(rows),
+               "one_variant_per_source": single,
                "mean_confidence": float(p.mean()) if len(p) else float("nan"),
                "zero_weight": int((weights == 0).sum()),
                "weight_min": float(weights.min()) if len(rows) else float("nan"),
@@ -108,9 +116,16 @@ def weight_stage(out: Path, source, rule: str = "diagen", holdout: float = 0.2,
     done = Path(out) / "weighting.json"
     val = str(val) if val is not None else None
     if done.is_file():
+        from .probe import resolve_classifier, work_dir
+
         previous = json.loads(done.read_text())
+        cfg, _, _ = resolve_classifier(backbone, classifier, download=False)
+        # the probe's key: the real and validation images as they are now (a split rewritten in place), the
+        # hold-out, the classifier options and seed
+        probe_key = str(work_dir(source.root, holdout, {**cfg, "seed": seed}, val))
         if (previous.get("n_synthetic") == n_rows and previous.get("rule") == rule and previous.get("val") == val
                 and previous.get("backbone_requested", "mobilenet_v2") == backbone
+                and previous.get("work_dir") == probe_key
                 and previous.get("filtered_digest") == _filtered_digest(rows)):  # the average is over the kept
             return {"weighting": f"unchanged ({n_rows} images already weighted)"}
     try:
