@@ -47,6 +47,35 @@ def test_splits_are_stratified_reproducible_and_disjoint(digits_folder, tmp_path
     assert "unexpected argument(s) '7'" in res.output and not (tmp_path / "g").exists()
 
 
+def test_split_reruns_masks_duplicates_and_foreign_manifests(digits_folder, tmp_path):
+    """A rerun without --val removes the old val.csv (it overlapped the new rest.csv); masks travel into the
+    split; duplicate ids and a manifest with nothing usable are refused; a Windows manifest's paths are read."""
+    from genaug.data import Source
+
+    out = tmp_path / "sp"
+    cli("split", digits_folder, "--out", out, "--shots", 2, "--val", 1)
+    cli("split", digits_folder, "--out", out, "--shots", 2)
+    assert not (out / "shots-2" / "seed-0" / "val.csv").exists()
+    pngs = sorted(digits_folder.rglob("*.png"))
+    rows = [(p.relative_to(digits_folder).as_posix(), p.parent.name) for p in pngs]
+    masked = digits_folder.parent / "masked.csv"
+    masked.write_text("path,label,mask\n" + "".join(f"src/{p},{lab},src/{p}\n" for p, lab in rows))
+    cli("split", masked, "--out", tmp_path / "m", "--shots", 2)
+    recs = list(Source(tmp_path / "m" / "shots-2" / "seed-0" / "train.csv").records())
+    assert len(recs) == 6 and all(r.mask_path and r.mask_path.endswith(r.path.split("src/")[1]) for r in recs)
+    dup = digits_folder.parent / "dup.csv"
+    dup.write_text("path,label,id\n" + "".join(f"src/{p},{lab},same-{i % 50}\n" for i, (p, lab) in enumerate(rows)))
+    assert "duplicate id" in cli("split", dup, "--out", tmp_path / "d", "--shots", 2, expect=2).output
+    bad = digits_folder.parent / "bad.jsonl"
+    bad.write_text("".join(f'{{"file_name": "src/{p}", "label": "{lab}"}}\n' for p, lab in rows))
+    res = cli("split", bad, "--out", tmp_path / "b", "--shots", 2, expect=2)
+    assert "lists no usable image" in res.output and "has no path" in res.output
+    win = digits_folder.parent / "win.csv"
+    win.write_text("path,label\n" + "".join(f"src\\{p.replace('/', chr(92))},{lab}\n" for p, lab in rows))
+    assert [r.id for r in Source(win).records()] == [f"src/{p}" for p, _ in rows]
+    assert all(r.error is None for r in Source(win).records())
+
+
 def test_split_order_does_not_depend_on_listing(digits_folder, tmp_path):
     from genaug.data import Source
     from genaug.data.splits import choose

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 
 from ..core.config import ConfigError
 from ..core.log import get_logger
@@ -167,6 +167,8 @@ class Source:
             return Record(id=f"line-{line_no}", path=f"{self.root}:{line_no}", label=None,
                           error=f"manifest line {line_no} is not a JSON object")
         raw_path = str(row.get("path") or "").strip()
+        if "\\" in raw_path and "/" not in raw_path and not (self.base / raw_path).exists():
+            raw_path = PureWindowsPath(raw_path).as_posix()  # a manifest written on Windows: 6\000017.png
         label = row.get("label")
         label = str(label).strip() if label is not None else ""
         rid = str(row.get("id") or raw_path).strip()

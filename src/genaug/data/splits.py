@@ -24,10 +24,12 @@ import yaml
 
 from ..core.config import ConfigError
 from ..core.files import atomic_path
+from ..core.log import get_logger
 from ..core.seeding import derive_seed
 from .sources import Record, Source
 
 T = TypeVar("T")
+log = get_logger(__name__)
 
 
 def split_name(shots: int | None, fraction: float | None) -> str:
@@ -104,21 +106,44 @@ def write_manifest(records: list[Record], path: Path, columns: dict[str, list] |
     return path
 
 
+def _relative(path: str | None, manifest: Path) -> str:
+    return "" if not path else Path(os.path.relpath(Path(path).resolve(), manifest.parent.resolve())).as_posix()
+
+
 def make_splits(src: str | Path, out: str | Path, seeds: list[int], shots: int | None = None,
                 fraction: float | None = None, val: int = 0) -> list[Path]:
     """Write one train (and val) manifest per seed, and the rest of every class; returns the train manifests."""
     _check_request(shots, fraction, val)
     records = list(Source(src).records())
+    usable = [r for r in records if r.error is None]
+    duplicates = sorted({r.error for r in records if r.error and r.error.startswith("duplicate id")})
+    if duplicates:  # which of two images with one id is kept would depend on the listing order
+        raise ConfigError(f"{src}: {len(duplicates)} duplicate id(s), e.g. {duplicates[0]}: give every image its "
+                          f"own id (a split keeps one image per id)")
+    if not usable:
+        reasons = sorted({r.error for r in records if r.error})
+        raise ConfigError(f"{src} lists no usable image ({len(records)} record(s) skipped"
+                          + (f", e.g. {reasons[0]}" if reasons else "") + ")")
+    skipped = len(records) - len(usable)
+    if skipped:
+        log.warning("%s: %d record(s) skipped, e.g. %s", src, skipped, next(r.error for r in records if r.error))
     out = Path(out)
     name = split_name(shots, fraction)
+    masks = any(r.mask_path for r in usable)
     written, counts = [], {}
     for seed in seeds:
         train, held, rest = partition(records, seed, shots=shots, fraction=fraction, val=val)
         d = out / name / f"seed-{seed}"
-        written.append(write_manifest(train, d / "train.csv"))
+
+        def write(recs: list[Record], path: Path) -> Path:  # the masks travel with their images
+            return write_manifest(recs, path, {"mask": [_relative(r.mask_path, path) for r in recs]} if masks else None)
+
+        written.append(write(train, d / "train.csv"))
         if val:
-            write_manifest(held, d / "val.csv")
-        write_manifest(rest, d / "rest.csv")  # written even when empty, so "no test images" is visible
+            write(held, d / "val.csv")
+        else:
+            (d / "val.csv").unlink(missing_ok=True)  # an earlier split's, overlapping this one's rest
+        write(rest, d / "rest.csv")  # written even when empty, so "no test images" is visible
         counts[f"seed-{seed}"] = {"train": len(train), "val": len(held), "rest": len(rest)}
     meta_path = out / "split.yaml"
     meta = yaml.safe_load(meta_path.read_text()) if meta_path.exists() else {}
