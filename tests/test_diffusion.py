@@ -346,9 +346,11 @@ def test_textual_inversion_starts_from_dafusions_word_not_the_labels_first_word(
         assert torch.allclose(vector, row("the"), atol=1e-6) and not torch.allclose(vector, row(first), atol=1e-3)
 
     # the class name itself, as an option: the mean of its words' rows, learned anew (a new cache key)
-    res = cli("augment", src, "--out", tmp_path / "b", *args, "ti_init={label}", expect=2)  # YAML: a mapping
-    assert "quote it" in res.output
-    cli("augment", src, "--out", tmp_path / "b", *args, "ti_init='{label}'")
+    as_yaml = tmp_path / "ti.yaml"
+    as_yaml.write_text("method: da_fusion\noptions: {ti_init: {label}}\n")  # YAML: a mapping, not a text
+    res = cli("augment", src, "--out", tmp_path / "b", "--config", as_yaml, *args, expect=2)
+    assert "in a YAML file quote it" in res.output
+    cli("augment", src, "--out", tmp_path / "b", *args, "ti_init={label}")  # typed bare: kept as text
     assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["options"]["ti_init"] == "{label}"
     vector, meta = next((v, m) for v, m in _cached_tokens()["red car"] if m["initializer"] != "the")
     assert meta["initializer"] == "red car" and torch.allclose(vector, row("red car"), atol=1e-6)

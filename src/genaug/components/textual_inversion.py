@@ -283,8 +283,8 @@ class TextualInversionOptions:
     @field_validator("ti_init", mode="before")
     @classmethod
     def _check_init(cls, v: Any) -> str:
-        if isinstance(v, dict):  # `ti_init={label}` on a command line is YAML for a mapping
-            raise ValueError("must be a text; quote it on the command line: ti_init=\"'{label}'\"")
+        if isinstance(v, dict):  # `ti_init: {label}` in a YAML file is a mapping (key=value keeps it text)
+            raise ValueError("must be a text; in a YAML file quote it: ti_init: '{label}'")
         if not isinstance(v, str):
             raise ValueError("must be a text")
         if not v.strip() or v.replace("{label}", "").count("{") or v.replace("{label}", "").count("}"):
