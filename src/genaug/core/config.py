@@ -194,6 +194,8 @@ def _value(raw: str) -> Any:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         return text
+    if "\n" in text:  # a YAML document (e.g. yaml.safe_dump's "0.5\n...\n"), not something typed on a line
+        return value
     quoted = text[0] in "'\""
     if isinstance(value, bool) or value is None:
         return value
