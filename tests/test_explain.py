@@ -48,6 +48,23 @@ def test_xrai_ranks_regions_not_pixels(trained):
     assert not np.allclose(xrai, saliency_maps(model, images[:1], norm, target, "xrai", xrai_steps=2))
 
 
+def test_xrai_integrates_from_black_and_white_and_sic_counts_each_skip_reason(trained, monkeypatch):
+    """A low-contrast image (60..179) keeps XRAI's black and white baselines (PAIR's default would be 60 and
+    179); every image PIC skips is counted under its reason."""
+    from saliency.core import XRAI
+
+    _, model, norm, images = trained
+    seen, get_mask = [], XRAI.GetMask
+    monkeypatch.setattr(XRAI, "GetMask", lambda self, x, *a, **k: seen.append(
+        [float(b.min()) for b in k["baselines"]] + [float(b.max()) for b in k["baselines"]]) or get_mask(self, x, *a, **k))
+    dim = (images[:1].float() * 120 / 255 + 60).round().to(images.dtype)
+    saliency_maps(model, dim, norm, model(norm(dim)).argmax(1), "xrai", xrai_steps=2)
+    assert seen == [[0.0, 255.0, 0.0, 255.0]]
+    sic = sic_score(model, images, norm, n_images=12, seed=0, method="saliency")
+    assert sum(sic["skipped"].values()) == sic["n_skipped"] and sic["n_scored"] + sic["n_skipped"] == 12
+    assert set(sic["skipped"]) <= {"low_confidence", "blurred_not_less_informative", "blurred_not_less_confident"}
+
+
 def test_sic_is_deterministic_for_a_seed(trained):
     _, model, norm, images = trained
     runs = [sic_score(model, images, norm, n_images=1, seed=3, xrai_steps=8) for _ in range(2)]

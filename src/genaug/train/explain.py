@@ -45,8 +45,8 @@ def _check_request(method: str, xrai_steps: int, xrai_batch_size: int, xrai_algo
 def _xrai_maps(model, images: torch.Tensor, normalize, target: torch.Tensor, steps: int, batch_size: int,
                algorithm: str) -> np.ndarray:
     """XRAI maps `(B, H, W)` of uint8 images `(B, 3, H, W)` through PAIR's reference implementation. The
-    image goes in at 0..255 (so the default baselines are black and white) and `normalize` runs inside the
-    model call, as in PAIR's PyTorch example; gradients are of the softmax of class `target`."""
+    image goes in at 0..255 with black (0) and white (255) baselines, and `normalize` runs inside the model
+    call, as in PAIR's PyTorch example; gradients are of the softmax of class `target`."""
     from saliency.core import XRAI, XRAIParameters
     from saliency.core.base import INPUT_OUTPUT_GRADIENTS
 
@@ -61,9 +61,14 @@ def _xrai_maps(model, images: torch.Tensor, normalize, target: torch.Tensor, ste
 
     params = XRAIParameters(steps=steps, algorithm=algorithm)
     xrai = XRAI()
-    maps = [xrai.GetMask(img.permute(1, 2, 0).numpy().astype(np.float32), call_model,
-                         call_model_args={"class": int(t)}, batch_size=batch_size, extra_parameters=params)
-            for img, t in zip(images.cpu(), target.tolist())]
+    maps = []
+    for img, t in zip(images.cpu(), target.tolist()):
+        x = img.permute(1, 2, 0).numpy().astype(np.float32)
+        # black and white baselines, as XRAI's paper: PAIR's default is the image's own min and max, which for a
+        # low-contrast image are neither
+        maps.append(xrai.GetMask(x, call_model, call_model_args={"class": int(t)},
+                                 baselines=[np.zeros_like(x), np.full_like(x, 255.0)], batch_size=batch_size,
+                                 extra_parameters=params))
     return np.stack(maps).astype(np.float32)
 
 
@@ -106,7 +111,7 @@ def sic_score(model, images: torch.Tensor, normalize, n_images: int = 50, seed: 
 
     # saliency 0.2.1 calls np.trapz, which NumPy 2.4 removed (np.trapezoid is the same): lent for this call only
     with mock.patch.object(np, "trapz", getattr(np, "trapz", np.trapezoid), create=True):
-        results, skipped = [], 0
+        results, skipped = [], {}
         for i in tqdm(pick, desc="SIC", unit="img", disable=bar_disabled(), leave=False):
             img = images[i]
             with torch.no_grad():
@@ -121,9 +126,12 @@ def sic_score(model, images: torch.Tensor, normalize, n_images: int = 50, seed: 
                     img=img.permute(1, 2, 0).numpy(), saliency_map=sal, random_mask=mask.reshape(h, w),
                     pred_func=lambda b, c=cls: softmax_of(b, c), saliency_thresholds=THRESHOLDS,
                     min_pred_value=min_pred_value, keep_monotonous=True, num_data_points=100))
-            except pic.ComputePicMetricError:
-                skipped += 1
-        out: dict[str, Any] = {"method": method, **options, "n_scored": len(results), "n_skipped": skipped,
+            except pic.ComputePicMetricError as e:  # PIC's three reasons, counted apart
+                why = ("low_confidence" if "min_pred_value" in str(e) else
+                       "blurred_not_less_informative" if "entropy" in str(e) else "blurred_not_less_confident")
+                skipped[why] = skipped.get(why, 0) + 1
+        out: dict[str, Any] = {"method": method, **options, "n_scored": len(results),
+                               "n_skipped": sum(skipped.values()), "skipped": skipped,
                                "min_pred_value": min_pred_value}
         if results:
             agg = pic.aggregate_individual_pic_results(results, method="median")
