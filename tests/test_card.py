@@ -118,6 +118,19 @@ def test_card_without_real_images_or_side_files(folder, tmp_path):
     pairs = json.loads((out / "audit.json").read_text())["closest_pairs"]
     assert 'id="pairs-table"' in audit and pairs[0]["synthetic"] in audit and pairs[0]["real"] in audit
     assert len(_srcs(audit, "pair")) == 2 * min(len(pairs), 12)
+    assert 'id="audit-stale"' not in audit
+
+
+def test_card_marks_an_audit_older_than_the_folders_images(folder, tmp_path):
+    """Images generated after the audit: the card says its figures are out of date; the closest pairs are
+    listed as text beside the pairs picture (whose font may lack a label's script)."""
+    src, out, _ = folder
+    grown = shutil.copytree(out, tmp_path / "grown")
+    cli("augment", src, "--method", "randaugment", "-n", "3", "--out", grown)  # 9 more images, not audited
+    cli("card", grown, "--no-metrics")
+    audit = _section((grown / "card.html").read_text(encoding="utf-8"), "audit")
+    assert 'id="audit-stale"' in audit and "9 not audited" in audit and "rerun genaug audit" in audit
+    assert "audit closest pairs" in audit and 'id="pairs-table"' in audit
 
 
 def test_card_lists_each_model_once(folder, tmp_path):

@@ -190,10 +190,15 @@ def _audit(folder: Path) -> dict[str, Any] | None:
         "pairs_png": None, "pairs": []}
     per_class = list((a.get("per_class") or {}).items())
     out["counts"] += [[str(c), *(_fmt(v.get(k)) for k in shown)] for c, v in per_class[:MAX_CLASSES]]
+    audited = {im.get("file_name") for im in a.get("images") or []}
+    now = {r["file_name"] for r in read_rows(folder)} if (folder / METADATA).is_file() else audited
+    if audited and audited != now:
+        out["stale"] = (f"This audit judged {len(audited)} images; the folder now holds {len(now)} "
+                        f"({len(now - audited)} not audited, {len(audited - now)} gone): its figures are out of date "
+                        f"— rerun genaug audit.")
     pairs_png = folder / PAIRS_IMAGE
-    if pairs_png.is_file():
-        out["pairs_png"] = img64(pairs_png)
-        return out
+    if pairs_png.is_file():  # the picture; the table below too: its labels are text (any script), the PNG's font
+        out["pairs_png"] = img64(pairs_png)  # may lack their glyphs
     roots = {k: Path(v) for k, v in (a.get("real") or {}).items() if isinstance(v, str)}
     for p in (a.get("closest_pairs") or [])[:12]:
         real_root = roots.get(p.get("split", "train"))
@@ -269,13 +274,13 @@ tr.flag td{background:#fde8e8}#summary td{text-align:left}
 
 <h2 id="audit">Memorisation and leakage audit</h2>
 {% if audit is none %}<p class="note">No audit.json: run <code>genaug audit {{ folder }} --real TRAIN [--test TEST]</code> to look for near-copies and leaks.</p>
-{% else %}<p>{{ audit.about }}</p>{{ table(audit.counts_header, audit.counts, "audit-table") }}
+{% else %}{% if audit.stale %}<p class="note" id="audit-stale">{{ audit.stale }}</p>{% endif %}<p>{{ audit.about }}</p>{{ table(audit.counts_header, audit.counts, "audit-table") }}
 <h3>Closest pairs</h3>
-{% if audit.pairs_png %}<img alt="audit closest pairs" src="{{ audit.pairs_png }}">
-{% elif audit.pairs %}<table id="pairs-table"><thead><tr><th>synthetic</th><th>real</th><th>split</th><th>similarity</th><th>flagged</th></tr></thead><tbody>
+{% if audit.pairs_png %}<img alt="audit closest pairs" src="{{ audit.pairs_png }}">{% endif %}
+{% if audit.pairs %}<table id="pairs-table"><thead><tr><th>synthetic</th><th>real</th><th>split</th><th>similarity</th><th>flagged</th></tr></thead><tbody>
 {% for p in audit.pairs %}<tr{% if p.flag %} class="flag"{% endif %}><td>{% if p.syn_src %}<img class="t pair" alt="{{ p.synthetic }}" src="{{ p.syn_src }}"><br>{% endif %}{{ p.synthetic }}</td>
 <td>{% if p.real_src %}<img class="t pair" alt="{{ p.real }}" src="{{ p.real_src }}"><br>{% endif %}{{ p.real }}</td><td>{{ p.split }}</td><td>{{ p.similarity }}</td><td>{{ "yes" if p.flag else "no" }}</td></tr>{% endfor %}
-</tbody></table>{% else %}<p class="note">The audit recorded no pairs.</p>{% endif %}{% endif %}
+</tbody></table>{% elif not audit.pairs_png %}<p class="note">The audit recorded no pairs.</p>{% endif %}{% endif %}
 
 <h2 id="config">Configuration</h2><pre>{{ config_text }}</pre>
 {{ images_loaded }}
