@@ -140,13 +140,21 @@ def _normalisation(path: Path | None) -> tuple[tuple, tuple]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        from .trainer import checkpoint_meta
-
         with safe_open(str(path), "pt") as f:
             meta = checkpoint_meta(f.metadata() or {})
         if "mean" in meta and "std" in meta:
             return tuple(meta["mean"]), tuple(meta["std"])
     return IMAGENET_MEAN, IMAGENET_STD
+
+
+def checkpoint_meta(metadata: dict[str, str]) -> dict:
+    """What a genaug run saved beside its weights (one `genaug` key, JSON; checkpoints of earlier genaug: one
+    key per entry)."""
+    import json
+
+    if "genaug" in metadata:
+        return json.loads(metadata["genaug"])
+    return {k: json.loads(v) for k, v in metadata.items()}
 
 
 def _load_backbone(model: nn.Module, path: Path) -> None:

@@ -41,7 +41,7 @@ from ..core.log import bar_disabled, get_logger
 from ..data.imageset import ImageSet, load_any
 from .dataset import AugmentedDataset, SyntheticShareSampler
 from ..features import normalize
-from .models import create_classifier
+from .models import checkpoint_meta, create_classifier
 from .transforms import OnlineAugment
 
 log = get_logger(__name__)
@@ -217,12 +217,6 @@ def _save(model, path: Path, meta: dict) -> None:
 
     save_model(model, str(path), metadata={"genaug": json.dumps(meta, sort_keys=True)})
 
-
-def checkpoint_meta(metadata: dict[str, str]) -> dict:
-    """What `_save` recorded (one `genaug` key; checkpoints of genaug ≤ this version: one key per entry)."""
-    if "genaug" in metadata:
-        return json.loads(metadata["genaug"])
-    return {k: json.loads(v) for k, v in metadata.items()}
 
 
 def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), val: str | Path | None = None,
