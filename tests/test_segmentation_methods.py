@@ -95,6 +95,25 @@ def test_aga_identity_keeps_the_subject_pixels_and_records_everything(cutouts, b
         assert np.array_equal(made[far], fitted[far])
 
 
+def test_aga_pastes_a_soft_edged_cut_out_without_the_white_it_was_read_on(tmp_path):
+    """A pure-red disc with a soft alpha edge, pasted as it is onto black: its edge is red fading to black, with
+    no green or blue from the white the cut-out was composited onto when read."""
+    yy, xx = np.mgrid[:48, :48]
+    alpha = np.clip((16 - np.hypot(yy - 24, xx - 24)) * 40, 0, 255).astype(np.uint8)  # a ramp at the rim
+    disc = np.dstack([np.full((48, 48), 255, np.uint8), np.zeros((48, 48), np.uint8), np.zeros((48, 48), np.uint8),
+                      alpha])
+    (tmp_path / "src" / "apple").mkdir(parents=True)
+    Image.fromarray(disc, "RGBA").save(tmp_path / "src" / "apple" / "a.png")
+    (tmp_path / "bgs").mkdir()
+    Image.new("RGB", (48, 48), (0, 0, 0)).save(tmp_path / "bgs" / "black.png")
+    cli("augment", tmp_path / "src", "--method", "aga", "--out", tmp_path / "o", f"backgrounds_dir={tmp_path / 'bgs'}",
+        "-n", 1, "flip_p=0", "rotation=[0,0]", "scale=[1,1]", "position=keep", "feather=0")
+    made = np.asarray(Image.open(next((tmp_path / "o").rglob("*.png"))).convert("RGB")).astype(int)
+    assert 0 < ((alpha > 0) & (alpha < 255)).sum() and made[..., 1:].max() <= 1  # no matte colour in the rim
+    soft = (alpha > 20) & (alpha < 235)
+    assert np.abs(made[..., 0][soft] - alpha[soft]).max() <= 2  # red x alpha over black
+
+
 def test_aga_offline_copy_paste_composites_are_plausible(cutouts, backgrounds, tmp_path):
     """The real-data check: real digits pasted onto real photos, with the default transforms."""
     from genaug.bench.grids import save_grid

@@ -20,6 +20,9 @@ class Example:
     label: str
     path: str
     mask: Image.Image | None = None
+    # the colour a cut-out was composited onto when its alpha became `mask` (input.background): a soft edge's
+    # pixels are part matte, which a method pasting the subject elsewhere takes out; None for any other mask
+    matte: tuple[int, int, int] | None = None
 
 
 @dataclass

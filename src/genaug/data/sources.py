@@ -18,7 +18,7 @@ from ..core.config import ConfigError
 from ..core.log import get_logger
 from ..core.records import Example
 from .hf import HFDataset, is_hf_imagefolder, is_saved_dataset
-from .images import InputConfig, Rejected, is_image_name, load_image, load_mask
+from .images import InputConfig, Rejected, background_rgb, is_image_name, load_image, load_mask
 from .metadata import is_output_dir, left_out, read_rows
 
 log = get_logger(__name__)
@@ -202,8 +202,9 @@ class Source:
             raise Rejected(f"row {rec.row} has no image")
         image, alpha = load_image(data, cfg)
         mask = self.hf.encoded(rec.row, self.hf.mask_col) if self.hf.mask_col else None
+        matte = background_rgb(cfg.background) if mask is None and alpha is not None else None
         mask = load_mask(mask, image.size, cfg) if mask is not None else alpha
-        return Example(id=rec.id, image=image, label=rec.label, path=rec.path, mask=mask)
+        return Example(id=rec.id, image=image, label=rec.label, path=rec.path, mask=mask, matte=matte)
 
 
 def load_example(rec: Record, cfg: InputConfig) -> Example:
@@ -214,4 +215,5 @@ def load_example(rec: Record, cfg: InputConfig) -> Example:
         raise Rejected(rec.error)
     image, alpha = load_image(rec.path, cfg)
     mask = load_mask(rec.mask_path, image.size, cfg) if rec.mask_path else alpha
-    return Example(id=rec.id, image=image, label=rec.label, path=rec.path, mask=mask)
+    matte = background_rgb(cfg.background) if not rec.mask_path and alpha is not None else None
+    return Example(id=rec.id, image=image, label=rec.label, path=rec.path, mask=mask, matte=matte)

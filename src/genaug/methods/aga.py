@@ -115,13 +115,21 @@ def fit_scale(w: int, h: int, box_w: int, box_h: int, scale: float, angle: float
 
 
 def paste_subject(image: Image.Image, mask: Image.Image, background: Image.Image, flip: bool, scale: float,
-                  angle: float, center: tuple[float, float], feather: float) -> Image.Image:
+                  angle: float, center: tuple[float, float], feather: float,
+                  matte: tuple[int, int, int] | None = None) -> Image.Image:
     """The masked subject of `image`, mirrored (flip), scaled, rotated (degrees, counter-clockwise) and
     centred at `center` on `background` (same size as `image`). The edge is feathered outward only —
     alpha = max(mask, blurred mask), the halo coloured by the nearest subject pixel — so every pixel under
-    the mask is the subject's own."""
+    the mask is the subject's own. `matte`: the colour a cut-out was composited onto to give `image` (its
+    alpha is `mask`); a soft edge's colours are un-composited first, else they would carry that colour (a
+    white fringe) onto the new background."""
     from scipy import ndimage
 
+    if matte is not None:
+        a = np.asarray(mask.convert("L"), np.float64)[..., None] / 255
+        comp = np.asarray(image.convert("RGB"), np.float64)
+        straight = np.where(a > 0, (comp - (1 - a) * np.asarray(matte, np.float64)) / np.maximum(a, 1e-6), comp)
+        image = Image.fromarray(np.clip(np.round(straight), 0, 255).astype(np.uint8))
     subject = image.convert("RGBA")
     subject.putalpha(mask.convert("L"))
     subject = subject.crop(mask.getbbox())
@@ -154,7 +162,8 @@ def paste_subject(image: Image.Image, mask: Image.Image, background: Image.Image
 class AGA(Method):
     description = "AGA (2024): subject kept (dataset mask or GroundingDINO+SAM), LLM-captioned SDXL background, affine paste"
     paper = "Rahat et al., Data Augmentation for Image Classification using Generative AI (arXiv 2409.00547)"
-    version = "2"  # 2: the subject is shrunk to fit the frame; template captions record only what shaped them
+    version = "3"  # 2: the subject is shrunk to fit the frame; template captions record only what shaped them;
+    # 3: a cut-out's soft edge is un-composited from input.background before pasting (no white fringe)
     default_batch_size = 4
     default_n = 10  # the paper's largest augmentation (10x), where it still found gains
 
@@ -312,7 +321,7 @@ class AGA(Method):
             mask = (Image.new("L", ex.image.size, 255) if p["mask_source"] == "whole_image"
                     else c.subject(self.masker, ex)[0])  # the mask sample_params found (cached)
             image = paste_subject(ex.image, mask, bg, p["flip"], p["scale"], p["rotation"], tuple(p["center"]),
-                                  c.feather)
+                                  c.feather, matte=ex.matte if p["mask_source"] == "dataset" else None)
             image = refuse(image, refusal(bg))  # a flagged (black) background: the subject on it is no data
             out.append(Synthetic(image=image, label=ex.label, source_id=ex.id, params=self.recorded(p)))
         return out
