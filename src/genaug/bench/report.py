@@ -156,8 +156,9 @@ def _grids(root: Path, results: pd.DataFrame) -> dict[str, Path]:
     gen = results[results["kind"] == "generator"] if "kind" in results else results.iloc[:0]
     for arm, g in gen.groupby("arm", sort=False):
         first = g.sort_values(["split", "seed"]).iloc[0]
-        folder = (root / "synthetic" / str(arm) / str(first["split"]) / f"budget-{int(first.get('budget', 0))}"
-                  / f"seed-{int(first['seed'])}")
+        budget = first.get("budget")
+        folder = (root / "synthetic" / str(arm) / str(first["split"])
+                  / f"budget-{int(budget) if pd.notna(budget) else 0}" / f"seed-{int(first['seed'])}")
         if (folder / "metadata.jsonl").is_file():
             grid = save_grid(folder, root / "grids" / f"{arm}.png")
             if grid is not None:
