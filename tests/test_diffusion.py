@@ -63,7 +63,9 @@ def test_sgid_prompt_weights_guidance_mapping_and_filter(src, tmp_path, tiny_mod
         p = r["params"]
         assert p["weighted_prompt"].endswith(f"(A picture of {r['label']})1.5") and ")0.9 (" in p["weighted_prompt"]
         assert p["prompt"] == f"{p['caption']}. A picture of {r['label']}"
-        assert p["guidance_scale"] == pytest.approx(sgid_quadratic(p["similarity"]), abs=1e-5)
+        mapped = sgid_quadratic(p["similarity"])  # applied as 1 below 1 (no guidance), the mapped value kept
+        assert p["guidance_scale"] == pytest.approx(max(mapped, 1.0), abs=1e-5)
+        assert p.get("guidance_mapped", 1.0) == pytest.approx(min(mapped, 1.0), abs=1e-5)
         assert p["strength"] == 0.3 and -1 <= r["scores"]["clip_source_similarity"] <= 1
         assert r["weight"] == 0.0  # no output is more similar to its source than 1.01
     assert set(rows[0]["models"]) == {"diffusion", "captioner", "clip"}

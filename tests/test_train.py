@@ -309,6 +309,7 @@ def test_a_vit_is_built_for_the_image_size_and_weights_collate_to_float32(digits
     assert np.isfinite(r["history"][0]["train_loss"])
     _, _, w = next(iter(DataLoader(AugmentedDataset(digits_folder, image_size=16), batch_size=4)))
     assert w.dtype == torch.float32 and w.shape == (4,)
+    caplog.set_level("WARNING", logger="genaug")  # whatever verbosity an earlier CLI test left
     empty = _fake_synthetic(digits_folder, tmp_path / "zero", weights=[0.0] * 6)
     train(digits_folder, tmp_path / "z", synthetic=[empty], config={**FAST, "epochs": 1}, progress=False)
     assert "hold no image to draw" in caplog.text
