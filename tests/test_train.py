@@ -299,7 +299,7 @@ def test_evaluation_sets_are_checked_before_training(digits_folder, tmp_path, di
     assert "nope" in res.output and len(_rows(run / "results.csv")) == 1
 
 
-def test_a_vit_is_built_for_the_image_size_and_weights_collate_to_float32(digits_folder, tmp_path, caplog):
+def test_a_vit_is_built_for_the_image_size_and_weights_collate_to_float32(digits_folder, tmp_path):
     from torch.utils.data import DataLoader
 
     from genaug.train import AugmentedDataset
@@ -309,10 +309,24 @@ def test_a_vit_is_built_for_the_image_size_and_weights_collate_to_float32(digits
     assert np.isfinite(r["history"][0]["train_loss"])
     _, _, w = next(iter(DataLoader(AugmentedDataset(digits_folder, image_size=16), batch_size=4)))
     assert w.dtype == torch.float32 and w.shape == (4,)
-    caplog.set_level("WARNING", logger="genaug")  # whatever verbosity an earlier CLI test left
-    empty = _fake_synthetic(digits_folder, tmp_path / "zero", weights=[0.0] * 6)
-    train(digits_folder, tmp_path / "z", synthetic=[empty], config={**FAST, "epochs": 1}, progress=False)
-    assert "hold no image to draw" in caplog.text
+    import logging
+
+    # genaug's logger does not propagate to the root (where pytest listens); whatever an earlier test left of
+    # its level or handlers, a handler of this test's own hears it
+    heard, logger, level = [], logging.getLogger("genaug"), logging.getLogger("genaug").level
+    handler = logging.Handler()
+    handler.emit = lambda record: heard.append(record.getMessage())
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        empty = _fake_synthetic(digits_folder, tmp_path / "zero", weights=[0.0] * 6)
+        train(digits_folder, tmp_path / "z", synthetic=[empty], config={**FAST, "epochs": 1}, progress=False)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    trainer_log = logging.getLogger("genaug.train.trainer")
+    assert any("hold no image to draw" in m for m in heard), (heard, trainer_log.disabled, logger.disabled,
+                                                              trainer_log.level, logger.handlers)
 
 
 @pytest.fixture(scope="module")
