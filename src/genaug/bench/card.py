@@ -172,7 +172,7 @@ def _weighting(folder: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _audit(folder: Path) -> dict[str, Any] | None:
+def _audit(folder: Path, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     a = _read_json(folder / AUDIT)
     if a is None:
         return None
@@ -191,7 +191,7 @@ def _audit(folder: Path) -> dict[str, Any] | None:
     per_class = list((a.get("per_class") or {}).items())
     out["counts"] += [[str(c), *(_fmt(v.get(k)) for k in shown)] for c, v in per_class[:MAX_CLASSES]]
     audited = {im.get("file_name") for im in a.get("images") or []}
-    now = {r["file_name"] for r in read_rows(folder)} if (folder / METADATA).is_file() else audited
+    now = {r["file_name"] for r in rows}
     if audited and audited != now:
         out["stale"] = (f"This audit judged {len(audited)} images; the folder now holds {len(now)} "
                         f"({len(now - audited)} not audited, {len(audited - now)} gone): its figures are out of date "
@@ -362,7 +362,7 @@ def write_card(folder: str | Path, real: str | Path | None = None, out: str | Pa
         version=versions.get("genaug") or (rows[0].get("genaug_version") if rows else None) or "?",
         models=models, real_note=real_note, grids=grids, more_classes=max(0, len(classes) - MAX_CLASSES),
         metrics=metric_section, cmmd_note=cmmd_note, filters=_filters(folder, rows),
-        weighting=_weighting(folder, rows), audit=_audit(folder), config_text=config_text, thumb=THUMB,
+        weighting=_weighting(folder, rows), audit=_audit(folder, rows), config_text=config_text, thumb=THUMB,
         images_loaded=Markup(IMAGES_LOADED_SCRIPT))
     out = Path(out) if out is not None else folder / CARD
     atomic_write(out, html)

@@ -3,16 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.metadata import read_rows
-
-
-def _source_file(row: dict, source_root: str | None) -> Path | None:
-    """The real image a row was made from: its recorded `source_path`, else `<source>/<source_id>` (the
-    folder's config.yaml `source`: a path recorded relative to another working directory, or moved data)."""
-    for cand in (row.get("source_path"), source_root and row.get("source_id") and Path(source_root) / row["source_id"]):
-        if cand and Path(cand).is_file():
-            return Path(cand)
-    return None
+from ..data.metadata import CONFIG, read_rows, source_file
 
 
 def save_grid(synthetic_dir: Path, out_png: Path, per_row: int = 10, n_variants: int = 3,
@@ -25,14 +16,13 @@ def save_grid(synthetic_dir: Path, out_png: Path, per_row: int = 10, n_variants:
     from torchvision.utils import make_grid, save_image
 
     from ..core.config import load_yaml
-    from ..data.metadata import CONFIG
 
     synthetic_dir = Path(synthetic_dir)
     source_root = (load_yaml(synthetic_dir / CONFIG) or {}).get("source") if (synthetic_dir / CONFIG).is_file() else None
     rows: dict[Path, list[str]] = {}
     first_of_label: dict[str, Path] = {}
     for r in read_rows(synthetic_dir):
-        if r["variant"] < n_variants and (src := _source_file(r, source_root)) is not None:
+        if r["variant"] < n_variants and (src := source_file(r, source_root)) is not None:
             rows.setdefault(src, [None] * n_variants)[r["variant"]] = r["file_name"]
             first_of_label[r["label"]] = min(first_of_label.get(r["label"], src), src)
     if not rows:

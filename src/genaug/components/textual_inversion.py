@@ -230,7 +230,8 @@ def _learn_to_file(pipe, images: list[Image.Image], token: str, label: str, opti
 def _token_file(images: list[Image.Image], label: str, token: str, model: tuple, options: dict[str, Any],
                 recipe: str, learn) -> Path:
     """The cached token file of (the class's images, label, token, model = (id, revision, *more), options,
-    recipe) — the model by `model_key`, what it holds —; `learn(path)` writes it when missing. A second run needing the same token waits for the first's file instead of training again."""
+    recipe), the model keyed by what it holds (`model_key`); `learn(path)` writes it when missing. A second run
+    needing the same token waits for the first's file instead of training again."""
     key = hashlib.blake2b(repr((_images_digest(images), label, token, model_key(*model[:2]), *model[2:],
                                 sorted(options.items()), recipe)).encode(), digest_size=16).hexdigest()
     return Cache("textual_inversion").get_or_create(key, ".safetensors", learn)

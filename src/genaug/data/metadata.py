@@ -79,6 +79,17 @@ def left_out(row: dict[str, Any]) -> bool:
     return float(row.get("weight", 1.0)) == 0 or bool(row.get("filtered"))
 
 
+def source_file(row: dict[str, Any], source_root: str | Path | None) -> Path | None:
+    """The real image a row was made from, if it can still be read: its `source_path`, else
+    `<source>/<source_id>` (`source_root`: the folder's config.yaml `source`; a path recorded relative to
+    another working directory, or data that moved)."""
+    sid = row.get("source_id")
+    for cand in (row.get("source_path"), source_root and sid and Path(source_root) / str(sid)):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    return None
+
+
 def filtered_keys(folder: str | Path) -> set[tuple[str, int]]:
     """`(source_id, variant)` of every row a filter dropped: a resumed run does not generate them again."""
     keys = set()

@@ -90,6 +90,11 @@ def choose(records: list[Record], seed: int, shots: int | None = None, fraction:
     return partition(records, seed, shots=shots, fraction=fraction, val=val)[:2]
 
 
+def _relative(path: str | None, manifest: Path) -> str:
+    """`path` relative to the manifest's folder, as a manifest writes it ("" for none)."""
+    return "" if not path else Path(os.path.relpath(Path(path).resolve(), manifest.parent.resolve())).as_posix()
+
+
 def write_manifest(records: list[Record], path: Path, columns: dict[str, list] | None = None) -> Path:
     """`path,label,id` (paths relative to the manifest), plus any extra `columns` (one value per record)."""
     columns = columns or {}
@@ -101,13 +106,8 @@ def write_manifest(records: list[Record], path: Path, columns: dict[str, list] |
         w = csv.writer(f)
         w.writerow(["path", "label", "id", *columns])
         for i, r in enumerate(records):
-            w.writerow([Path(os.path.relpath(Path(r.path).resolve(), path.parent.resolve())).as_posix(), r.label, r.id,
-                        *(v[i] for v in columns.values())])
+            w.writerow([_relative(r.path, path), r.label, r.id, *(v[i] for v in columns.values())])
     return path
-
-
-def _relative(path: str | None, manifest: Path) -> str:
-    return "" if not path else Path(os.path.relpath(Path(path).resolve(), manifest.parent.resolve())).as_posix()
 
 
 def make_splits(src: str | Path, out: str | Path, seeds: list[int], shots: int | None = None,
@@ -130,14 +130,14 @@ def make_splits(src: str | Path, out: str | Path, seeds: list[int], shots: int |
     out = Path(out)
     name = split_name(shots, fraction)
     masks = any(r.mask_path for r in usable)
+
+    def write(recs: list[Record], path: Path) -> Path:  # the masks travel with their images
+        return write_manifest(recs, path, {"mask": [_relative(r.mask_path, path) for r in recs]} if masks else None)
+
     written, counts = [], {}
     for seed in seeds:
         train, held, rest = partition(records, seed, shots=shots, fraction=fraction, val=val)
         d = out / name / f"seed-{seed}"
-
-        def write(recs: list[Record], path: Path) -> Path:  # the masks travel with their images
-            return write_manifest(recs, path, {"mask": [_relative(r.mask_path, path) for r in recs]} if masks else None)
-
         written.append(write(train, d / "train.csv"))
         if val:
             write(held, d / "val.csv")

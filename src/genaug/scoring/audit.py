@@ -34,7 +34,7 @@ from ..core.config import ConfigError
 from ..core.files import atomic_path, atomic_write
 from ..data.imageset import ImageSet, load_files, load_real, load_synthetic
 from ..data.images import ANY_SIZE, Rejected, load_image
-from ..data.metadata import CONFIG, METADATA, is_output_dir, json_default, read_rows
+from ..data.metadata import CONFIG, METADATA, is_output_dir, json_default, read_rows, source_file
 from ..data.sources import Source
 from ..features import image_features_name
 from .metrics import default_extractor, extract
@@ -339,10 +339,8 @@ def _source_similarities(synthetic: Path, syn_set: ImageSet, rows: dict, real: s
         if sid in train_index:
             src[i] = train_index[sid]
             continue
-        for cand in (row.get("source_path"), cfg_source and sid and str(Path(cfg_source) / sid)):
-            if cand and Path(cand).is_file():
-                elsewhere.setdefault(str(Path(cand).resolve()), []).append(i)
-                break
+        if (found_at := source_file(row, cfg_source)) is not None:
+            elsewhere.setdefault(str(found_at.resolve()), []).append(i)
     found = src >= 0
     out[found] = (sf[found] * tf[src[found]]).sum(-1)
     if elsewhere:

@@ -28,8 +28,8 @@ from ..data.writer import folder_locked
 from .probe import temperature_note
 from .probe import fit_probe
 
-
 log = get_logger(__name__)
+
 
 def rule_weights(p: np.ndarray, rule: str) -> np.ndarray:
     if rule == "diagen":

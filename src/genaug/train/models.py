@@ -61,11 +61,13 @@ def register_timm_models() -> None:
         register_model(genaug_small_cnn)
 
 
+def _last_linear(model: nn.Module) -> tuple[str | None, nn.Linear | None]:
+    """`(name, module)` of the model's last linear layer, its classifier head; `(None, None)` without one."""
+    return next(((n, m) for n, m in reversed(list(model.named_modules())) if isinstance(m, nn.Linear)), (None, None))
+
+
 def _replace_last_linear(model: nn.Module, num_classes: int) -> str:
-    name, last = None, None
-    for n, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            name, last = n, m
+    name, last = _last_linear(model)
     if last is None:
         raise ConfigError(f"{type(model).__name__} has no linear head to replace")
     parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
@@ -106,15 +108,19 @@ def create_classifier(name: str, num_classes: int, pretrained: str | None = None
             kwargs = {"pretrained_cfg_overlay": {"file": str(path)}} if path else {}
             if path and not path.is_file():
                 raise ConfigError(f"pretrained weights not found: {path}")
-            try:  # a ViT's patch grid is fixed at build time: build it for the images it will see
-                sized = {"img_size": image_size} if image_size and "img_size" not in model_options else {}
-                model = timm.create_model(name, pretrained=path is not None, num_classes=num_classes, **kwargs,
-                                          **sized, **model_options)
+            def build(**size):
+                return timm.create_model(name, pretrained=path is not None, num_classes=num_classes, **kwargs,
+                                         **size, **model_options)
+
+            # a ViT's patch grid is fixed at build time: built for the images it will see, where the model takes
+            # an img_size (a model that does not is built as it is)
+            sized = bool(image_size) and "img_size" not in model_options
+            try:
+                model = build(img_size=image_size) if sized else build()
             except TypeError:
                 if not sized:
                     raise
-                model = timm.create_model(name, pretrained=path is not None, num_classes=num_classes, **kwargs,
-                                          **model_options)
+                model = build()
         except TypeError as e:
             raise ConfigError(f"model {name!r} does not take these model_options: {e}") from None
         except RuntimeError as e:
@@ -163,7 +169,8 @@ def _load_backbone(model: nn.Module, path: Path) -> None:
     the file is not this architecture's."""
     state, own = load_state(path), model.state_dict()
     differ = [k for k in state if k in own and state[k].shape != own[k].shape]
-    head = {k for k in differ if model.get_submodule(k.rpartition(".")[0]) is _last_linear(model)}
+    head_name = _last_linear(model)[0]
+    head = {k for k in differ if head_name is not None and k.rpartition(".")[0] == head_name}
     state = {k: v for k, v in state.items() if k not in head}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in head]
@@ -173,6 +180,3 @@ def _load_backbone(model: nn.Module, path: Path) -> None:
                            (("missing", missing), ("unexpected", list(unexpected)), ("other shape", wrong)) if keys)
         raise ConfigError(f"pretrained={path} does not fit this model ({detail})")
 
-
-def _last_linear(model: nn.Module) -> nn.Module | None:
-    return next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)

@@ -218,7 +218,6 @@ def _save(model, path: Path, meta: dict) -> None:
     save_model(model, str(path), metadata={"genaug": json.dumps(meta, sort_keys=True)})
 
 
-
 def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), val: str | Path | None = None,
           test: str | Path | None = None, ood: dict[str, str | Path] | None = None,
           config: dict[str, Any] | TrainConfig | None = None, progress: bool | None = None) -> dict:
