@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import TINY_FLOW, cli, make_imagefolder, read_rows
+from conftest import TINY_FLOW, cli, make_imagefolder, png_bytes, read_rows
 from genaug import Example, create_method
 from genaug.flow.model import FlowModel
 from genaug.flow.train import fit_flow
@@ -502,3 +502,31 @@ def test_a_resumed_training_reports_all_its_seconds(digits16, tmp_path):
     assert len(logged) == 6 and logged == sorted(logged) and second["steps"] == 6
     assert second["seconds"] >= first["seconds"] and abs(second["seconds"] - logged[-1]) <= 0.5
     assert "call_seconds" in second
+
+
+def test_bfloat16_training_and_generation_are_deterministic_and_recorded(digits16, tmp_path):
+    """fit-flow and semantic_flow with precision=bfloat16 (the UNet in bfloat16 autocast, the rest float32): the same
+    run gives the same bytes, other bytes than float32, and what it computed in is recorded; a pipeline refuses it."""
+    cfg = {**TINY_FLOW, "steps": 4, "checkpoint_every": 4}
+    fits = {p: fit_flow(digits16, tmp_path / p, {**cfg, "precision": p}, progress=False)
+            for p in ("float32", "bfloat16")}
+    fit_flow(digits16, tmp_path / "again", {**cfg, "precision": "bfloat16"}, progress=False)
+    assert fits["bfloat16"]["precision"] == "bfloat16" and fits["float32"]["precision"] == "float32"
+    weights = {p: (tmp_path / p / UNET).read_bytes() for p in ("float32", "bfloat16", "again")}
+    assert weights["bfloat16"] == weights["again"] != weights["float32"]
+    outs = {}
+    for name, precision in (("a", "bfloat16"), ("b", "bfloat16"), ("c", "float32")):
+        cli("augment", digits16, "--method", "semantic_flow", "--out", tmp_path / f"aug-{name}", "-n", "1",
+            f"model={tmp_path / 'float32'}", "steps=4", f"precision={precision}")
+        outs[name] = png_bytes(tmp_path / f"aug-{name}")
+    assert outs["a"] == outs["b"] and outs["a"] != outs["c"] and len(outs["a"]) == 90
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "aug-a" / "config.yaml").read_text())["options"]["precision"] == "bfloat16"
+
+
+def test_a_pipeline_refuses_another_precision(tiny_sd3, tmp_path):
+    from genaug.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="precision=bfloat16 is for genaug flow models"):
+        create_method("semantic_flow", {"model": str(tiny_sd3), "precision": "bfloat16"})

@@ -391,3 +391,25 @@ def test_the_probe_keeps_its_short_training_unless_asked(few_shot):
     for extra, steps in (({}, 15), ({"min_steps": 30}, 30)):  # 3 training images: 1 step a pass, 15 passes
         probe = fit_probe(few_shot, classifier={**tiny, **extra}, progress=False)
         assert json.loads((probe.work / "classifier" / "metrics.json").read_text())["total_steps"] == steps
+
+
+def test_bfloat16_training_is_deterministic_recorded_and_learns(digits_folder, tmp_path):
+    """precision=bfloat16: the forward pass in bfloat16 autocast (weights and optimiser float32); the same run twice
+    writes the same bytes, its precision is recorded, and it learns as float32 does (other bytes: rounding)."""
+    from genaug.core.devices import fast_bfloat16
+
+    cfg = {**FAST, "epochs": 6, "seed": 3}
+    runs = {p: train(digits_folder, tmp_path / p, val=digits_folder, config={**cfg, "precision": p}, progress=False)
+            for p in ("float32", "bfloat16")}
+    again = train(digits_folder, tmp_path / "again", val=digits_folder, config={**cfg, "precision": "bfloat16"},
+                  progress=False)
+    assert (tmp_path / "bfloat16" / "best.safetensors").read_bytes() == (tmp_path / "again" / "best.safetensors").read_bytes()
+    assert (tmp_path / "bfloat16" / "best.safetensors").read_bytes() != (tmp_path / "float32" / "best.safetensors").read_bytes()
+    assert runs["bfloat16"]["precision"] == again["precision"] == "bfloat16" and runs["float32"]["precision"] == "float32"
+    assert yaml.safe_load((tmp_path / "bfloat16" / "config.yaml").read_text())["precision"] == "bfloat16"
+    assert runs["bfloat16"]["val"]["accuracy"] > 0.8 and abs(runs["bfloat16"]["val"]["accuracy"]
+                                                              - runs["float32"]["val"]["accuracy"]) < 0.1
+    auto = train(digits_folder, tmp_path / "auto", config={**FAST, "epochs": 1, "precision": "auto"}, progress=False)
+    assert auto["precision"] == ("bfloat16" if fast_bfloat16(torch.device("cpu")) else "float32")
+    with pytest.raises(Exception, match="precision"):
+        build_config(TrainConfig, {"precision": "float16"}, where="train")

@@ -43,7 +43,7 @@ from ..data.splits import make_splits, split_name
 from ..pipeline import augment
 from ..core.log import get_logger
 from ..methods import get_method_class
-from ..core.devices import resolve_device
+from ..core.devices import autocast_dtype, precision_name, resolve_device
 from ..train import TrainConfig, evaluate, load_run, load_synthetic, train
 from ..train.transforms import BATCH_TRANSFORMS
 
@@ -139,12 +139,13 @@ def generation_options(arm: ArmSpec, val: Path | None) -> dict[str, Any]:
     return {**options, "weight_val": str(Path(val).resolve())}
 
 
-def _generate(arm: ArmSpec, split_file: Path, out: Path, budget: int, seed: int,
-              val: Path | None = None) -> tuple[Path, float]:
-    """A cached generation: `genaug augment` resumes, and the first run's seconds are kept."""
+def generate_cached(arm: ArmSpec, split_file: Path, out: Path, budget: int, seed: int, val: Path | None = None,
+                    progress: bool | None = False) -> tuple[Path, float]:
+    """A cached generation: `genaug augment` resumes, and the first run's seconds are kept (generation.json), so a
+    rerun reports what the images cost, not the seconds it took to find them done."""
     record = out / "generation.json"
     summary = augment(split_file, out, method=arm.method, n=budget, seed=seed, options=generation_options(arm, val),
-                      progress=False)
+                      progress=progress)
     if record.exists() and summary.generated == 0:
         return out, json.loads(record.read_text())["seconds"]
     record.write_text(json.dumps({"seconds": summary.seconds, "images": summary.generated + summary.already_done}))
@@ -177,7 +178,8 @@ def pseudo_label(real_run: Path, pool: Path, out: Path, threshold: float = 0.95,
     model, meta = load_run(real_run, device)
     by_id = {r.id: r for r in Source(pool).records() if r.error is None}
     images = load_real(pool, meta["image_size"], "pool")  # shared with fit-flow's read under `shared_loads`
-    conf, pred = predict_logits(model, images.images, meta["mean"], meta["std"], device, 512).softmax(1).max(1)
+    conf, pred = predict_logits(model, images.images, meta["mean"], meta["std"], device, 512,
+                                meta["autocast"]).softmax(1).max(1)
     kept, correct = [], 0
     for c, cls in enumerate(meta["classes"]):
         idx = [int(i) for i in torch.nonzero((pred == c) & (conf >= threshold)).flatten()]
@@ -212,7 +214,8 @@ def generator_scores(real_run: Path, synthetic: Path, cas_dir: Path | None, val,
         log.warning("%s holds no image that training draws (all rejected, weight 0 or filtered): no label "
                     "agreement, no CAS", synthetic)
         return out
-    out["label_agreement"] = evaluate(model, images, meta["classes"], meta["mean"], meta["std"], device)["accuracy"]
+    out["label_agreement"] = evaluate(model, images, meta["classes"], meta["mean"], meta["std"], device,
+                                      dtype=meta["autocast"])["accuracy"]
     missing = sorted(set(meta["classes"]) - set(images.labels))
     if cas_dir is not None and missing:
         log.warning("%s holds no image that training draws of class(es) %s: no CAS", synthetic, missing[:5])
@@ -252,7 +255,7 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
                     budget = arm_budget(arm, cfg.budget)
                     # a folder per budget: a folder generated at a larger budget holds more images than a
                     # smaller budget's run may draw
-                    syn, gen_seconds = _generate(arm, sdir / "train.csv", root / "synthetic" / name / split
+                    syn, gen_seconds = generate_cached(arm, sdir / "train.csv", root / "synthetic" / name / split
                                                  / f"budget-{budget}" / f"seed-{seed}", budget, seed, val)
                     synthetic = [syn]
                     probs = cfg.synthetic_probs or [base_train.synthetic_prob]
@@ -307,7 +310,9 @@ def train_cached(run_dir: Path, real: Path, synthetic: list[Path], val, test, oo
     """`genaug train` once per configuration: a run directory holding the same configuration — the options and
     what every data source holds now (`contents`) — is reused. Returns a results row (`row` plus sizes,
     accuracies and seconds)."""
-    key = config_hash({"tcfg": tcfg, "real": str(real), "synthetic": [str(s) for s in synthetic], "val": str(val),
+    # what the run computes in where `precision: auto` leaves it to the machine (bfloat16 with AMX or a GPU)
+    precision = precision_name(autocast_dtype(tcfg.get("precision", "float32"), resolve_device(tcfg.get("device"))))
+    key = config_hash({"tcfg": tcfg, "precision": precision, "real": str(real), "synthetic": [str(s) for s in synthetic], "val": str(val),
                        "test": str(test), "ood": ood,
                        "contents": [contents(x) for x in (real, *synthetic, val, test, *ood.values())]})
     done = run_dir / "bench_row.json"
@@ -319,6 +324,7 @@ def train_cached(run_dir: Path, real: Path, synthetic: list[Path], val, test, oo
     r = train(real, run_dir, synthetic=synthetic, val=val, test=test, ood=ood, config=tcfg, progress=progress)
     row = {**row, "n_real": r["n_real"], "n_synthetic": r["n_synthetic"], "synthetic_share": r["synthetic_share"],
            "train_seconds": round(time.perf_counter() - t0, 2), "best_epoch": r["best_epoch"],
+           "precision": r["precision"],
            "val_acc": r["val"]["accuracy"] if "val" in r else None,
            "test_acc": r["test"]["accuracy"] if "test" in r else None,
            "test_sic": (r["test"].get("sic") or {}).get("sic") if "test" in r else None,

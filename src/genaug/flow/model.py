@@ -176,10 +176,16 @@ class FlowModel(nn.Module, FlowODE):
         super().__init__()
         self.unet, self.spec, self.micro_batch = unet, spec, micro_batch
         self.sigma_min = spec.sigma_min
+        # out of training: the UNet's forward pass in this autocast dtype (None: as the weights are); the ODE state
+        # stays float32
+        self.autocast: torch.dtype | None = None
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         def call(xs, ts, ys):
-            return self.unet(xs, ts, class_labels=ys).sample
+            if self.autocast is None:  # (an autocast block with enabled=False would turn off the trainer's)
+                return self.unet(xs, ts, class_labels=ys).sample
+            with torch.autocast(xs.device.type, dtype=self.autocast):
+                return self.unet(xs, ts, class_labels=ys).sample.float()
 
         return call(x, t, y) if self.training else run_fixed(call, self.micro_batch, x, t, y)
 

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..core.config import (ABSENT, ConfigError, build_config, config_dataclass, differences, shown_differences,
                            to_dict, values_option)
-from ..core.devices import resolve_device
+from ..core.devices import Precision, autocast_dtype, precision_name, resolve_device
 from ..core.files import atomic_path
 from ..core.log import bar_disabled, get_logger
 from ..data.imageset import load_real
@@ -57,6 +57,9 @@ class FlowTrainConfig:
     checkpoint_every: int = Field(100, ge=1)
     seed: int = 0
     device: str = "auto"
+    # the UNet's forward pass in bfloat16 autocast (weights, optimiser, EMA and loss stay float32): "auto" where it
+    # is fast — a GPU with bfloat16, a CPU with AMX tiles (a step 1.9x faster on a 2-core AMX CPU) — else float32
+    precision: Precision = "float32"
 
 
 def _atomic_save(obj, path: Path) -> None:
@@ -111,6 +114,7 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    amp = autocast_dtype(cfg.precision, device)
     t_start = time.perf_counter()
 
     size = cfg.image_size
@@ -148,7 +152,8 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
                 "channels": channels, "train": to_dict(cfg),
                 "unlabeled": str(Path(unlabeled).resolve()) if unlabeled is not None else None,
                 "n_unlabeled": 0 if pool is None else len(pool),
-                "data_digest": _digest(images, data.labels), "pool_digest": _digest(pool)}
+                "data_digest": _digest(images, data.labels), "pool_digest": _digest(pool),
+                "precision": precision_name(amp)}
     step = 0
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists():
@@ -201,7 +206,8 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
                 x1[flip] = x1[flip].flip(-1)
             t = _sample_t(len(x1), cfg.time_sampling, g)
             eps = torch.randn(x1.shape, generator=g)
-            loss = model.loss(x1.to(device), y.to(device), t.to(device), eps.to(device)).mean()
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = model.loss(x1.to(device), y.to(device), t.to(device), eps.to(device)).float().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.unet.parameters(), 1.0)
@@ -228,6 +234,7 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
     recon = reconstruction_error(model, x_all[:64].to(device), y_all[:64].to(device))
     result = {"model_dir": str(out), "steps": step, "image_size": size, "channels": channels, "classes": classes,
               "n_images": len(data), "unlabeled": resolved["unlabeled"], "n_unlabeled": resolved["n_unlabeled"],
+              "precision": resolved["precision"],
               # the whole training's seconds, resumed runs included; `call_seconds`: this call's (loading too)
               "seconds": round(train_seconds, 1), "call_seconds": round(time.perf_counter() - t_start, 1),
               "reconstruction": recon}

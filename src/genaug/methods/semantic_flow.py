@@ -39,7 +39,7 @@ from ..components.segment import MaskOptions, dilate, to_bool
 from ..components.textual_inversion import FLOW_RECIPE, TextualInversionOptions, class_images, learned_flow_tokens
 from ..core.config import ConfigError, config_dataclass, range_option, values_option
 from ..data.images import Rejected
-from ..core.devices import resolve_device
+from ..core.devices import Precision, autocast_dtype, resolve_device
 from ..flow.model import take
 from .registry import register_method
 from ..core.records import Example, Synthetic
@@ -78,6 +78,9 @@ class SemanticFlow(Method):
         dilation_kind: Literal["radius", "window"] = "radius"
         composite: bool = True  # region: paste the kept pixels back from the source (exactly the source there)
         device: str = "auto"
+        # a genaug flow model's UNet in bfloat16 autocast ("auto": where it is fast, a GPU or a CPU with AMX); the
+        # ODE stays float32. Another precision gives other pixels (by rounding). A pipeline keeps its own dtype
+        precision: Precision = "float32"
 
     def __init__(self, config, components=None):
         super().__init__(config, components)
@@ -103,12 +106,16 @@ class SemanticFlow(Method):
         if self.is_pipeline and c.solver != "euler":  # said before the pipeline's gigabytes load
             raise ConfigError(f"semantic_flow: solver={c.solver} needs a genaug flow model; with a diffusers "
                               f"pipeline ({c.model}) it integrates on the scheduler's grid: solver=euler")
+        if self.is_pipeline and c.precision != "float32":
+            raise ConfigError(f"semantic_flow: precision={c.precision} is for genaug flow models; a diffusers pipeline "
+                              f"({c.model}) runs in its own dtype (float16 on a GPU, float32 on the CPU)")
         if self.is_pipeline:
             from ..flow.pipeline import PipelineFlow
 
             self.flow = PipelineFlow(c.model, c.revision, c.prompt, c.negative_prompt, c.resolution, device)
         else:
             self.flow = FlowModel.from_pretrained(c.model, device=device)
+            self.flow.autocast = autocast_dtype(c.precision, device)
         if c.textual_inversion and not self.is_pipeline:
             raise ConfigError("semantic_flow: textual_inversion needs a pipeline model (SD3 family); a fit-flow model "
                               "is conditioned on its own class embedding, learned on your classes")

@@ -36,7 +36,7 @@ from pydantic import BeforeValidator, Field
 from tqdm.auto import tqdm
 
 from ..core.config import ConfigError, build_config, config_dataclass, to_dict
-from ..core.devices import resolve_device
+from ..core.devices import Precision, autocast_dtype, precision_name, resolve_device
 from ..core.log import bar_disabled, get_logger
 from ..data.imageset import ImageSet, load_any
 from .dataset import AugmentedDataset, SyntheticShareSampler
@@ -90,6 +90,10 @@ class TrainConfig:
     # small CNN's training step 1.43x and its inference 2.6x on a 2-core AVX-512 CPU (benchmarks/train_speed.py);
     # NVIDIA's recommended layout for convolutions on tensor cores. No effect on models without 4-D weights
     channels_last: bool = True
+    # the forward pass in bfloat16 autocast (weights, optimiser and loss stay float32): "auto" where it is fast —
+    # a GPU with bfloat16, a CPU with AMX tiles (the demo's small CNN: a training step 1.6x faster on a 2-core AMX
+    # CPU, benchmarks/train_speed.py) — else float32; results move by float rounding, as a seed would
+    precision: Precision = "float32"
     # mode=linear without online augmentation: the frozen backbone's features of every training image are computed
     # once and the head trains on them (the same steps, batches and result up to float rounding, without a backbone
     # pass per step); false: the backbone runs on every batch
@@ -123,20 +127,25 @@ def epoch_length(cfg: TrainConfig, pass_steps: int) -> tuple[int, str]:
 
 
 @torch.no_grad()
-def predict_logits(model, images: torch.Tensor, mean, std, device, batch_size: int = 256) -> torch.Tensor:
-    """Logits `(N, C)` (float32, on the CPU) of uint8 images `(N, 3, S, S)`, in batches, the model in eval mode."""
+def predict_logits(model, images: torch.Tensor, mean, std, device, batch_size: int = 256,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Logits `(N, C)` (float32, on the CPU) of uint8 images `(N, 3, S, S)`, in batches, the model in eval mode;
+    `dtype`: the forward pass in that autocast (a run's training precision, `autocast_dtype`)."""
     model.eval()
-    out = [model(normalize(images[i:i + batch_size].to(device), mean, std)).float().cpu()
-           for i in range(0, len(images), batch_size)]
+    device = torch.device(device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        out = [model(normalize(images[i:i + batch_size].to(device), mean, std)).float().cpu()
+               for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.empty(0, 0)
 
 
-def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, batch_size: int = 256) -> dict:
+def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, batch_size: int = 256,
+             dtype: torch.dtype | None = None) -> dict:
     """Top-1 and per-class accuracy, and the confusion matrix (rows: true class)."""
     from sklearn.metrics import confusion_matrix
 
     y = images.targets(classes)
-    pred = predict_logits(model, images.images, mean, std, device, batch_size).argmax(1).numpy()
+    pred = predict_logits(model, images.images, mean, std, device, batch_size, dtype).argmax(1).numpy()
     cm = confusion_matrix(y.numpy(), pred, labels=list(range(len(classes))))
     support = cm.sum(1)
     per_class = {c: float(cm[i, i] / support[i]) for i, c in enumerate(classes) if support[i]}
@@ -146,7 +155,8 @@ def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, bat
 
 def load_run(run_dir: str | Path, device="cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """A finished `genaug train` run's selected model (best.safetensors) and what using it needs: `classes`,
-    `image_size`, `mean`, `std` (from the checkpoint's metadata)."""
+    `image_size`, `mean`, `std` (from the checkpoint's metadata), and `autocast`: the dtype to pass to
+    `predict_logits` / `evaluate` (the run's `precision` setting on this machine)."""
     from safetensors import safe_open
     from safetensors.torch import load_model
 
@@ -160,6 +170,8 @@ def load_run(run_dir: str | Path, device="cpu") -> tuple[torch.nn.Module, dict[s
     model, _, _ = create_classifier(meta["model"], len(meta["classes"]), None, image_size=meta.get("image_size"),
                                     linear_probe=opts.get("mode") == "linear", **opts.get("model_options", {}))
     load_model(model, str(ckpt), device=str(device))
+    # inference in the precision the run trained with (its setting, resolved on this machine: `autocast_dtype`)
+    meta["autocast"] = autocast_dtype(opts.get("precision", "float32"), torch.device(device))
     return _layout(model.to(device), opts.get("channels_last", False)).eval(), meta
 
 
@@ -233,6 +245,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    amp = autocast_dtype(cfg.precision, device)
 
     data = AugmentedDataset(real, synthetic, cfg.image_size, use_weights=cfg.use_weights)
     classes = data.classes
@@ -271,7 +284,8 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
     resolved = {"real": str(real), "synthetic": [str(s) for s in synthetic], "val": str(val) if val else None,
                 "test": str(test) if test else None, "ood": {k: str(v) for k, v in (ood or {}).items()},
                 "classes": classes, "n_real": data.n_real, "n_synthetic": data.n_synthetic, "steps_per_epoch": steps,
-                "steps_per_epoch_from": steps_from, "total_steps": total, "train": to_dict(cfg)}
+                "steps_per_epoch_from": steps_from, "total_steps": total, "precision": precision_name(amp),
+                "train": to_dict(cfg)}
     (out / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
     meta = {"classes": classes, "model": cfg.model, "image_size": cfg.image_size, "mean": mean, "std": std}
 
@@ -294,15 +308,16 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
                 x, y, w = data.batch(idx)
                 syn_seen += int(data.is_synthetic(idx).sum())
                 soft = F.one_hot(y, len(classes)).float()
-                if features is not None:  # the linear head on the cached features
-                    logits = head(features[idx].to(device))
-                else:
+                if features is None:
                     if online is not None:
                         x = online.images(x, step)
                     x = normalize(x.to(device), mean, std)
                     if online is not None and online.mix is not None:
                         x, soft = online.mix(x, y.to(device))
-                    logits = model(x)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    # the linear head on the cached features, or the whole model
+                    logits = head(features[idx].to(device)) if features is not None else model(x)
+                logits = logits.float()
                 per = F.cross_entropy(logits, soft.to(device), reduction="none", label_smoothing=cfg.label_smoothing)
                 loss = (per * w.to(device)).mean()
                 opt.zero_grad(set_to_none=True)
@@ -319,7 +334,8 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
                    "synthetic_share": syn_seen / seen, "lr": sched.get_last_lr()[0],
                    "seconds": time.perf_counter() - t0, "val_acc": None}
             if val_set is not None:
-                row["val_acc"] = evaluate(model, val_set, classes, mean, std, device, cfg.eval_batch_size)["accuracy"]
+                row["val_acc"] = evaluate(model, val_set, classes, mean, std, device, cfg.eval_batch_size,
+                                          amp)["accuracy"]
                 bar.set_postfix(val=f"{row['val_acc']:.3f}")
             history.append(row)
             if writer is None:
@@ -342,11 +358,12 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
                               # how real and synthetic were mixed, and the share of synthetic samples drawn
                               "synthetic_prob": (None if not data.n_synthetic else "pool" if share is None else share),
                               "synthetic_share": syn_total / max(1, seen_total), "total_steps": step,
+                              "precision": precision_name(amp),
                               "train_seconds": time.perf_counter() - t_start, "history": history}
     if val_set is not None:
-        result["val"] = evaluate(model, val_set, classes, mean, std, device, cfg.eval_batch_size)
+        result["val"] = evaluate(model, val_set, classes, mean, std, device, cfg.eval_batch_size, amp)
     if test_set is not None:
-        result["test"] = evaluate(model, test_set, classes, mean, std, device, cfg.eval_batch_size)
+        result["test"] = evaluate(model, test_set, classes, mean, std, device, cfg.eval_batch_size, amp)
         if cfg.sic_images:
             from .explain import sic_score
 
@@ -355,7 +372,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
                                               device=device, xrai_steps=cfg.sic_xrai_steps,
                                               xrai_algorithm=cfg.sic_xrai_algorithm,
                                               xrai_batch_size=cfg.sic_xrai_batch_size)
-    result["ood"] = {name: evaluate(model, s, classes, mean, std, device, cfg.eval_batch_size)
+    result["ood"] = {name: evaluate(model, s, classes, mean, std, device, cfg.eval_batch_size, amp)
                      for name, s in ood_sets.items()}
     shown = result.get("test") or result.get("val")
     _plots(out, history, shown["confusion"] if shown else None, classes)
