@@ -41,6 +41,14 @@ def shared_loads() -> Iterator[None]:
         _MEMO = outer
 
 
+def keep_loads() -> None:
+    """`shared_loads` for the rest of this process's life: a harness's worker process (`bench.lanes`) that runs
+    job after job on the same sets."""
+    global _MEMO
+    if _MEMO is None:
+        _MEMO = {}
+
+
 def _memo(kind: str, src: str | Path, size: int, extra, load):
     if _MEMO is None:
         return load()
