@@ -96,6 +96,19 @@ def test_demo_rerun_reuses_everything(demo_run):
     assert again["details"]["seconds"] < first["details"]["seconds"] / 2
 
 
+def test_one_worker_gives_the_same_table_as_jobs_side_by_side(demo_run):
+    """The demo's jobs run at one thread wherever they run: in this process (--workers 1) the table is the one the
+    side-by-side run (one worker per CPU) wrote, to the last digit."""
+    root, _ = demo_run
+    first = json.loads((root / "demo.json").read_text())
+    cli("demo", "--out", root / "inline", "--quick", "--workers", "1", "--json", root / "inline.json")
+    inline = json.loads((root / "inline.json").read_text())
+    assert inline["details"]["workers"] == 1
+    arms = [k for k in first if k != "details"]
+    assert {k: {m: v for m, v in inline[k].items() if m != "generation_seconds"} for k in arms} == \
+        {k: {m: v for m, v in first[k].items() if m != "generation_seconds"} for k in arms}
+
+
 def test_fashion_mnist_reader_when_installed():
     if not fashion_mnist_available():
         pytest.skip("dataset-fashion-mnist is not installed (make test installs it as root)")

@@ -605,6 +605,7 @@ def demo(
     json_out: Annotated[Optional[Path], typer.Option("--json", callback=_json_target, help="also write the result table as JSON")] = None,
     ablation: Annotated[Optional[list[str]], typer.Option("--ablation", help="also run an ablation arm (repeatable): closed = the generator trained on the labelled images only")] = None,
     dataset: Annotated[Literal["auto", "fashion-mnist", "digits"], typer.Option(help="auto: Fashion-MNIST where installed, else scikit-learn's digits (10 % labelled, genaug's fixed test third)")] = "auto",
+    workers: Annotated[Optional[int], typer.Option(min=1, help="processes running the demo's jobs side by side, one thread each (default: one per CPU); 1 runs them in this process. The results do not depend on it")] = None,
 ) -> None:
     """The main job, offline: Fashion-MNIST at 1 %, flow-matching augmentation (its generator also sees the
     rest of the training set, labels withheld) vs classical and pseudo-labelling, 3 seeds."""
@@ -612,7 +613,7 @@ def demo(
 
     try:
         result = run_demo(out, quick=quick, progress=_progress, overrides={"ablations": list(ablation or []),
-                                                                            "dataset": dataset})
+                                                                            "dataset": dataset, "workers": workers})
     except ConfigError as e:
         _fail(str(e))
     typer.echo(format_table(result))

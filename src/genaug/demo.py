@@ -11,16 +11,19 @@ the Debian package is missing). Does flow-matching semantic augmentation help in
    images only.
 3. `semantic_flow` writes synthetic variants of every labelled image; each classical candidate writes the
    same number of variants (a matched budget).
-4. The same small CNN trains, for the same number of steps (1,500: long enough that real-only training
-   converges and overfits — train loss 0.001, validation flat from step ~600), on (a) real, (b) real + each classical
-   candidate, (c) real + the pool pseudo-labelled by (a) (confidence >= 0.95, the same budget: what the
-   unlabelled images give without a generator), (d) real + semantic_flow, (e) real + both (the best classical
-   candidate, picked on mean validation accuracy over the seeds, and semantic_flow), over 3 training seeds;
+4. The same small CNN trains, for the same number of steps (600: long enough that real-only training
+   converges and overfits — 100 % train accuracy from step ~420, validation flat from step ~360), on (a) real,
+   (b) real + each classical candidate, (c) real + the pool pseudo-labelled by (a) (confidence >= 0.95, the
+   same budget: what the unlabelled images give without a generator), (d) real + semantic_flow, (e) real + both
+   (the best classical candidate, picked on mean validation accuracy over the seeds, and semantic_flow), over 3
+   training seeds;
    synthetic images make up `synthetic_prob` of every batch; each run keeps its best validation epoch.
    Test accuracy: mean ± std.
 5. Each generator's images are also judged on their own: label agreement (the share the real-only
    classifier of the same seed assigns to their label) and, for semantic_flow and the picked classical
    candidate, the classification accuracy score (a classifier trained on them alone).
+Every stage is a job run as soon as what it needs is done, side by side on one-thread worker processes
+(`bench.lanes`; the results do not depend on how many), in bfloat16 where the CPU has AMX (`precision: auto`).
 Everything is cached in the output folder: a rerun (or a run killed and restarted) redoes only what is
 missing. The results are also a bench run: `genaug report DIR` renders them.
 """
@@ -35,13 +38,13 @@ import pandas as pd
 
 from .bench.grids import save_grid
 from .bench.report import summarize, write_report, write_results
-from .bench.run import generator_scores, pseudo_label, train_cached
+from .bench.lanes import Lanes, default_workers
+from .bench.run import ArmSpec, generate_cached, generator_scores, pseudo_label, train_cached
 from .core.config import ConfigError
 from .data.builtin import export_builtin, fashion_mnist_available
-from .data.imageset import shared_loads
+from .data.imageset import load_real, shared_loads
 from .data.splits import make_splits
 from .flow.train import fit_flow
-from .pipeline import augment
 
 ARMS = ("real", "classical", "pseudo_label", "semantic_flow", "both")
 ABLATIONS = {"closed": "semantic_flow, generator on the labelled images only"}
@@ -60,16 +63,33 @@ DEMO = {
     "val_per_class": None,
     "seeds": [0, 1, 2],
     "n": 2,  # synthetic variants per real image, for every generator
-    "classical_candidates": ["flipcrop", "randaugment", "trivialaugment"],
+    "classical_candidates": ["flipcrop", "randaugment"],
     "pool_per_class": None,  # the unlabelled pool: the rest of the training set (None: all of it)
     "pseudo_label": {"threshold": 0.95},
     "ablations": [],  # "closed": the generator trained on the labelled images only, as another arm
-    "flow": {"steps": 450, "batch_size": 128, "block_channels": [32, 64, 64]},
+    "flow": {"steps": 450, "batch_size": 80, "unlabeled_share": 0.2, "block_channels": [32, 64, 64],
+             "precision": "auto"},
     # guidance 2 (classifier-free): chosen on validation among the levers of benchmarks/demo_levers.py
-    "semantic_flow": {"mode": "sdedit", "t0": [0.3, 0.4, 0.5], "steps": 10, "guidance": 2.0},
-    "train": {"model": "genaug_small_cnn", "model_options": {"width": 16}, "image_size": 28, "epochs": 15,
-              "steps_per_epoch": 100, "batch_size": 64, "lr": 3e-3, "synthetic_prob": 0.5},
+    "semantic_flow": {"mode": "sdedit", "t0": [0.3, 0.4, 0.5], "steps": 10, "guidance": 2.0, "precision": "auto"},
+    "train": {"model": "genaug_small_cnn", "model_options": {"width": 16}, "image_size": 28, "epochs": 10,
+              "steps_per_epoch": 60, "batch_size": 64, "lr": 3e-3, "synthetic_prob": 0.5, "precision": "auto"},
+    # the jobs (fit-flow, generations, classifier runs) side by side: `workers` processes (None: one per CPU at
+    # `threads_per_job`) of `threads_per_job` torch threads each — every job at that thread count whatever the
+    # number of workers, so the results do not depend on it
+    "workers": None,
+    "threads_per_job": 1,
 }
+
+
+# what the demo's jobs import, loaded by each worker while the data is exported
+PRELOAD = ("genaug.bench.run", "genaug.flow.train", "diffusers.training_utils")
+
+
+def pseudo_labels(real_runs: dict[int, Path], pool: Path, manifests: dict[int, Path], threshold: float,
+                  per_class: int) -> dict[int, dict[str, Any]]:
+    """`pseudo_label` for every seed in one job, so that the pool is decoded once."""
+    return {seed: pseudo_label(run, pool, manifests[seed], threshold, per_class=per_class)
+            for seed, run in real_runs.items()}
 
 
 def pool_manifest(rest: Path, per_class: int | None) -> Path:
@@ -118,87 +138,114 @@ def _run_demo(out: str | Path, quick: bool, progress: bool | None, overrides: di
     timings: dict[str, float] = {}
 
     cfg["flow"].setdefault("hflip", dataset == "fashion-mnist")  # a mirrored garment is a garment; a digit is not
-    t = time.perf_counter()
-    train_pool = export_builtin(dataset, "train", out / "data" / f"{dataset}-train")
-    test = export_builtin(dataset, "test", out / "data" / f"{dataset}-test")
-    make_splits(train_pool, out / "splits", [0], fraction=cfg["fraction"], val=cfg["val_per_class"])
-    split = out / "splits" / f"fraction-{cfg['fraction']:g}" / "seed-0"
-    real, val = split / "train.csv", split / "val.csv"
-    pool = pool_manifest(split / "rest.csv", cfg["pool_per_class"])
-    timings["data"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    flow = fit_flow(real, out / "flow-model", cfg["flow"], progress=progress, unlabeled=pool)
-    timings["fit_flow"] = time.perf_counter() - t
-
-    def generate(name: str, method: str, options: dict | None = None) -> None:
+    threads = cfg["threads_per_job"]
+    workers = cfg["workers"] or default_workers(threads)
+    # every stage after the data is a job, started as soon as the jobs it needs are done, on `workers` processes
+    # at `threads` threads each: the generator trains beside the classifiers that do not need it. The workers
+    # start (and import what the jobs need) while this process exports the data.
+    with Lanes(workers, threads, progress=progress, desc="genaug demo", preload=PRELOAD) as lanes:
         t = time.perf_counter()
-        synthetic[name] = out / "synthetic" / name
-        augment(real, synthetic[name], method=method, n=cfg["n"], seed=0, progress=progress, options=options)
-        gen_seconds[name] = time.perf_counter() - t
+        train_pool = export_builtin(dataset, "train", out / "data" / f"{dataset}-train")
+        test = export_builtin(dataset, "test", out / "data" / f"{dataset}-test")
+        make_splits(train_pool, out / "splits", [0], fraction=cfg["fraction"], val=cfg["val_per_class"])
+        split = out / "splits" / f"fraction-{cfg['fraction']:g}" / "seed-0"
+        real, val = split / "train.csv", split / "val.csv"
+        pool = pool_manifest(split / "rest.csv", cfg["pool_per_class"])
+        labelled = load_real(real, cfg["train"]["image_size"], "real")
+        timings["data"] = time.perf_counter() - t
 
-    synthetic: dict[str, Path] = {}
-    gen_seconds: dict[str, float] = {}
-    generate("semantic_flow", "semantic_flow", {"model": str(out / "flow-model"), **cfg["semantic_flow"]})
-    timings["generate_semantic_flow"] = gen_seconds["semantic_flow"]
-    for name in cfg["classical_candidates"]:
-        generate(name, name)
-    timings["generate_classical"] = sum(gen_seconds[n] for n in cfg["classical_candidates"])
-    closed = None
-    if "closed" in cfg["ablations"]:
-        t = time.perf_counter()
-        closed = fit_flow(real, out / "flow-model-closed", cfg["flow"], progress=progress)
-        timings["fit_flow_closed"] = time.perf_counter() - t
-        generate("semantic_flow_closed", "semantic_flow",
-                 {"model": str(out / "flow-model-closed"), **cfg["semantic_flow"]})
-        timings["generate_semantic_flow_closed"] = gen_seconds["semantic_flow_closed"]
+        seeds, n = cfg["seeds"], cfg["n"]
+        tcfg = cfg["train"]
+        synthetic = {name: out / "synthetic" / name for name in ("semantic_flow", *cfg["classical_candidates"])}
+        bar = progress if lanes.inline else False  # side by side, the jobs' own bars would garble each other
+        stage: dict = {}  # job -> the stage its seconds count towards
+        sources_of: dict = {}  # classifier run -> the synthetic sources it trains on
 
-    def run(arm: str, method: str, sources: list[str], seed: int, kind: str = "generator") -> dict:
-        row = {"arm": arm, "method": method, "kind": "real" if not sources else kind,
-               "split": f"fraction-{cfg['fraction']:g}", "seed": seed,
-               "synthetic_prob": cfg["train"]["synthetic_prob"] if sources else None,
-               "budget": cfg["n"] if sources else 0,
-               # what its synthetic images cost to generate (resumed runs: this call's share only)
-               "generation_seconds": round(sum(gen_seconds.get(s, 0.0) for s in sources), 1)}
-        return train_cached(out / "runs" / arm / f"{method}-seed-{seed}", real, [synthetic[s] for s in sources],
-                            val, test, {}, {**cfg["train"], "seed": seed}, row, progress=progress)
+        def job(name: str, fn, *args, after=(), **kwargs):
+            stage[f := lanes.submit(fn, *args, after=after, **kwargs)] = name
+            return f
 
-    t = time.perf_counter()
-    rows = [run("real", "none", [], seed) for seed in cfg["seeds"]]
-    real_runs = {r["seed"]: Path(r["run_dir"]) for r in rows}
-    # every classical candidate is an arm over every seed; the best is picked on mean validation accuracy
-    candidates = {name: [run(f"classical:{name}", name, [name], seed) for seed in cfg["seeds"]]
-                  for name in cfg["classical_candidates"]}
-    picks = {name: sum(r["val_acc"] for r in rs) / len(rs) for name, rs in candidates.items()}
-    best = max(picks, key=picks.get)
-    for name, rs in candidates.items():
-        rows += [{**r, "arm": "classical" if name == best else r["arm"]} for r in rs]
-    # the unlabelled pool without a generator: pseudo-labelled by each seed's real-only classifier
-    tp = time.perf_counter()
-    n_classes = len(flow["classes"])
-    pseudo = {}
-    for seed in cfg["seeds"]:
-        synthetic[f"pseudo_label-seed-{seed}"] = manifest = out / "pseudo_label" / f"seed-{seed}.csv"
-        pseudo[seed] = pseudo_label(real_runs[seed], pool, manifest, cfg["pseudo_label"]["threshold"],
-                                    per_class=-(-cfg["n"] * flow["n_images"] // n_classes))
-    timings["pseudo_label"] = time.perf_counter() - tp
-    rows += [run("pseudo_label", "pseudo_label", [f"pseudo_label-seed-{seed}"], seed, kind="pool")
-             for seed in cfg["seeds"]]
-    rows += [run("semantic_flow", "semantic_flow", ["semantic_flow"], seed) for seed in cfg["seeds"]]
-    rows += [run("both", f"{best}+semantic_flow", [best, "semantic_flow"], seed) for seed in cfg["seeds"]]
-    if closed is not None:
-        rows += [run("ablation:closed", "semantic_flow_closed", ["semantic_flow_closed"], seed)
-                 for seed in cfg["seeds"]]
-    # each generator's images judged on their own: label agreement with the real-only classifier of the same
-    # seed, and the classification accuracy score (a classifier trained on them alone)
-    for i, r in enumerate(rows):
-        if r["kind"] == "generator" and "+" not in r["method"]:
-            cas_dir = (out / "runs" / "cas" / f"{r['method']}-seed-{r['seed']}"
-                       if r["arm"] in ("classical", "semantic_flow") else None)
-            rows[i] = {**r, **generator_scores(real_runs[r["seed"]], synthetic[r["method"]], cas_dir, val, test,
-                                               {**cfg["train"], "seed": r["seed"]}, progress=progress)}
-    timings["classifiers"] = time.perf_counter() - t - timings["pseudo_label"]
+        def generate(name: str, method: str, options: dict | None = None, after=()):
+            return job(f"generate_{'classical' if method in cfg['classical_candidates'] else name}", generate_cached,
+                       ArmSpec(method=method, options=options or {}), real, synthetic[name], n, 0, progress=bar,
+                       after=after)
 
+        flows = {"semantic_flow": job("fit_flow", fit_flow, real, out / "flow-model", cfg["flow"], progress=bar,
+                                      unlabeled=pool)}
+        if "closed" in cfg["ablations"]:
+            synthetic["semantic_flow_closed"] = out / "synthetic" / "semantic_flow_closed"
+            flows["semantic_flow_closed"] = job("fit_flow_closed", fit_flow, real, out / "flow-model-closed",
+                                                cfg["flow"], progress=bar)
+        gens = {name: generate(name, name) for name in cfg["classical_candidates"]}
+        for name, folder in (("semantic_flow", "flow-model"), ("semantic_flow_closed", "flow-model-closed")):
+            if name in flows:
+                gens[name] = generate(name, "semantic_flow", {"model": str(out / folder), **cfg["semantic_flow"]},
+                                      after=[flows[name]])
+
+        def run(arm: str, method: str, sources: list[str], seed: int, kind: str = "generator", after=()):
+            row = {"arm": arm, "method": method, "kind": "real" if not sources else kind,
+                   "split": f"fraction-{cfg['fraction']:g}", "seed": seed,
+                   "synthetic_prob": tcfg["synthetic_prob"] if sources else None, "budget": n if sources else 0}
+            f = job("classifiers", train_cached, run_dir(arm, method, seed), real, [synthetic[s] for s in sources],
+                    val, test, {}, {**tcfg, "seed": seed}, row, progress=bar,
+                    after=[*after, *(gens[s] for s in sources if s in gens)])
+            sources_of[f] = sources
+            return f
+
+        def run_dir(arm: str, method: str, seed: int) -> Path:
+            return out / "runs" / arm / f"{method}-seed-{seed}"
+
+        def scores(name: str, seed: int, cas: bool):
+            """Label agreement with the real-only classifier of the same seed; the CAS when `cas`."""
+            return job("classifiers", generator_scores, run_dir("real", "none", seed), synthetic[name],
+                       out / "runs" / "cas" / f"{name}-seed-{seed}" if cas else None, val, test,
+                       {**tcfg, "seed": seed}, progress=bar, after=[reals[seed], gens[name]])
+
+        reals = {seed: run("real", "none", [], seed) for seed in seeds}
+        candidates = {name: [run(f"classical:{name}", name, [name], seed) for seed in seeds]
+                      for name in cfg["classical_candidates"]}
+        # the unlabelled pool without a generator: pseudo-labelled by each seed's real-only classifier, at most
+        # the generators' budget per class
+        per_class = -(-n * len(labelled) // len(set(labelled.labels)))
+        for seed in seeds:
+            synthetic[f"pseudo_label-seed-{seed}"] = out / "pseudo_label" / f"seed-{seed}.csv"
+        pseudo_job = job("pseudo_label", pseudo_labels, {seed: run_dir("real", "none", seed) for seed in seeds}, pool,
+                         {seed: synthetic[f"pseudo_label-seed-{seed}"] for seed in seeds},
+                         cfg["pseudo_label"]["threshold"], per_class, after=list(reals.values()))
+        pseudo_runs = [run("pseudo_label", "pseudo_label", [f"pseudo_label-seed-{seed}"], seed, kind="pool",
+                           after=[pseudo_job]) for seed in seeds]
+        flow_runs = {name: [run("semantic_flow" if name == "semantic_flow" else "ablation:closed", name, [name], seed)
+                            for seed in seeds] for name in flows}
+        judged = {(name, seed): scores(name, seed, cas=name == "semantic_flow") for name in flows for seed in seeds}
+        # every classical candidate is an arm over every seed; the best is picked on mean validation accuracy (the
+        # other jobs go on meanwhile)
+        picks = {name: sum(lanes.result(f)["val_acc"] for f in fs) / len(fs) for name, fs in candidates.items()}
+        best = max(picks, key=picks.get)
+        both = [run("both", f"{best}+semantic_flow", [best, "semantic_flow"], seed) for seed in seeds]
+        judged |= {(name, seed): scores(name, seed, cas=name == best) for name in cfg["classical_candidates"]
+                   for seed in seeds}
+        lanes.join()
+        flow = lanes.result(flows["semantic_flow"])
+        closed = lanes.result(flows["semantic_flow_closed"]) if "semantic_flow_closed" in flows else None
+        gen_seconds = {name: lanes.result(f)[1] for name, f in gens.items()}
+        pseudo = lanes.result(pseudo_job)
+        for f, name in stage.items():  # the seconds each stage's jobs ran (side by side: they overlap in time)
+            timings[name] = timings.get(name, 0.0) + lanes.seconds[f]
+
+    def row(f, arm: str | None = None) -> dict:
+        r = lanes.result(f)
+        r = {**r, "arm": arm or r["arm"],
+             # what its synthetic images cost to generate (the first generation's seconds, not a rerun's)
+             "generation_seconds": round(sum(gen_seconds.get(s, 0.0) for s in sources_of[f]), 1)}
+        judge = judged.get((r["method"], r["seed"]))  # a generator's own columns
+        return {**r, **lanes.result(judge)} if judge is not None else r
+
+    rows = [row(reals[seed]) for seed in seeds]
+    rows += [row(f, "classical" if name == best else None) for name, fs in candidates.items() for f in fs]
+    rows += [row(f) for f in pseudo_runs]
+    rows += [row(f) for f in flow_runs["semantic_flow"]]
+    rows += [row(f) for f in both]
+    rows += [row(f) for f in flow_runs.get("semantic_flow_closed", [])]
     write_results(out, rows)
     (out / "config.yaml").write_text(json.dumps(cfg, indent=2))
     grids = {name: save_grid(synthetic[name], out / "grids" / f"{name}.png") for name in ("semantic_flow", best)}
@@ -228,7 +275,9 @@ def _run_demo(out: str | Path, quick: bool, progress: bool | None, overrides: di
               "flow": _flow_summary(flow),
               "pseudo_label": pseudo,
               "grid": str(grids["semantic_flow"]), "report": str(out / "report.html"),
+              # each stage's job seconds (at threads_per_job threads; stages overlap on `workers` processes)
               "timings_s": {k: round(v, 1) for k, v in timings.items()},
+              "workers": workers, "threads_per_job": threads, "classifier_precision": rows[0].get("precision"),
               "seconds": round(time.perf_counter() - t_start, 1), "quick": quick}
     if closed is not None:
         result["flow_closed"] = _flow_summary(closed)
@@ -237,7 +286,7 @@ def _run_demo(out: str | Path, quick: bool, progress: bool | None, overrides: di
 
 
 def _flow_summary(fit: dict[str, Any]) -> dict[str, Any]:
-    return {k: fit[k] for k in ("steps", "reconstruction", "seconds")}
+    return {k: fit[k] for k in ("steps", "reconstruction", "seconds", "precision")}
 
 
 def _pseudo_note(pseudo: dict[int, dict], threshold: float) -> str:
