@@ -530,3 +530,25 @@ def test_a_pipeline_refuses_another_precision(tiny_sd3, tmp_path):
 
     with pytest.raises(ConfigError, match="precision=bfloat16 is for genaug flow models"):
         create_method("semantic_flow", {"model": str(tiny_sd3), "precision": "bfloat16"})
+
+
+def test_auto_precision_is_resolved_recorded_and_never_continued_in_another(digits16, tmp_path, monkeypatch):
+    """precision=auto means bfloat16 on a machine where it is fast, float32 elsewhere: a folder records what it
+    resolved to, and a resume where it resolves otherwise is refused, for the generator and its images alike."""
+    import yaml
+
+    import genaug.core.devices as devices
+    from genaug.core.config import ConfigError
+
+    monkeypatch.setattr(devices, "fast_bfloat16", lambda device: True)
+    cfg = {**TINY_FLOW, "steps": 2, "checkpoint_every": 2, "precision": "auto"}
+    assert fit_flow(digits16, tmp_path / "m", cfg, progress=False)["precision"] == "bfloat16"
+    args = ["augment", digits16, "--method", "semantic_flow", "--out", tmp_path / "aug", "-n", "1",
+            f"model={tmp_path / 'm'}", "steps=4", "precision=auto"]
+    cli(*args)
+    assert yaml.safe_load((tmp_path / "aug" / "config.yaml").read_text())["options"]["precision"] == "bfloat16"
+    monkeypatch.setattr(devices, "fast_bfloat16", lambda device: False)
+    with pytest.raises(ConfigError, match="precision: 'bfloat16' there, 'float32' now|precision: bfloat16 there"):
+        fit_flow(digits16, tmp_path / "m", {**cfg, "steps": 4}, progress=False)
+    res = cli(*args[:-1], "precision=auto", "-n", "2", expect=2)
+    assert "precision" in res.output and "bfloat16" in res.output

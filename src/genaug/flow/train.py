@@ -159,8 +159,10 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         before = ckpt["config"]
-        keys = ["classes", "n_images", "n_unlabeled", "train"] + [k for k in ("data_digest", "pool_digest")
-                                                                   if k in before]  # older checkpoints: counts
+        # older checkpoints: counts, not digests; no precision (float32). `precision` is what "auto" resolved to:
+        # a run is not continued in another precision
+        keys = ["classes", "n_images", "n_unlabeled", "train"] + [k for k in ("data_digest", "pool_digest", "precision")
+                                                                   if k in before]
         differ = [d for k in keys for d in differences(k, before.get(k, 0 if k == "n_unlabeled" else ABSENT),
                                                        resolved[k]) if d[0] != "train.steps"]
         if differ:

@@ -39,7 +39,7 @@ from ..components.segment import MaskOptions, dilate, to_bool
 from ..components.textual_inversion import FLOW_RECIPE, TextualInversionOptions, class_images, learned_flow_tokens
 from ..core.config import ConfigError, config_dataclass, range_option, values_option
 from ..data.images import Rejected
-from ..core.devices import Precision, autocast_dtype, resolve_device
+from ..core.devices import Precision, autocast_dtype, precision_name, resolve_device
 from ..flow.model import take
 from .registry import register_method
 from ..core.records import Example, Synthetic
@@ -116,6 +116,9 @@ class SemanticFlow(Method):
         else:
             self.flow = FlowModel.from_pretrained(c.model, device=device)
             self.flow.autocast = autocast_dtype(c.precision, device)
+            # what the images are computed in, recorded (config.yaml) and compared on resume: "auto" is resolved on
+            # this machine, so a folder is never continued in another precision
+            c.precision = precision_name(self.flow.autocast)
         if c.textual_inversion and not self.is_pipeline:
             raise ConfigError("semantic_flow: textual_inversion needs a pipeline model (SD3 family); a fit-flow model "
                               "is conditioned on its own class embedding, learned on your classes")
