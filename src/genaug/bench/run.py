@@ -256,7 +256,7 @@ def run_bench(config: dict[str, Any] | BenchConfig, out: str | Path, progress: b
                     # a folder per budget: a folder generated at a larger budget holds more images than a
                     # smaller budget's run may draw
                     syn, gen_seconds = generate_cached(arm, sdir / "train.csv", root / "synthetic" / name / split
-                                                 / f"budget-{budget}" / f"seed-{seed}", budget, seed, val)
+                                                       / f"budget-{budget}" / f"seed-{seed}", budget, seed, val)
                     synthetic = [syn]
                     probs = cfg.synthetic_probs or [base_train.synthetic_prob]
                     # judged once per generation, whatever the synthetic proportions it is trained at
@@ -312,8 +312,8 @@ def train_cached(run_dir: Path, real: Path, synthetic: list[Path], val, test, oo
     accuracies and seconds)."""
     # what the run computes in where `precision: auto` leaves it to the machine (bfloat16 with AMX or a GPU)
     precision = precision_name(autocast_dtype(tcfg.get("precision", "float32"), resolve_device(tcfg.get("device"))))
-    key = config_hash({"tcfg": tcfg, "precision": precision, "real": str(real), "synthetic": [str(s) for s in synthetic], "val": str(val),
-                       "test": str(test), "ood": ood,
+    key = config_hash({"tcfg": tcfg, "precision": precision, "real": str(real),
+                       "synthetic": [str(s) for s in synthetic], "val": str(val), "test": str(test), "ood": ood,
                        "contents": [contents(x) for x in (real, *synthetic, val, test, *ood.values())]})
     done = run_dir / "bench_row.json"
     if done.exists():
