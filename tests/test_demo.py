@@ -101,6 +101,8 @@ def test_one_worker_gives_the_same_table_as_jobs_side_by_side(demo_run):
     side-by-side run (one worker per CPU) wrote, to the last digit."""
     root, _ = demo_run
     first = json.loads((root / "demo.json").read_text())
+    (root / "inline").mkdir()
+    (root / "inline" / "data").symlink_to(root / "demo" / "data")  # the same exported images, not exported again
     cli("demo", "--out", root / "inline", "--quick", "--workers", "1", "--json", root / "inline.json")
     inline = json.loads((root / "inline.json").read_text())
     assert inline["details"]["workers"] == 1
