@@ -530,6 +530,8 @@ def test_a_pipeline_refuses_another_precision(tiny_sd3, tmp_path):
 
     with pytest.raises(ConfigError, match="precision=bfloat16 is for genaug flow models"):
         create_method("semantic_flow", {"model": str(tiny_sd3), "precision": "bfloat16"})
+    # "auto" leaves the pipeline its own dtype (so the demo's options work on a pipeline too)
+    assert create_method("semantic_flow", {"model": str(tiny_sd3), "precision": "auto"}).config.precision == "auto"
 
 
 def test_auto_precision_is_resolved_recorded_and_never_continued_in_another(digits16, tmp_path, monkeypatch):
@@ -552,3 +554,17 @@ def test_auto_precision_is_resolved_recorded_and_never_continued_in_another(digi
         fit_flow(digits16, tmp_path / "m", {**cfg, "steps": 4}, progress=False)
     res = cli(*args[:-1], "precision=auto", "-n", "2", expect=2)
     assert "precision" in res.output and "bfloat16" in res.output
+    # what is compared is what a run computes in, not the setting: an explicit bfloat16 continues both
+    assert fit_flow(digits16, tmp_path / "m", {**cfg, "steps": 4, "precision": "bfloat16"}, progress=False)["steps"] == 4
+    cli(*args[:-1], "precision=bfloat16", "-n", "2")
+    # a checkpoint written before the option existed (no precision anywhere: it trained in float32) resumes in
+    # float32, and is refused, naming the fix, where auto means bfloat16
+    old = tmp_path / "old"
+    fit_flow(digits16, old, {**cfg, "precision": "float32"}, progress=False)
+    ckpt = torch.load(old / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]["precision"], ckpt["config"]["train"]["precision"]
+    torch.save(ckpt, old / "checkpoint.pt")
+    monkeypatch.setattr(devices, "fast_bfloat16", lambda device: True)
+    with pytest.raises(ConfigError, match="precision=float32 continues the checkpoint"):
+        fit_flow(digits16, old, {**cfg, "steps": 4}, progress=False)
+    assert fit_flow(digits16, old, {**cfg, "steps": 4, "precision": "float32"}, progress=False)["steps"] == 4

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import cli, make_imagefolder
 from genaug.core.config import build_config
-from genaug.train import SyntheticShareSampler, TrainConfig, create_classifier, train
+from genaug.train import SyntheticShareSampler, TrainConfig, create_classifier, load_run, train
 from genaug.train.trainer import epoch_length
 
 # min_steps=0: these tests are not about the epoch length, and the 1000-step floor would make each run ~50x longer
@@ -393,6 +393,26 @@ def test_the_probe_keeps_its_short_training_unless_asked(few_shot):
         assert json.loads((probe.work / "classifier" / "metrics.json").read_text())["total_steps"] == steps
 
 
+def test_the_probe_predicts_in_its_runs_precision_and_is_keyed_by_it(few_shot, monkeypatch):
+    """A probe trained in bfloat16 calibrates and weights in bfloat16 too; `auto` is resolved before it keys the
+    probe's folder, so a cache shared between machines never hands one precision's probe to the other."""
+    import genaug.core.devices as devices
+    from genaug.scoring.probe import fit_probe
+    from genaug.train.trainer import predict_logits
+
+    tiny = {"model": "genaug_small_cnn", "pretrained": None, "mode": "scratch", "image_size": 8, "device": "cpu"}
+    probe = fit_probe(few_shot, classifier={**tiny, "precision": "bfloat16"}, progress=False)
+    assert probe.autocast == torch.bfloat16 and probe.config["precision"] == "bfloat16"
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(probe.logits(x), predict_logits(probe.model, x, probe.mean, probe.std, "cpu",
+                                                       dtype=torch.bfloat16))
+    for fast, resolved in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(devices, "fast_bfloat16", lambda device, fast=fast: fast)
+        auto = fit_probe(few_shot, classifier={**tiny, "precision": "auto"}, progress=False)
+        assert auto.config["precision"] == resolved
+        assert (auto.work == probe.work) == (resolved == "bfloat16")
+
+
 def test_bfloat16_training_is_deterministic_recorded_and_learns(digits_folder, tmp_path):
     """precision=bfloat16: the forward pass in bfloat16 autocast (weights and optimiser float32); the same run twice
     writes the same bytes, its precision is recorded, and it learns as float32 does (other bytes: rounding)."""
@@ -409,7 +429,16 @@ def test_bfloat16_training_is_deterministic_recorded_and_learns(digits_folder, t
     assert yaml.safe_load((tmp_path / "bfloat16" / "config.yaml").read_text())["precision"] == "bfloat16"
     assert runs["bfloat16"]["val"]["accuracy"] > 0.8 and abs(runs["bfloat16"]["val"]["accuracy"]
                                                               - runs["float32"]["val"]["accuracy"]) < 0.1
-    auto = train(digits_folder, tmp_path / "auto", config={**FAST, "epochs": 1, "precision": "auto"}, progress=False)
+    auto = train(digits_folder, tmp_path / "auto", config={**FAST, "epochs": 1, "precision": "auto", "device": "cpu"},
+                 progress=False)
     assert auto["precision"] == ("bfloat16" if fast_bfloat16(torch.device("cpu")) else "float32")
+    # a run predicts in what it computed in, wherever it is loaded: an "auto" run made on a machine where auto
+    # resolved the other way (its config.yaml says so) is not re-resolved here
+    assert load_run(tmp_path / "bfloat16")[1]["autocast"] == torch.bfloat16
+    assert load_run(tmp_path / "float32")[1]["autocast"] is None
+    recorded = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    other = "float32" if auto["precision"] == "bfloat16" else "bfloat16"
+    (tmp_path / "auto" / "config.yaml").write_text(yaml.safe_dump({**recorded, "precision": other}))
+    assert load_run(tmp_path / "auto")[1]["autocast"] == (torch.bfloat16 if other == "bfloat16" else None)
     with pytest.raises(Exception, match="precision"):
         build_config(TrainConfig, {"precision": "float16"}, where="train")

@@ -10,7 +10,7 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Optional, Union, get_args, get_origin
 
 import typer
 
@@ -605,15 +605,18 @@ def demo(
     json_out: Annotated[Optional[Path], typer.Option("--json", callback=_json_target, help="also write the result table as JSON")] = None,
     ablation: Annotated[Optional[list[str]], typer.Option("--ablation", help="also run an ablation arm (repeatable): closed = the generator trained on the labelled images only")] = None,
     dataset: Annotated[Literal["auto", "fashion-mnist", "digits"], typer.Option(help="auto: Fashion-MNIST where installed, else scikit-learn's digits (10 % labelled, genaug's fixed test third)")] = "auto",
-    workers: Annotated[Optional[int], typer.Option(min=1, help="processes running the demo's jobs side by side, one thread each (default: one per CPU); 1 runs them in this process. The results do not depend on it")] = None,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="processes running the demo's jobs side by side, one thread each (default: one per CPU, at most 8); 1 runs them in this process. The results do not depend on it")] = None,
+    precision: Annotated[Optional[Literal["auto", "float32", "bfloat16"]], typer.Option(help="what the generator, its images and the classifiers compute in (default auto: bfloat16 where the CPU has AMX tiles or on a GPU, else float32); a folder is continued only in the precision it was made in")] = None,
 ) -> None:
     """The main job, offline: Fashion-MNIST at 1 %, flow-matching augmentation (its generator also sees the
     rest of the training set, labels withheld) vs classical and pseudo-labelling, 3 seeds."""
     from .demo import format_table, run_demo
 
     try:
-        result = run_demo(out, quick=quick, progress=_progress, overrides={"ablations": list(ablation or []),
-                                                                            "dataset": dataset, "workers": workers})
+        overrides: dict[str, Any] = {"ablations": list(ablation or []), "dataset": dataset, "workers": workers}
+        if precision:
+            overrides |= {stage: {"precision": precision} for stage in ("flow", "semantic_flow", "train")}
+        result = run_demo(out, quick=quick, progress=_progress, overrides=overrides)
     except ConfigError as e:
         _fail(str(e))
     typer.echo(format_table(result))

@@ -239,7 +239,9 @@ def run_ray(p, summary, progress: bool | None = None, ray_address: str | None = 
         ds = ds.map_batches(
             GenaugWorker, batch_size=p.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(
                 min_size=lo, max_size=hi), num_gpus=num_gpus_per_worker or None, num_cpus=num_cpus_per_worker,
-            fn_constructor_kwargs=dict(method=run.method, options=run.options, models=run.models,
+            # the options as the driver resolved and recorded them (config.yaml): an actor on another machine builds
+            # the method the run recorded, never its own reading of a setting such as precision=auto
+            fn_constructor_kwargs=dict(method=run.method, options=p.resolved["options"], models=run.models,
                                        source=source, input_cfg=run.input, row_base=p.row_base, threads=threads,
                                        stages=stages, cwd=os.getcwd()))
         if stages:

@@ -23,9 +23,9 @@ import yaml
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from ..core.config import (ABSENT, ConfigError, build_config, config_dataclass, differences, shown_differences,
+from ..core.config import (ConfigError, build_config, config_dataclass, differences, shown_differences,
                            to_dict, values_option)
-from ..core.devices import Precision, autocast_dtype, precision_name, resolve_device
+from ..core.devices import Precision, autocast, autocast_dtype, precision_name, resolve_device
 from ..core.files import atomic_path
 from ..core.log import bar_disabled, get_logger
 from ..data.imageset import load_real
@@ -158,15 +158,22 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
     ckpt_path = out / CHECKPOINT
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        before = ckpt["config"]
-        # older checkpoints: counts, not digests; no precision (float32). `precision` is what "auto" resolved to:
-        # a run is not continued in another precision
-        keys = ["classes", "n_images", "n_unlabeled", "train"] + [k for k in ("data_digest", "pool_digest", "precision")
-                                                                   if k in before]
-        differ = [d for k in keys for d in differences(k, before.get(k, 0 if k == "n_unlabeled" else ABSENT),
-                                                       resolved[k]) if d[0] != "train.steps"]
+        # older checkpoints: counts, not digests; no precision (they trained in float32); options a later genaug
+        # added at their defaults. The precision compared is what the run computes in (`precision`: "auto" resolved),
+        # not the setting: an "auto" run continues under an explicit setting that computes the same, and never in
+        # another precision
+        before = {"n_unlabeled": 0, "precision": "float32", **ckpt["config"]}
+        before["train"] = {**to_dict(FlowTrainConfig()), **before["train"]}
+        keys = ["classes", "n_images", "n_unlabeled", "train", "precision"] + [
+            k for k in ("data_digest", "pool_digest") if k in before]
+        differ = [d for k in keys for d in differences(k, before[k], resolved[k])
+                  if d[0] not in ("train.steps", "train.precision")]
         if differ:
-            raise ConfigError(f"{out} holds a checkpoint of another training run ({shown_differences(differ)}); "
+            hint = ""
+            if any(d[0] == "precision" for d in differ):
+                hint = (f" (precision={cfg.precision} computes in {resolved['precision']} on this machine; "
+                        f"precision={before['precision']} continues the checkpoint)")
+            raise ConfigError(f"{out} holds a checkpoint of another training run ({shown_differences(differ)}){hint}; "
                               "use another --out, or the same images and options to resume")
         if ckpt["step"] > cfg.steps:
             raise ConfigError(f"{out} already holds {ckpt['step']} training steps, more than steps={cfg.steps}; "
@@ -208,7 +215,7 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
                 x1[flip] = x1[flip].flip(-1)
             t = _sample_t(len(x1), cfg.time_sampling, g)
             eps = torch.randn(x1.shape, generator=g)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            with autocast(device, amp):
                 loss = model.loss(x1.to(device), y.to(device), t.to(device), eps.to(device)).float().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()

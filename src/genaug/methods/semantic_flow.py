@@ -106,7 +106,7 @@ class SemanticFlow(Method):
         if self.is_pipeline and c.solver != "euler":  # said before the pipeline's gigabytes load
             raise ConfigError(f"semantic_flow: solver={c.solver} needs a genaug flow model; with a diffusers "
                               f"pipeline ({c.model}) it integrates on the scheduler's grid: solver=euler")
-        if self.is_pipeline and c.precision != "float32":
+        if self.is_pipeline and c.precision == "bfloat16":  # "auto": the pipeline's own dtype, as float32
             raise ConfigError(f"semantic_flow: precision={c.precision} is for genaug flow models; a diffusers pipeline "
                               f"({c.model}) runs in its own dtype (float16 on a GPU, float32 on the CPU)")
         if self.is_pipeline:

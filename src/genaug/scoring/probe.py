@@ -33,6 +33,7 @@ from filelock import FileLock
 
 from ..components.hub import offline
 from ..core.config import ConfigError
+from ..core.devices import resolve_device, resolved_precision
 from ..data.cache import cache_root
 from ..data.sources import Source
 from ..data.splits import per_class_order, write_manifest
@@ -159,6 +160,7 @@ class Probe:
     nll_after: float
     work: Path
     accuracy: float = float("nan")  # on the calibration images (held out of training, or the validation split)
+    autocast: torch.dtype | None = None  # the precision its run computed in (`load_run`): predictions in it too
 
     def logits(self, images: torch.Tensor, batch: int = 128) -> torch.Tensor:
         """Raw logits of uint8 images `(N, 3, S, S)` at the probe's `config["image_size"]`."""
@@ -166,7 +168,8 @@ class Probe:
 
         if not len(images):
             return torch.empty(0, len(self.classes))
-        return predict_logits(self.model, images, self.mean, self.std, next(self.model.parameters()).device, batch)
+        return predict_logits(self.model, images, self.mean, self.std, next(self.model.parameters()).device, batch,
+                              self.autocast)
 
     def probs(self, images: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities `(N, C)`, columns in the order of `classes`."""
@@ -209,6 +212,8 @@ def fit_probe(real: str | Path, val: str | Path | None = None, holdout: float = 
         raise ConfigError(f"holdout must be in (0, 1), got {holdout}")
     cfg, used, fallback = resolve_classifier(backbone, classifier)
     cfg["seed"] = seed
+    if "precision" in cfg:  # keyed (and recorded) by what it computes in here: "auto" differs between machines
+        cfg["precision"] = resolved_precision(cfg["precision"], resolve_device(cfg.get("device")))
     work = work_dir(real, holdout, cfg, val)
     work.mkdir(parents=True, exist_ok=True)
     run = work / "classifier"
@@ -224,7 +229,7 @@ def fit_probe(real: str | Path, val: str | Path | None = None, holdout: float = 
         model, meta = load_run(run)
         mean, std = meta["mean"], meta["std"]
     probe = Probe(model, mean, std, classes, 1.0, cfg, used, backbone, fallback,
-                  "holdout" if val is None else "val", 0, float("nan"), float("nan"), work)
+                  "holdout" if val is None else "val", 0, float("nan"), float("nan"), work, autocast=meta["autocast"])
     held = load_real(calib_src, probe.image_size, "holdout" if val is None else "val")
     logits, targets = probe.logits(held.images), held.targets(classes)
     probe.temperature, probe.nll_before, probe.nll_after = fit_temperature(logits, targets)

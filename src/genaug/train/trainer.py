@@ -36,7 +36,7 @@ from pydantic import BeforeValidator, Field
 from tqdm.auto import tqdm
 
 from ..core.config import ConfigError, build_config, config_dataclass, to_dict
-from ..core.devices import Precision, autocast_dtype, precision_name, resolve_device
+from ..core.devices import Precision, autocast, autocast_dtype, precision_name, resolve_device
 from ..core.log import bar_disabled, get_logger
 from ..data.imageset import ImageSet, load_any
 from .dataset import AugmentedDataset, SyntheticShareSampler
@@ -92,7 +92,8 @@ class TrainConfig:
     channels_last: bool = True
     # the forward pass in bfloat16 autocast (weights, optimiser and loss stay float32): "auto" where it is fast —
     # a GPU with bfloat16, a CPU with AMX tiles (the demo's small CNN: a training step 1.6x faster on a 2-core AMX
-    # CPU, benchmarks/train_speed.py) — else float32; results move by float rounding, as a seed would
+    # CPU, benchmarks/train_speed.py) — else float32; results move by float rounding, as a seed would. Evaluation
+    # and a linear probe's cached features too; SIC's saliency (gradients to the input) stays float32
     precision: Precision = "float32"
     # mode=linear without online augmentation: the frozen backbone's features of every training image are computed
     # once and the head trains on them (the same steps, batches and result up to float rounding, without a backbone
@@ -133,7 +134,7 @@ def predict_logits(model, images: torch.Tensor, mean, std, device, batch_size: i
     `dtype`: the forward pass in that autocast (a run's training precision, `autocast_dtype`)."""
     model.eval()
     device = torch.device(device)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+    with autocast(device, dtype):
         out = [model(normalize(images[i:i + batch_size].to(device), mean, std)).float().cpu()
                for i in range(0, len(images), batch_size)]
     return torch.cat(out) if out else torch.empty(0, 0)
@@ -156,7 +157,7 @@ def evaluate(model, images: ImageSet, classes: list[str], mean, std, device, bat
 def load_run(run_dir: str | Path, device="cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """A finished `genaug train` run's selected model (best.safetensors) and what using it needs: `classes`,
     `image_size`, `mean`, `std` (from the checkpoint's metadata), and `autocast`: the dtype to pass to
-    `predict_logits` / `evaluate` (the run's `precision` setting on this machine)."""
+    `predict_logits` / `evaluate` (the precision the run computed in, wherever it is loaded)."""
     from safetensors import safe_open
     from safetensors.torch import load_model
 
@@ -166,27 +167,30 @@ def load_run(run_dir: str | Path, device="cpu") -> tuple[torch.nn.Module, dict[s
         raise ConfigError(f"{run_dir} is not a finished genaug train run (no best.safetensors / config.yaml)")
     with safe_open(str(ckpt), "pt") as f:
         meta = checkpoint_meta(f.metadata() or {})
-    opts = yaml.safe_load(cfg_file.read_text())["train"]
+    recorded = yaml.safe_load(cfg_file.read_text())
+    opts = recorded["train"]
     model, _, _ = create_classifier(meta["model"], len(meta["classes"]), None, image_size=meta.get("image_size"),
                                     linear_probe=opts.get("mode") == "linear", **opts.get("model_options", {}))
     load_model(model, str(ckpt), device=str(device))
-    # inference in the precision the run trained with (its setting, resolved on this machine: `autocast_dtype`)
-    meta["autocast"] = autocast_dtype(opts.get("precision", "float32"), torch.device(device))
+    # inference in the precision the run trained in, as it recorded it ("auto" resolved where it trained; runs that
+    # predate the option: float32), not as "auto" would resolve on the machine that loads it
+    meta["autocast"] = autocast_dtype(recorded.get("precision", "float32"), torch.device(device))
     return _layout(model.to(device), opts.get("channels_last", False)).eval(), meta
 
 
 @torch.no_grad()
-def _frozen_features(model, images: torch.Tensor, mean, std, device, batch_size: int
-                     ) -> tuple[torch.nn.Module, torch.Tensor]:
+def _frozen_features(model, images: torch.Tensor, mean, std, device, batch_size: int,
+                     dtype: torch.dtype | None = None) -> tuple[torch.nn.Module, torch.Tensor]:
     """`(head, features)` of a linear probe: its one trainable module and that module's input for every image
-    (on the CPU), computed once by the frozen model in eval mode (as linear-mode training runs it)."""
+    (on the CPU, float32), computed once by the frozen model in eval mode (as linear-mode training runs it), in
+    `dtype` autocast (the run's precision)."""
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     # the innermost module holding exactly the trainable parameters (modules() lists parents first)
     head = [m for m in model.modules() if {id(p) for p in m.parameters()} == trainable][-1]
     inputs: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].float().cpu()))
     try:
-        predict_logits(model, images, mean, std, device, batch_size)
+        predict_logits(model, images, mean, std, device, batch_size, dtype)
     finally:
         hook.remove()
     return head, torch.cat(inputs)
@@ -291,7 +295,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
 
     features = head = None
     if cfg.mode == "linear" and cfg.cache_features and online is None:
-        head, features = _frozen_features(model, data.images, mean, std, device, cfg.eval_batch_size)
+        head, features = _frozen_features(model, data.images, mean, std, device, cfg.eval_batch_size, amp)
 
     history, best, step, syn_total, seen_total = [], (-1.0, 0), 0, 0, 0
     bar = tqdm(total=total, desc="genaug train", unit="step", disable=bar_disabled(progress))
@@ -314,7 +318,7 @@ def train(real: str | Path, out: str | Path, synthetic: list[str | Path] = (), v
                     x = normalize(x.to(device), mean, std)
                     if online is not None and online.mix is not None:
                         x, soft = online.mix(x, y.to(device))
-                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                with autocast(device, amp):
                     # the linear head on the cached features, or the whole model
                     logits = head(features[idx].to(device)) if features is not None else model(x)
                 logits = logits.float()
