@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import cli
+from conftest import cli, png_bytes
 from genaug.core.config import ConfigError
 from genaug.data.builtin import digits, fashion_mnist, fashion_mnist_available, load_builtin, stratified_subset
 from genaug.demo import run_demo
@@ -18,7 +18,7 @@ from genaug.demo import run_demo
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    res = cli("demo", "--out", root / "demo", "--quick", "--json", root / "demo.json")
+    res = cli("demo", "--out", root / "demo", "--quick", "--workers", "2", "--json", root / "demo.json")
     return root, res
 
 
@@ -98,7 +98,7 @@ def test_demo_rerun_reuses_everything(demo_run):
 
 def test_one_worker_gives_the_same_table_as_jobs_side_by_side(demo_run):
     """The demo's jobs run at one thread wherever they run: in this process (--workers 1) the table is the one the
-    side-by-side run (one worker per CPU) wrote, to the last digit."""
+    side-by-side run (two workers) wrote, to the last digit, and the generator's images are the same bytes."""
     root, _ = demo_run
     first = json.loads((root / "demo.json").read_text())
     (root / "inline").mkdir()
@@ -109,6 +109,24 @@ def test_one_worker_gives_the_same_table_as_jobs_side_by_side(demo_run):
     arms = [k for k in first if k != "details"]
     assert {k: {m: v for m, v in inline[k].items() if m != "generation_seconds"} for k in arms} == \
         {k: {m: v for m, v in first[k].items() if m != "generation_seconds"} for k in arms}
+    images = png_bytes(root / "demo" / "synthetic" / "semantic_flow")
+    assert images and png_bytes(root / "inline" / "synthetic" / "semantic_flow") == images
+
+
+def test_demo_precision_reaches_the_generator_its_images_and_the_classifiers(monkeypatch, tmp_path):
+    """`genaug demo --precision` is how a folder made where `auto` meant bfloat16 is continued elsewhere."""
+    import genaug.demo
+
+    seen = {}
+
+    def planned(out, quick, progress, overrides):
+        seen.update(overrides)
+        raise ConfigError("planned only")
+
+    monkeypatch.setattr(genaug.demo, "run_demo", planned)
+    assert "planned only" in cli("demo", "--out", tmp_path, "--precision", "bfloat16", expect=2).output
+    assert seen["flow"] == seen["semantic_flow"] == seen["train"] == {"precision": "bfloat16"}
+    assert "float16" in cli("demo", "--out", tmp_path, "--precision", "float16", expect=2).output
 
 
 def test_fashion_mnist_reader_when_installed():

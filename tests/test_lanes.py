@@ -53,10 +53,82 @@ def test_a_failed_job_raises_for_whoever_waits_and_its_dependents_do_not_run(tmp
         fine = lanes.submit(_threads, 3)
         with pytest.raises(ValueError, match="no such split"):
             lanes.result(bad)
-        with pytest.raises(JobFailed, match="_append not run: a job it needs failed .*no such split"):
-            lanes.result(after)
+        later = lanes.submit(_append, str(log), "never", after=[after])
+        for job in (after, later):  # the first failure itself, whoever waits (a ConfigError stays one)
+            with pytest.raises(ValueError, match="no such split"):
+                lanes.result(job)
+            assert isinstance(job.exception(), JobFailed) and isinstance(job.exception().__cause__, ValueError)
+        assert "_append not run: a job it needs failed (ValueError: no such split)" in str(after.exception())
         assert lanes.result(fine) == (9, 1)
+        assert not fine.cancel()  # a job is stopped with the lanes, never by cancelling its future
     assert not log.exists()
+
+
+def _settings() -> tuple:
+    from genaug.core.log import bar_disabled, get_logger
+
+    return bar_disabled(), get_logger().getEffectiveLevel()
+
+
+def test_workers_follow_the_callers_verbosity_and_draw_no_bars_of_their_own():
+    import logging
+
+    from genaug.core.log import get_logger
+
+    logger = get_logger()
+    before = logger.level
+    logger.setLevel(logging.ERROR)  # genaug -q
+    try:
+        with Lanes(2) as lanes:
+            assert lanes.result(lanes.submit(_settings)) == (True, logging.ERROR)
+    finally:
+        logger.setLevel(before)
+
+
+def test_a_job_still_waiting_when_the_lanes_close_fails_and_does_not_run(tmp_path):
+    log = tmp_path / "log.txt"
+    with Lanes(2) as lanes:
+        first = lanes.submit(_sleep, 0.5)
+        waiting = lanes.submit(_append, str(log), "never", after=[first])
+    assert isinstance(waiting.exception(timeout=5), JobFailed) and "the lanes closed first" in str(waiting.exception())
+    assert not log.exists()
+
+
+def test_workers_end_with_a_killed_main_process(tmp_path):
+    """A main process killed outright (SIGKILL, the OOM killer) runs no clean-up: its workers notice and end
+    instead of finishing their job and waiting for ever (or writing into a folder a rerun is writing)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "main.py"
+    script.write_text("import time\nfrom genaug.bench.lanes import Lanes\n"
+                      "if __name__ == '__main__':\n"
+                      "    with Lanes(2) as lanes:\n"
+                      "        jobs = [lanes.submit(time.sleep, 60) for _ in range(2)]\n"
+                      "        print(*lanes._pool._processes, flush=True)\n"
+                      "        lanes.join()\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    time.sleep(1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    def alive(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        # a zombie (ended, not yet reaped by its new parent) is ended too
+        stat = Path(f"/proc/{pid}/stat")
+        return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+    deadline = time.perf_counter() + 30
+    while any(alive(p) for p in pids) and time.perf_counter() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(p) for p in pids)
 
 
 def test_an_error_in_the_caller_stops_the_workers_at_once():

@@ -74,8 +74,8 @@ DEMO = {
     "train": {"model": "genaug_small_cnn", "model_options": {"width": 16}, "image_size": 28, "epochs": 10,
               "steps_per_epoch": 60, "batch_size": 64, "lr": 3e-3, "synthetic_prob": 0.5, "precision": "auto"},
     # the jobs (fit-flow, generations, classifier runs) side by side: `workers` processes (None: one per CPU at
-    # `threads_per_job`) of `threads_per_job` torch threads each — every job at that thread count whatever the
-    # number of workers, so the results do not depend on it
+    # `threads_per_job`, at most 8) of `threads_per_job` torch threads each — every job at that thread count
+    # whatever the number of workers, so the results do not depend on it
     "workers": None,
     "threads_per_job": 1,
 }
@@ -122,8 +122,7 @@ def _run_demo(out: str | Path, quick: bool, progress: bool | None, overrides: di
         raise ConfigError(f"unknown demo dataset {dataset!r}; choose auto or one of {sorted(SIZES)}")
     cfg.update(SIZES[dataset])
     if quick:  # a fifth of the labelled images (Fashion-MNIST: 120)
-        cfg.update(fraction=cfg["fraction"] / 5, val_per_class=10, seeds=[0, 1],
-                   classical_candidates=["flipcrop", "randaugment"], pool_per_class=30,
+        cfg.update(fraction=cfg["fraction"] / 5, val_per_class=10, seeds=[0, 1], pool_per_class=30,
                    pseudo_label={"threshold": 0.0})  # a 20-step classifier is never 95 % sure
         cfg["flow"].update(steps=20, block_channels=[16, 32])
         cfg["train"].update(epochs=2, steps_per_epoch=10)

@@ -18,42 +18,90 @@ and every job here caches what it finished (a rerun does the rest).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import importlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from ..core.log import bar_disabled
+from ..core.log import bar_disabled, get_logger, set_progress
+
+# more workers than this only add processes (each imports torch: about 300 MB) and contention: a harness here
+# rarely has more independent jobs ready at once
+MAX_DEFAULT_WORKERS = 8
 
 
 class JobFailed(RuntimeError):
-    """A job was not run because a job it comes after failed."""
+    """A job was not run because a job it comes after failed; `root` is that first failure (also `__cause__`)."""
+
+    def __init__(self, message: str, root: BaseException):
+        super().__init__(message)
+        self.root = root
+        self.__cause__ = root
 
 
-def _start_worker(threads: int, preload: tuple[str, ...]) -> None:
+def _exit_with_parent(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])  # ready once the parent process has ended, however it ended
+    os._exit(1)
+
+
+def _start_worker(threads: int, preload: tuple[str, ...], log_level: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle: it stops the workers
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # a main process killed outright (SIGKILL, the OOM killer) takes its workers with it
+        threading.Thread(target=_exit_with_parent, args=(parent.sentinel,), daemon=True).start()
     torch.set_num_threads(threads)
+    set_progress(False)  # a job's own bars would garble the main process's bar of jobs
+    get_logger().setLevel(log_level)  # the main process's verbosity (-q / -v), not the environment's default
     from ..data.imageset import keep_loads
 
     keep_loads()
     for module in preload:  # a head start only: a module that will not import is the job's to report
         try:
             importlib.import_module(module)
-        except ImportError:
+        except Exception:
             pass
 
 
+def _cpu_quota() -> int | None:
+    """The CPUs a cgroup v2 quota allows this process (a container's `--cpus`), or None without one."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else max(1, -(-int(quota) // int(period)))
+
+
 def default_workers(threads: int = 1) -> int:
-    """As many workers as the CPUs this process may use allow at `threads` threads each."""
+    """As many workers as the CPUs this process may use (its affinity and a container's CPU quota) allow at
+    `threads` threads each, at most MAX_DEFAULT_WORKERS."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cpus // max(1, threads))
+    cpus = min(cpus, _cpu_quota() or cpus)
+    return max(1, min(MAX_DEFAULT_WORKERS, cpus // max(1, threads)))
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ctrl-C ignored while workers are spawned: they inherit it ignored (Python keeps an inherited SIG_IGN), so a
+    Ctrl-C while they still import does not print a traceback from each of them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _broken(e: BaseException) -> RuntimeError:
@@ -84,9 +132,11 @@ class Lanes:
         self._pool: cf.ProcessPoolExecutor | None = None
         if workers > 1:
             self._pool = cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_start_worker, initargs=(threads, tuple(preload)))
-            for _ in range(workers):  # a worker is started per submitted job while none is idle
-                self._pool.submit(int)
+                                                initializer=_start_worker,
+                                                initargs=(threads, tuple(preload), get_logger().getEffectiveLevel()))
+            with _sigint_ignored():
+                for _ in range(workers):  # a worker is started per submitted job while none is idle
+                    self._pool.submit(int)
         # one bar of finished jobs when they run side by side (inline, each job may show its own)
         self._bar = tqdm(total=0, desc=desc, unit="job", disable=self.inline or bar_disabled(progress))
         self._waiting: list[tuple[tuple[cf.Future, ...], Callable, tuple, dict, cf.Future]] = []
@@ -101,6 +151,7 @@ class Lanes:
 
     def submit(self, fn: Callable, *args: Any, after: Iterable[cf.Future] = (), **kwargs: Any) -> cf.Future:
         future: cf.Future = cf.Future()
+        future.set_running_or_notify_cancel()  # a job is stopped with the lanes, not by cancelling its future
         self._waiting.append((tuple(after), fn, args, kwargs, future))
         self._all.append(future)
         future.add_done_callback(lambda f, name=getattr(fn, "__name__", "job"): self._done(name))
@@ -122,8 +173,9 @@ class Lanes:
                 progress = True
                 failed = next((f.exception() for f in after if f.exception() is not None), None)
                 if failed is not None:
+                    root = failed.root if isinstance(failed, JobFailed) else failed
                     future.set_exception(JobFailed(f"{getattr(fn, '__name__', fn)} not run: a job it needs failed "
-                                                   f"({type(failed).__name__}: {failed})"))
+                                                   f"({type(root).__name__}: {root})", root))
                 elif self._pool is None:
                     self._run_inline(future, fn, args, kwargs)
                 else:
@@ -166,8 +218,13 @@ class Lanes:
         self._release()
 
     def result(self, future: cf.Future) -> Any:
+        """`future`'s result, waiting for it; its job's exception, or — for a job not run because one it needs
+        failed — that first failure itself (a ConfigError stays a ConfigError)."""
         while not future.done():
             self._step()
+        failed = future.exception()
+        if isinstance(failed, JobFailed):
+            raise failed.root
         return future.result()
 
     def join(self, futures: Sequence[cf.Future] | None = None) -> list[Any]:
@@ -176,6 +233,11 @@ class Lanes:
         return [self.result(f) for f in futures]
 
     def close(self, cancel: bool = False) -> None:
+        """Stop the lanes (the workers now, with `cancel`); a job still waiting for others fails (JobFailed)."""
+        for _, fn, _, _, future in self._waiting:
+            future.set_exception(JobFailed(f"{getattr(fn, '__name__', fn)} not run: the lanes closed first",
+                                           RuntimeError("the lanes closed before the job could start")))
+        self._waiting.clear()
         self._bar.close()
         if self._pool is None:
             return

@@ -43,7 +43,7 @@ from ..data.splits import make_splits, split_name
 from ..pipeline import augment
 from ..core.log import get_logger
 from ..methods import get_method_class
-from ..core.devices import autocast_dtype, precision_name, resolve_device
+from ..core.devices import resolve_device, resolved_precision
 from ..train import TrainConfig, evaluate, load_run, load_synthetic, train
 from ..train.transforms import BATCH_TRANSFORMS
 
@@ -311,7 +311,7 @@ def train_cached(run_dir: Path, real: Path, synthetic: list[Path], val, test, oo
     what every data source holds now (`contents`) — is reused. Returns a results row (`row` plus sizes,
     accuracies and seconds)."""
     # what the run computes in where `precision: auto` leaves it to the machine (bfloat16 with AMX or a GPU)
-    precision = precision_name(autocast_dtype(tcfg.get("precision", "float32"), resolve_device(tcfg.get("device"))))
+    precision = resolved_precision(tcfg.get("precision", "float32"), resolve_device(tcfg.get("device")))
     key = config_hash({"tcfg": tcfg, "precision": precision, "real": str(real),
                        "synthetic": [str(s) for s in synthetic], "val": str(val), "test": str(test), "ood": ood,
                        "contents": [contents(x) for x in (real, *synthetic, val, test, *ood.values())]})
@@ -320,6 +320,7 @@ def train_cached(run_dir: Path, real: Path, synthetic: list[Path], val, test, oo
         cached = json.loads(done.read_text())
         if cached.get("key") == key:
             return cached["row"]
+    done.unlink(missing_ok=True)  # train() rewrites the folder: a run killed midway must not pass for the old one
     t0 = time.perf_counter()
     r = train(real, run_dir, synthetic=synthetic, val=val, test=test, ood=ood, config=tcfg, progress=progress)
     row = {**row, "n_real": r["n_real"], "n_synthetic": r["n_synthetic"], "synthetic_share": r["synthetic_share"],
