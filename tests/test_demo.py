@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import cli, png_bytes
 from genaug.core.config import ConfigError
 from genaug.data.builtin import digits, fashion_mnist, fashion_mnist_available, load_builtin, stratified_subset
-from genaug.demo import run_demo
+from genaug.demo import data_name, run_demo
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,8 @@ def test_the_generator_sees_labelled_and_unlabelled_training_images_never_val_or
     seen = _paths(split / "train.csv") | _paths(pool)
     assert len(seen) == fit["n_images"] + fit["n_unlabeled"]
     assert not seen & _paths(split / "val.csv")
-    assert not seen & _paths(demo / "data" / f"{cfg['dataset']}-test" / "manifest.csv")
+    test = demo / "data" / data_name(cfg["dataset"], "test", cfg["export_per_class"]["test"]) / "manifest.csv"
+    assert 0 < len(_paths(test)) <= 10 * cfg["export_per_class"]["test"] and not seen & _paths(test)
     saw = json.loads((root / "demo.json").read_text())["details"]["generator_saw"]
     assert saw["unlabelled_images"] == fit["n_unlabeled"] and saw["labelled_images"] == fit["n_images"]
     # the pseudo-label arm draws on exactly that pool, labelled by each seed's real-only classifier

@@ -65,6 +65,8 @@ DEMO = {
     "n": 2,  # synthetic variants per real image, for every generator
     "classical_candidates": ["flipcrop", "randaugment"],
     "pool_per_class": None,  # the unlabelled pool: the rest of the training set (None: all of it)
+    # the dataset's training and test images exported per class (None: all of them; --quick: a stratified subset)
+    "export_per_class": {"train": None, "test": None},
     "pseudo_label": {"threshold": 0.95},
     "ablations": [],  # "closed": the generator trained on the labelled images only, as another arm
     "flow": {"steps": 450, "batch_size": 80, "unlabeled_share": 0.2, "block_channels": [32, 64, 64],
@@ -113,6 +115,11 @@ def run_demo(out: str | Path, quick: bool = False, progress: bool | None = None,
         return _run_demo(out, quick, progress, overrides)
 
 
+def data_name(dataset: str, part: str, per_class: int | None) -> str:
+    """The folder of one exported part of the dataset: `fashion-mnist-train`, or `…-train-100` for a subset."""
+    return f"{dataset}-{part}" + ("" if per_class is None else f"-{per_class}")
+
+
 def _run_demo(out: str | Path, quick: bool, progress: bool | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
     cfg = json.loads(json.dumps(DEMO))
     dataset = (overrides or {}).get("dataset", cfg["dataset"])
@@ -121,8 +128,9 @@ def _run_demo(out: str | Path, quick: bool, progress: bool | None, overrides: di
     if dataset not in SIZES:
         raise ConfigError(f"unknown demo dataset {dataset!r}; choose auto or one of {sorted(SIZES)}")
     cfg.update(SIZES[dataset])
-    if quick:  # a fifth of the labelled images (Fashion-MNIST: 120)
-        cfg.update(fraction=cfg["fraction"] / 5, val_per_class=10, seeds=[0, 1], pool_per_class=30,
+    if quick:  # 100 training images a class exported, 12 of them labelled, 10 for validation; 50 test images a class
+        cfg.update(fraction=0.12, val_per_class=10, seeds=[0, 1], pool_per_class=30,
+                   export_per_class={"train": 100, "test": 50},
                    pseudo_label={"threshold": 0.0})  # a 20-step classifier is never 95 % sure
         cfg["flow"].update(steps=20, block_channels=[16, 32])
         cfg["train"].update(epochs=2, steps_per_epoch=10)
@@ -145,8 +153,9 @@ def _run_demo(out: str | Path, quick: bool, progress: bool | None, overrides: di
     # start (and import what the jobs need) while this process exports the data.
     with Lanes(workers, threads, progress=progress, desc="genaug demo", preload=PRELOAD) as lanes:
         t = time.perf_counter()
-        train_pool = export_builtin(dataset, "train", out / "data" / f"{dataset}-train")
-        test = export_builtin(dataset, "test", out / "data" / f"{dataset}-test")
+        per_class = cfg["export_per_class"]
+        train_pool, test = (export_builtin(dataset, part, out / "data" / data_name(dataset, part, per_class[part]),
+                                           per_class[part]) for part in ("train", "test"))
         make_splits(train_pool, out / "splits", [0], fraction=cfg["fraction"], val=cfg["val_per_class"])
         split = out / "splits" / f"fraction-{cfg['fraction']:g}" / "seed-0"
         real, val = split / "train.csv", split / "val.csv"
