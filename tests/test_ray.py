@@ -1,5 +1,6 @@
 """The Ray Data executor against a real local Ray (2 CPUs): the same bytes and rows as the local executor,
 the same resume guarantees."""
+import contextlib
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import cli, make_imagefolder, overrides, png_bytes, read_rows
 
@@ -23,6 +25,19 @@ def ray_session():
     ray.shutdown()
 
 
+@contextlib.contextmanager
+def actor_threads():
+    """The local executor at the actors' thread count (one: `num_cpus_per_worker`): CPU kernels split their sums
+    by thread count, so a diffusion image's last bits may differ at another (README, Determinism; measured on an
+    AVX2 CPU: 1 of 18 tiny-SD real_guidance images)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _rows(out):
     return [{k: v for k, v in r.items() if k != "created_at"} for r in read_rows(out)]
 
@@ -32,7 +47,8 @@ def test_ray_writes_what_the_local_executor_writes(method, ray_session, tmp_path
     src = make_imagefolder(tmp_path / "src", digit_images, per_class=3, classes=("0", "1"))
     (src / "1" / "broken.png").write_bytes(b"not an image")
     opts = overrides(method_options.get(method, {}))
-    cli("augment", src, "--method", method, "--out", tmp_path / "local", "-n", 3, "--batch-size", 4, *opts)
+    with actor_threads():
+        cli("augment", src, "--method", method, "--out", tmp_path / "local", "-n", 3, "--batch-size", 4, *opts)
     res = cli("augment", src, "--method", method, "--out", tmp_path / "ray", "-n", 3, "--batch-size", 4, *opts,
               "--executor", "ray", "--workers", "2")
     assert "wrote 18 image(s)" in res.output and "1 rejected" in res.output
@@ -84,7 +100,6 @@ def test_ray_actors_compute_in_the_precision_the_driver_recorded(ray_session, tm
     # precision=auto is resolved once, where the run is planned, and recorded in config.yaml; the actors (other
     # processes, here unpatched) build the method from the recorded options, not from their own reading of auto
     # (a head node without AMX, workers with it): the same bytes as a local run in the recorded precision.
-    import torch
     import yaml
 
     import genaug.core.devices as devices
@@ -102,10 +117,11 @@ def test_ray_actors_compute_in_the_precision_the_driver_recorded(ray_session, tm
                   options={**opts, "precision": "auto"}, executor="ray", workers=2)
     recorded = yaml.safe_load((tmp_path / "ray" / "config.yaml").read_text())["options"]["precision"]
     assert run.generated == 8 and recorded == ("float32" if here else "bfloat16")
-    augment(src, tmp_path / "local", method="semantic_flow", n=2, batch_size=2, progress=False,
-            options={**opts, "precision": recorded})
-    augment(src, tmp_path / "other", method="semantic_flow", n=2, batch_size=2, progress=False,
-            options={**opts, "precision": "bfloat16" if here else "float32"})
+    with actor_threads():
+        augment(src, tmp_path / "local", method="semantic_flow", n=2, batch_size=2, progress=False,
+                options={**opts, "precision": recorded})
+        augment(src, tmp_path / "other", method="semantic_flow", n=2, batch_size=2, progress=False,
+                options={**opts, "precision": "bfloat16" if here else "float32"})
     assert png_bytes(tmp_path / "ray") == png_bytes(tmp_path / "local") != png_bytes(tmp_path / "other")
 
 
