@@ -502,6 +502,16 @@ def test_a_resumed_training_reports_all_its_seconds(digits16, tmp_path):
     assert len(logged) == 6 and logged == sorted(logged) and second["steps"] == 6
     assert second["seconds"] >= first["seconds"] and abs(second["seconds"] - logged[-1]) <= 0.5
     assert "call_seconds" in second
+    # a finished training called again (a demo rerun) keeps its model and result: no weights rewritten
+    def written():
+        return {f: f.stat().st_mtime_ns for f in (tmp_path / "m").rglob("*") if f.is_file()}
+
+    before = written()
+    assert any(f.suffix == ".safetensors" for f in before)
+    third = fit_flow(digits16, tmp_path / "m", cfg, progress=False)
+    assert {k: v for k, v in third.items() if k != "call_seconds"} == {k: v for k, v in second.items()
+                                                                       if k != "call_seconds"}
+    assert written() == before
 
 
 def test_bfloat16_training_and_generation_are_deterministic_and_recorded(digits16, tmp_path):

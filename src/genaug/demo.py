@@ -132,7 +132,8 @@ def _run_demo(out: str | Path, quick: bool, progress: bool | None, overrides: di
         cfg.update(fraction=0.12, val_per_class=10, seeds=[0, 1], pool_per_class=30,
                    export_per_class={"train": 100, "test": 50},
                    pseudo_label={"threshold": 0.0})  # a 20-step classifier is never 95 % sure
-        cfg["flow"].update(steps=20, block_channels=[16, 32])
+        cfg["flow"].update(steps=20, block_channels=[16, 32], batch_size=32)
+        cfg["semantic_flow"].update(steps=4)
         cfg["train"].update(epochs=2, steps_per_epoch=10)
     for k, v in (overrides or {}).items():
         cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
