@@ -96,23 +96,20 @@ def test_ray_stages_for_gpu_workers_write_what_the_local_executor_writes(ray_ses
         assert "duplicate id" in (out / "rejected.jsonl").read_text()
 
 
-def test_ray_actors_compute_in_the_precision_the_driver_recorded(ray_session, tmp_path, digit_images, monkeypatch):
+def test_ray_actors_compute_in_the_precision_the_driver_recorded(ray_session, tmp_path, digit_images, tiny_flow,
+                                                                monkeypatch):
     # precision=auto is resolved once, where the run is planned, and recorded in config.yaml; the actors (other
     # processes, here unpatched) build the method from the recorded options, not from their own reading of auto
     # (a head node without AMX, workers with it): the same bytes as a local run in the recorded precision.
     import yaml
 
     import genaug.core.devices as devices
-    from genaug.flow.train import fit_flow
     from genaug.pipeline import augment
 
-    from conftest import TINY_FLOW
-
     src = make_imagefolder(tmp_path / "src", digit_images, per_class=2, classes=("0", "1"))
-    fit_flow(src, tmp_path / "m", TINY_FLOW, progress=False)
     here = devices.fast_bfloat16(torch.device("cpu"))  # what the actors will find
     monkeypatch.setattr(devices, "fast_bfloat16", lambda device: not here)  # the driver finds the other
-    opts = {"model": str(tmp_path / "m"), "steps": 3, "t0": [0.3]}
+    opts = {"model": str(tiny_flow), "steps": 3, "t0": [0.3]}
     run = augment(src, tmp_path / "ray", method="semantic_flow", n=2, batch_size=2, progress=False,
                   options={**opts, "precision": "auto"}, executor="ray", workers=2)
     recorded = yaml.safe_load((tmp_path / "ray" / "config.yaml").read_text())["options"]["precision"]
