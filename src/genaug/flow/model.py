@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..core.devices import autocast
+
 FLOW_CONFIG = "flow_config.json"
 
 
@@ -182,9 +184,8 @@ class FlowModel(nn.Module, FlowODE):
 
     def _unet(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         def call(xs, ts, ys):
-            if self.autocast is None:  # (an autocast block with enabled=False would turn off the trainer's)
-                return self.unet(xs, ts, class_labels=ys).sample
-            with torch.autocast(xs.device.type, dtype=self.autocast):
+            # no autocast block at all when None: an enclosing one (the trainer's) stays as it is
+            with autocast(xs.device, self.autocast):
                 return self.unet(xs, ts, class_labels=ys).sample.float()
 
         return call(x, t, y) if self.training else run_fixed(call, self.micro_batch, x, t, y)

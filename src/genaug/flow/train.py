@@ -178,6 +178,14 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
         if ckpt["step"] > cfg.steps:
             raise ConfigError(f"{out} already holds {ckpt['step']} training steps, more than steps={cfg.steps}; "
                               f"use steps={ckpt['step']} (or more) to finish it, or another --out")
+        done = out / "fit_result.json"
+        if ckpt["step"] == cfg.steps and done.is_file() and (out / FLOW_CONFIG).is_file():
+            # finished before, by this same run (compared above): its model and result stand; only this call's
+            # seconds are new (no state loaded, no weights rewritten, no reconstruction measured again)
+            result = json.loads(done.read_text())
+            if result.get("steps") == ckpt["step"]:
+                result["call_seconds"] = round(time.perf_counter() - t_start, 1)
+                return result
         model.unet.load_state_dict(ckpt["unet"])
         ema.load_state_dict(ckpt["ema"])
         ema.to(device)  # loaded to the CPU; its averages must live beside the weights they follow
@@ -186,14 +194,6 @@ def fit_flow(src: str | Path, out: str | Path, config: dict[str, Any] | None = N
         g.set_state(ckpt["rng"])
         step = ckpt["step"]
         log.info("resuming fit-flow at step %d", step)
-        done = out / "fit_result.json"
-        if step == cfg.steps and done.is_file() and (out / FLOW_CONFIG).is_file():
-            # finished before, by this same run (compared above): its model and result stand; only this call's
-            # seconds are new (no weights rewritten, no reconstruction measured again)
-            result = json.loads(done.read_text())
-            if result.get("steps") == step:
-                result["call_seconds"] = round(time.perf_counter() - t_start, 1)
-                return result
     (out / "fit_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
 
     log_path = out / "train_log.csv"
